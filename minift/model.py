@@ -1,0 +1,323 @@
+"""GPT: a GPT-2-shaped decoder, every backward written by hand, and a sequence-classification head.
+
+    tok = wte[idx]                      (B, T, C)      token embeddings
+    pos = wpe[P0 : P0 + T]              (T, C)         learned positions (P0 = tokens in the cache)
+    x   = dropout(tok + pos)
+    x   = Block(x)  × n_layer           pre-LayerNorm: x + attn(ln_1 x), then x + mlp(ln_2 x)
+    h   = ln_f(x)
+    logits = h · wteᵀ                   (B, T, V)      the LM head is TIED to the token embedding
+
+Backward runs the same lines in reverse. The tied wte receives two gradients, one from the
+embedding lookup and one from the LM head, and Param accumulation adds them.
+
+Names and shapes are Hugging Face GPT-2's (without the ``transformer.`` prefix), Linear weights
+[in, out], so a real GPT-2 checkpoint loads weight for weight.
+
+Shape legend: B batch, T time, C d_model, V vocab, K number of labels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from minift import functional as F
+from minift.nn import Block, Dropout, Embedding, LayerKVCache, LayerNorm, Linear, Module, ModuleList
+
+__all__ = ["GPTConfig", "GPT", "GPTForSequenceClassification", "KVCache"]
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int = 96  # tokens (characters, for minift's own corpus)
+    block_size: int = 64  # longest sequence the position table covers
+    n_layer: int = 2  # transformer blocks
+    n_head: int = 4  # attention heads; must divide d_model
+    d_model: int = 64  # channels (GPT-2's n_embd)
+    dropout: float = 0.0  # on embeddings and residual branches, training mode only
+    layer_norm_eps: float = 1e-5
+    pad_token_id: int | None = None  # for classification: pool the last token that is not this
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        if self.d_model % self.n_head:
+            raise ValueError(
+                f"n_head: must divide d_model={self.d_model}, got n_head={self.n_head}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"layer_norm_eps: expected > 0, got {self.layer_norm_eps!r}")
+        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(
+                f"pad_token_id: expected an id in [0, {self.vocab_size}), got {self.pad_token_id}"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class KVCache:
+    """One LayerKVCache per block: the keys and values of every token generated so far."""
+
+    def __init__(self, n_layer: int):
+        self.layers = [LayerKVCache() for _ in range(n_layer)]
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].length
+
+
+def _check_dtype(dtype):
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"dtype: expected float32 (training) or float64 (checks), got {dtype}")
+    return dtype
+
+
+class GPT(Module):
+    """The decoder. ``GPT(config, seed=0, dtype=np.float32)``; float64 for gradient checks."""
+
+    def __init__(self, config: GPTConfig, seed: int = 0, dtype=np.float32):
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"config: expected a GPTConfig, got {type(config).__name__}")
+        self.config = config
+        self.dtype = _check_dtype(dtype)
+        rng = np.random.default_rng(seed)
+        C = config.d_model
+        # GPT-2 scales the init of the projections that write into the residual stream by
+        # 1/√(2·n_layer), so the stream's variance does not grow with depth.
+        proj_std = 0.02 / math.sqrt(2 * config.n_layer)
+        self.wte = Embedding(config.vocab_size, C, rng=rng, dtype=self.dtype)
+        self.wpe = Embedding(config.block_size, C, rng=rng, dtype=self.dtype)
+        self.drop = Dropout(config.dropout, rng=rng)
+        self.h = ModuleList(
+            Block(
+                C,
+                config.n_head,
+                config.dropout,
+                rng=rng,
+                dtype=self.dtype,
+                proj_std=proj_std,
+                eps=config.layer_norm_eps,
+            )
+            for _ in range(config.n_layer)
+        )
+        self.ln_f = LayerNorm(C, config.layer_norm_eps, dtype=self.dtype)
+        self.rng = rng  # dropout draws from it; a checkpoint saves its state to resume exactly
+        self._shape = None
+
+    # -- input checks ------------------------------------------------------------------------
+
+    def _check_idx(self, idx, n_cached=0):
+        if not isinstance(idx, np.ndarray):
+            idx = np.asarray(idx)
+        if idx.dtype.kind not in "iu":
+            raise TypeError(f"idx: expected an integer array of token ids, got dtype {idx.dtype}")
+        if idx.ndim != 2 or idx.shape[1] == 0:
+            raise ValueError(f"idx: expected shape (B, T) with T >= 1, got {idx.shape}")
+        V = self.config.vocab_size
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= V:
+            raise ValueError(f"idx: token ids must lie in [0, {V}), got {lo if lo < 0 else hi}")
+        self._check_length(idx.shape[1], n_cached, "idx")
+        return idx
+
+    def _check_length(self, T, n_cached, name):
+        if n_cached + T > self.config.block_size:
+            extra = f" (+{n_cached} cached)" if n_cached else ""
+            raise ValueError(
+                f"{name}: sequence length {T}{extra} exceeds block_size={self.config.block_size}"
+            )
+
+    # -- forward / backward ------------------------------------------------------------------
+
+    def forward_hidden(self, idx=None, inputs_embeds=None, mask=None, kv_cache=None):
+        """Everything but the LM head: tokens (or given embeddings) → ln_f output h [B, T, C].
+
+        ``inputs_embeds`` [B, T, C] replaces the token lookup (how prompt tuning prepends its
+        virtual tokens); ``mask`` is an additive attention mask broadcastable to [B, nh, T, Tk].
+        """
+        n_cached = 0 if kv_cache is None else kv_cache.length
+        if (idx is None) == (inputs_embeds is None):
+            raise ValueError("idx / inputs_embeds: pass exactly one of them")
+        if idx is not None:
+            idx = self._check_idx(idx, n_cached)
+            tok = self.wte.forward(idx)  # (B, T, C)
+        else:
+            if inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != self.config.d_model:
+                raise ValueError(
+                    f"inputs_embeds: expected shape (B, T, {self.config.d_model}), "
+                    f"got {inputs_embeds.shape}"
+                )
+            self._check_length(inputs_embeds.shape[1], n_cached, "inputs_embeds")
+            tok = inputs_embeds.astype(self.dtype, copy=False)
+        T = tok.shape[1]
+        pos = self.wpe.forward(np.arange(n_cached, n_cached + T))  # (T, C)
+        x = self.drop.forward(tok + pos)
+        for i, block in enumerate(self.h):
+            x = block.forward(x, mask, None if kv_cache is None else kv_cache.layers[i])
+        self._from_embeds = inputs_embeds is not None
+        return self.ln_f.forward(x)
+
+    def backward_hidden(self, dh):
+        """dh [B, T, C] → fills every Param.grad; returns d inputs_embeds when those were given."""
+        dx = self.ln_f.backward(dh)
+        for block in reversed(self.h._items):
+            dx = block.backward(dx)
+        dx = self.drop.backward(dx)
+        self.wpe.backward(dx.sum(axis=0))  # positions are shared by every sequence of the batch
+        if self._from_embeds:
+            return dx
+        self.wte.backward(dx)
+        return None
+
+    def forward(self, idx=None, inputs_embeds=None, mask=None, kv_cache=None):
+        """idx int [B, T] → logits [B, T, V] (h·wteᵀ, the tied LM head)."""
+        h = self.forward_hidden(idx, inputs_embeds, mask, kv_cache)
+        logits = h @ self.wte.weight.value.T  # (B, T, V)
+        self._h = h
+        self._shape = logits.shape
+        return logits
+
+    def backward(self, dlogits):
+        """dlogits [B, T, V] (what cross_entropy returns) → fills every Param.grad."""
+        _check_upstream(dlogits, self._shape, "dlogits")
+        h = self._h
+        C = h.shape[-1]
+        if self.wte.weight.trainable:
+            # forward was logits = h·wteᵀ, so dwte = dlogitsᵀ·h, summed over every position
+            self.wte.weight.accumulate_grad(
+                dlogits.reshape(-1, dlogits.shape[-1]).T @ h.reshape(-1, C)
+            )
+        return self.backward_hidden(dlogits @ self.wte.weight.value)
+
+    # -- generation --------------------------------------------------------------------------
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, seed=None, use_cache=True):
+        """Append ``max_new_tokens`` tokens to idx [B, T] and return [B, T + max_new_tokens].
+
+        temperature 0 is greedy (argmax); otherwise sample from softmax(logits / temperature),
+        restricted to the ``top_k`` most likely tokens when given. With ``use_cache`` the keys and
+        values of earlier tokens are kept, so each new token costs one position instead of the
+        whole sequence; the output is the same (a test proves it). Past ``block_size`` the context
+        is cropped to the last block_size tokens, as without the cache. Runs in evaluation mode
+        (no dropout) and restores the mode it found.
+        """
+        idx = self._check_idx(idx[:, -self.config.block_size :])
+        if not temperature >= 0:
+            raise ValueError(f"temperature: expected >= 0, got {temperature}")
+        if top_k is not None and not 1 <= top_k <= self.config.vocab_size:
+            raise ValueError(f"top_k: expected in [1, {self.config.vocab_size}], got {top_k}")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens: expected >= 0, got {max_new_tokens}")
+        rng = np.random.default_rng(seed)
+        was_training = self.training
+        self.eval()
+        try:
+            out = idx
+            cache = None
+            block = self.config.block_size
+            for _ in range(max_new_tokens):
+                if not use_cache:
+                    logits = self.forward(out[:, -block:])
+                elif cache is None or cache.length + 1 > block:
+                    cache = KVCache(self.config.n_layer)  # (re)fill with the cropped window
+                    logits = self.forward(out[:, -block:], kv_cache=cache)
+                else:
+                    logits = self.forward(out[:, -1:], kv_cache=cache)
+                next_id = _sample(logits[:, -1, :], temperature, top_k, rng)
+                out = np.concatenate([out, next_id[:, None]], axis=1)
+        finally:
+            self.train(was_training)
+        return out
+
+
+def _sample(logits, temperature, top_k, rng):  # [B, V] -> int [B]
+    if temperature == 0:
+        return logits.argmax(axis=-1)
+    z = logits.astype(np.float64) / temperature
+    if top_k is not None:
+        kth = np.sort(z, axis=-1)[:, -top_k][:, None]
+        z = np.where(z < kth, -np.inf, z)
+    p, _ = F.softmax_forward(z)
+    return np.array([rng.choice(p.shape[-1], p=row) for row in p])
+
+
+def _check_upstream(dout, expected_shape, name):
+    if expected_shape is None:
+        raise ValueError(f"{name}: backward called before forward")
+    dout = np.asarray(dout)
+    if dout.dtype.kind != "f":
+        raise TypeError(f"{name}: expected a floating-point array, got dtype {dout.dtype}")
+    if dout.shape != tuple(expected_shape):
+        raise ValueError(
+            f"{name}: expected shape {tuple(expected_shape)} (the last forward's output), "
+            f"got {dout.shape}"
+        )
+
+
+class GPTForSequenceClassification(GPT):
+    """The GPT body and a new head: logits = h[b, last_b] · score, score [C, K] (no bias, as HF).
+
+    ``last_b`` is the last position of sequence b whose token is not ``config.pad_token_id``
+    (the last position when there is no pad id). Attention is causal, so that position has seen
+    the whole sequence and none of the padding after it. Parameter names: the GPT's, plus
+    ``score.weight``.
+    """
+
+    def __init__(self, config: GPTConfig, num_labels: int, seed: int = 0, dtype=np.float32):
+        super().__init__(config, seed, dtype)
+        self._add_head(num_labels, seed)
+
+    def _add_head(self, num_labels, seed):
+        if not isinstance(num_labels, (int, np.integer)) or num_labels < 1:
+            raise ValueError(f"num_labels: expected a positive integer, got {num_labels!r}")
+        self.num_labels = int(num_labels)
+        head_rng = np.random.default_rng([seed, 1])
+        self.score = Linear(
+            self.config.d_model, num_labels, bias=False, rng=head_rng, dtype=self.dtype
+        )
+
+    @classmethod
+    def from_lm(cls, lm: GPT, num_labels: int, seed: int = 0) -> GPTForSequenceClassification:
+        """A classifier on top of a pretrained GPT: SHARES its modules (and so its Params)."""
+        model = cls.__new__(cls)
+        model.__dict__.update(lm.__dict__)
+        model._add_head(num_labels, seed)
+        return model
+
+    def pooled_positions(self, idx) -> np.ndarray:  # int [B, T] -> int [B]
+        idx = np.asarray(idx)
+        pad = self.config.pad_token_id
+        if pad is None:
+            return np.full(idx.shape[0], idx.shape[1] - 1)
+        not_pad = idx != pad
+        if not not_pad.any(axis=1).all():
+            row = int(np.flatnonzero(~not_pad.any(axis=1))[0])
+            raise ValueError(f"idx: row {row} holds only pad tokens (pad_token_id={pad})")
+        return idx.shape[1] - 1 - np.argmax(not_pad[:, ::-1], axis=1)
+
+    def forward(self, idx, mask=None):  # int [B, T] -> [B, K]
+        h = self.forward_hidden(idx, mask=mask)
+        last = self.pooled_positions(idx)
+        self._pool = (last, h.shape)
+        logits = self.score.forward(h[np.arange(h.shape[0]), last])  # (B, K)
+        self._shape = logits.shape
+        return logits
+
+    def backward(self, dlogits):
+        _check_upstream(dlogits, self._shape, "dlogits")
+        last, h_shape = self._pool
+        dpooled = self.score.backward(dlogits)  # (B, C)
+        dh = np.zeros(h_shape, dtype=dpooled.dtype)
+        dh[np.arange(h_shape[0]), last] = dpooled
+        return self.backward_hidden(dh)
+
+    def generate(self, *args, **kwargs):
+        raise TypeError("generate: a sequence classifier does not generate text; use a GPT")

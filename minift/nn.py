@@ -1,0 +1,392 @@
+"""Layers: Modules that hold Params, call the pairs of ``minift.functional`` and keep their cache.
+
+A Module's ``forward(x)`` computes its output and remembers what its backward needs;
+``backward(dout)`` returns the gradient with respect to its input and ADDS the gradients of its
+Params into ``Param.grad``. Nothing is cleared implicitly: call ``zero_grad()`` before each backward
+pass (the training loop does). Because grads accumulate, a Param held by two modules (the tied LM
+head, parameter sharing A3) gets the sum of the gradients of its uses, with no special code.
+
+A Module instance remembers ONE forward pass (the last): share Params between modules, never one
+module between two places in a network.
+
+Names follow Hugging Face's GPT-2 (``h.0.attn.c_attn.weight``), with Linear weights stored
+[in, out] as GPT-2 stores them, so the optimizer, the gradient checker, the parameter counter and
+the checkpoints all speak the same keys.
+
+Shape legend: B batch, T time, C channels (d_model), nh heads, hs head size, P extra key rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minift import functional as F
+from minift.param import Param
+
+__all__ = [
+    "Param",
+    "Module",
+    "ModuleList",
+    "Linear",
+    "Embedding",
+    "LayerNorm",
+    "GELU",
+    "Dropout",
+    "MLP",
+    "LayerKVCache",
+    "Attention",
+    "Block",
+]
+
+
+class Module:
+    """Base class: parameter discovery, train/eval, gradients and strict state dicts."""
+
+    training = True
+
+    # -- the tree of modules and params ------------------------------------------------------
+
+    def _children(self):
+        """(name, Module) pairs in the order they were assigned."""
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
+
+    def _child(self, name: str) -> Module:
+        child = getattr(self, name, None)
+        if not isinstance(child, Module):
+            raise KeyError(name)
+        return child
+
+    def _set_child(self, name: str, module: Module) -> None:
+        self._child(name)
+        setattr(self, name, module)
+
+    def named_modules(self, prefix: str = ""):
+        """Yield (dotted name, Module) for this module and every module below it."""
+        yield prefix, self
+        for name, child in self._children():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def get_submodule(self, name: str) -> Module:
+        module = self
+        for part in name.split(".") if name else []:
+            try:
+                module = module._child(part)
+            except (KeyError, IndexError, ValueError):
+                raise KeyError(f"module name: no submodule {name!r} (failed at {part!r})") from None
+        return module
+
+    def set_submodule(self, name: str, module: Module) -> None:
+        """Replace the submodule at a dotted name (how PEFT methods wrap a layer)."""
+        parent_name, _, last = name.rpartition(".")
+        parent = self.get_submodule(parent_name)
+        try:
+            parent._set_child(last, module)
+        except (KeyError, IndexError, ValueError):
+            raise KeyError(f"module name: no submodule {name!r}") from None
+
+    def named_parameters(self, prefix: str = "") -> dict[str, Param]:
+        """name -> Param for every Param below this module, each Param once (first name wins).
+
+        A Param shared by several modules (A3) appears once, under the name of its first use, so
+        the optimizer steps it once and the parameter count counts it once.
+        """
+        seen: set[int] = set()
+        out: dict[str, Param] = {}
+        for mod_name, module in self.named_modules(prefix):
+            for attr, value in vars(module).items():
+                if isinstance(value, Param) and id(value) not in seen:
+                    seen.add(id(value))
+                    out[f"{mod_name}.{attr}" if mod_name else attr] = value
+        return out
+
+    def parameters(self) -> list[Param]:
+        return list(self.named_parameters().values())
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.size for p in self.parameters() if p.trainable or not trainable_only)
+
+    # -- modes and gradients -----------------------------------------------------------------
+
+    def train(self, mode: bool = True) -> Module:
+        """Set training mode (dropout active) here and below; ``eval()`` is ``train(False)``."""
+        for _, module in self.named_modules():
+            module.training = bool(mode)
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.zero_grad()
+
+    # -- state dicts ------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """name -> a copy of every Param's value (shared Params once, as in named_parameters)."""
+        return {name: p.value.copy() for name, p in self.named_parameters().items()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Copy values in, strictly: every key present, no extra key, every shape equal.
+
+        Values are copied INTO the existing arrays, so Params shared between modules stay shared;
+        floating-point values are cast to the model's dtype. Nothing is changed unless all keys
+        check out.
+        """
+        params = self.named_parameters()
+        missing = [k for k in params if k not in state]
+        unexpected = [k for k in state if k not in params]
+        mismatched = [
+            f"{k}: expected shape {params[k].shape}, got {tuple(np.shape(state[k]))}"
+            for k in params
+            if k in state and tuple(np.shape(state[k])) != params[k].shape
+        ]
+        not_float = [
+            f"{k}: expected floating-point values, got dtype {np.asarray(state[k]).dtype}"
+            for k in params
+            if k in state and np.asarray(state[k]).dtype.kind != "f"
+        ]
+        problems = []
+        if missing:
+            problems.append(f"missing keys {missing}")
+        if unexpected:
+            problems.append(f"unexpected keys {unexpected}")
+        if mismatched:
+            problems.append("shape mismatch: " + "; ".join(mismatched))
+        if not_float:
+            problems.append("wrong dtype: " + "; ".join(not_float))
+        if problems:
+            raise ValueError("state_dict does not match the model: " + " | ".join(problems))
+        for k, p in params.items():
+            np.copyto(p.value, np.asarray(state[k]), casting="unsafe")
+
+
+class ModuleList(Module):
+    """A list of modules named "0", "1", … (the ``h`` of GPT-2's ``h.0.attn``)."""
+
+    def __init__(self, modules):
+        self._items = list(modules)
+
+    def _children(self):
+        for i, module in enumerate(self._items):
+            yield str(i), module
+
+    def _child(self, name: str) -> Module:
+        return self._items[int(name)]
+
+    def _set_child(self, name: str, module: Module) -> None:
+        self._items[int(name)] = module
+
+    def __getitem__(self, i: int) -> Module:
+        return self._items[i]
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def _normal(rng, shape, std, dtype):
+    return (rng.standard_normal(shape) * std).astype(dtype)
+
+
+class Linear(Module):
+    """y = x·W + b with W [in, out] (GPT-2's Conv1D layout).
+
+    A frozen weight (``weight.trainable = False``) gets no dW; dx still flows through it.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, *, rng, dtype=np.float32, std=0.02):
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = Param(_normal(rng, (in_features, out_features), std, dtype))
+        self.bias = Param(np.zeros(out_features, dtype=dtype)) if bias else None
+        self._cache = None
+
+    def forward(self, x):  # [..., in] -> [..., out]
+        out, self._cache = F.linear_forward(
+            x, self.weight.value, None if self.bias is None else self.bias.value
+        )
+        return out
+
+    def backward(self, dout):  # [..., out] -> [..., in]
+        dx, dW, db = F.linear_backward(dout, self._cache, need_dW=self.weight.trainable)
+        if dW is not None:
+            self.weight.accumulate_grad(dW)
+        if db is not None:
+            self.bias.accumulate_grad(db)
+        return dx
+
+
+class Embedding(Module):
+    """out[b, t] = W[ids[b, t]], W [num_embeddings, dim]; backward scatter-adds into dW."""
+
+    def __init__(self, num_embeddings, dim, *, rng, dtype=np.float32, std=0.02):
+        self.weight = Param(_normal(rng, (num_embeddings, dim), std, dtype))
+        self._cache = None
+
+    def forward(self, ids):  # int [...] -> [..., dim]
+        out, self._cache = F.embedding_forward(ids, self.weight.value)
+        return out
+
+    def backward(self, dout):
+        if self.weight.trainable:
+            self.weight.accumulate_grad(F.embedding_backward(dout, self._cache))
+
+
+class LayerNorm(Module):
+    """y = (x − μ)/√(σ² + eps)·weight + bias over the last axis."""
+
+    def __init__(self, dim, eps=1e-5, *, dtype=np.float32):
+        self.eps = eps
+        self.weight = Param(np.ones(dim, dtype=dtype))
+        self.bias = Param(np.zeros(dim, dtype=dtype))
+        self._cache = None
+
+    def forward(self, x):  # [..., C] -> [..., C]
+        out, self._cache = F.layer_norm_forward(x, self.weight.value, self.bias.value, self.eps)
+        return out
+
+    def backward(self, dout):
+        dx, dgamma, dbeta = F.layer_norm_backward(dout, self._cache)
+        self.weight.accumulate_grad(dgamma)
+        self.bias.accumulate_grad(dbeta)
+        return dx
+
+
+class GELU(Module):
+    """GELU, tanh approximation (GPT-2) by default, or the exact erf form (``exact=True``, BERT)."""
+
+    def __init__(self, exact=False):
+        self.exact = exact
+        self._cache = None
+
+    def forward(self, x):
+        fwd = F.gelu_erf_forward if self.exact else F.gelu_forward
+        out, self._cache = fwd(x)
+        return out
+
+    def backward(self, dout):
+        bwd = F.gelu_erf_backward if self.exact else F.gelu_backward
+        return bwd(dout, self._cache)
+
+
+class Dropout(Module):
+    """Inverted dropout with probability p, active only in training mode."""
+
+    def __init__(self, p, *, rng):
+        self.p = float(p)
+        self.rng = rng
+        self._cache = None
+
+    def forward(self, x):
+        out, self._cache = F.dropout_forward(x, self.p if self.training else 0.0, self.rng)
+        return out
+
+    def backward(self, dout):
+        return F.dropout_backward(dout, self._cache)
+
+
+class MLP(Module):
+    """x → c_fc (C → 4C) → GELU → c_proj (4C → C) → dropout."""
+
+    def __init__(self, d_model, dropout, *, rng, dtype, proj_std):
+        self.c_fc = Linear(d_model, 4 * d_model, rng=rng, dtype=dtype)
+        self.act = GELU()
+        self.c_proj = Linear(4 * d_model, d_model, rng=rng, dtype=dtype, std=proj_std)
+        self.dropout = Dropout(dropout, rng=rng)
+
+    def forward(self, x):  # [B, T, C] -> [B, T, C]
+        return self.dropout.forward(self.c_proj.forward(self.act.forward(self.c_fc.forward(x))))
+
+    def backward(self, dout):
+        dh = self.c_proj.backward(self.dropout.backward(dout))
+        return self.c_fc.backward(self.act.backward(dh))
+
+
+class LayerKVCache:
+    """The keys and values of the tokens seen so far by one attention layer, for generation."""
+
+    def __init__(self):
+        self.k = None  # (B, nh, P, hs)
+        self.v = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def append(self, k, v):
+        self.k = k if self.k is None else np.concatenate([self.k, k], axis=2)
+        self.v = v if self.v is None else np.concatenate([self.v, v], axis=2)
+
+
+class Attention(Module):
+    """Causal multi-head self-attention: c_attn (C → 3C: q, k, v) → heads → c_proj (C → C).
+
+    ``prefix`` (None by default) may hold a module whose ``forward(B)`` returns key/value rows
+    (k, v) [B, nh, P, hs] that every query also attends to, and whose ``backward(dk, dv)`` takes
+    their gradients: the hook prefix tuning plugs into. ``kv_cache`` (generation) supplies the
+    keys/values of earlier tokens and receives this call's.
+    """
+
+    def __init__(self, d_model, n_head, dropout, *, rng, dtype, proj_std):
+        if d_model % n_head:
+            raise ValueError(f"n_head: must divide d_model={d_model}, got {n_head}")
+        self.n_head = n_head
+        self.c_attn = Linear(d_model, 3 * d_model, rng=rng, dtype=dtype)
+        self.c_proj = Linear(d_model, d_model, rng=rng, dtype=dtype, std=proj_std)
+        self.resid_dropout = Dropout(dropout, rng=rng)
+        self.prefix = None
+        self._cache = None
+
+    def forward(self, x, mask=None, kv_cache: LayerKVCache | None = None):  # [B,T,C] -> [B,T,C]
+        qkv = self.c_attn.forward(x)  # (B, T, 3C)
+        extra_k = extra_v = None
+        n_prefix = 0
+        if self.prefix is not None:
+            extra_k, extra_v = self.prefix.forward(x.shape[0])
+            n_prefix = extra_k.shape[2]
+        if kv_cache is not None and kv_cache.length:
+            extra_k = kv_cache.k if extra_k is None else np.concatenate([extra_k, kv_cache.k], 2)
+            extra_v = kv_cache.v if extra_v is None else np.concatenate([extra_v, kv_cache.v], 2)
+        y, mha_cache = F.mha_forward(qkv, self.n_head, mask, extra_k, extra_v)
+        if kv_cache is not None:
+            C = qkv.shape[-1] // 3
+            kv_cache.append(
+                F.split_heads(qkv[..., C : 2 * C], self.n_head),
+                F.split_heads(qkv[..., 2 * C :], self.n_head),
+            )
+        self._cache = (mha_cache, n_prefix)
+        return self.resid_dropout.forward(self.c_proj.forward(y))
+
+    def backward(self, dout):
+        mha_cache, n_prefix = self._cache
+        dy = self.c_proj.backward(self.resid_dropout.backward(dout))
+        dqkv, dextra_k, dextra_v = F.mha_backward(dy, mha_cache)
+        if self.prefix is not None:
+            self.prefix.backward(dextra_k[:, :, :n_prefix], dextra_v[:, :, :n_prefix])
+        return self.c_attn.backward(dqkv)
+
+
+class Block(Module):
+    """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, d_model, n_head, dropout, *, rng, dtype, proj_std, eps=1e-5):
+        self.ln_1 = LayerNorm(d_model, eps, dtype=dtype)
+        self.attn = Attention(d_model, n_head, dropout, rng=rng, dtype=dtype, proj_std=proj_std)
+        self.ln_2 = LayerNorm(d_model, eps, dtype=dtype)
+        self.mlp = MLP(d_model, dropout, rng=rng, dtype=dtype, proj_std=proj_std)
+
+    def forward(self, x, mask=None, kv_cache=None):  # [B, T, C] -> [B, T, C]
+        x = x + self.attn.forward(self.ln_1.forward(x), mask, kv_cache)
+        return x + self.mlp.forward(self.ln_2.forward(x))
+
+    def backward(self, dout):
+        # forward was x2 = x1 + mlp(ln_2(x1)), so dx1 = dx2 + ln_2ᵀ(mlpᵀ(dx2)); likewise for attn.
+        dx = dout + self.ln_2.backward(self.mlp.backward(dout))
+        return dx + self.ln_1.backward(self.attn.backward(dx))

@@ -1,0 +1,90 @@
+"""The checker itself must catch a wrong gradient, and must pass a right one."""
+
+import numpy as np
+import pytest
+
+from minift.gradcheck import (
+    check_gradients,
+    numerical_gradient,
+    numerical_gradient_array,
+    randomize_params,
+    rel_error,
+)
+from minift.param import Param
+
+
+def test_rel_error_definition():
+    a = np.array([3.0, 4.0])
+    assert rel_error(a, a) == 0.0
+    assert rel_error(a, np.zeros(2)) == 1.0
+    assert rel_error(np.array([1.0]), np.array([1.0 + 2e-8])) == pytest.approx(1e-8, rel=1e-6)
+    with pytest.raises(ValueError, match="numeric: expected shape"):
+        rel_error(a, np.zeros(3))
+
+
+def test_numerical_gradient_of_a_known_function():
+    x = np.array([0.3, -1.2, 2.0])
+    grad = numerical_gradient(lambda: float(np.sum(np.sin(x) * x)), x)
+    np.testing.assert_allclose(grad, np.cos(x) * x + np.sin(x), rtol=1e-9)
+    np.testing.assert_array_equal(x, [0.3, -1.2, 2.0])  # restored after probing
+
+
+def test_numerical_gradient_array_checks_against_dout():
+    rng = np.random.default_rng(0)
+    x, dout = rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
+    np.testing.assert_allclose(
+        numerical_gradient_array(lambda: x**2, x, dout), 2 * x * dout, rtol=1e-9
+    )
+
+
+def test_float32_is_refused():
+    with pytest.raises(TypeError, match="float64"):
+        numerical_gradient(lambda: 0.0, np.zeros(3, dtype=np.float32))
+
+
+def quadratic_problem(bug=0.0):
+    """L = Σ (A·w − y)² with the analytic gradient 2·Aᵀ(A·w − y), optionally wrong by `bug`."""
+    rng = np.random.default_rng(1)
+    A, y = rng.standard_normal((5, 4)), rng.standard_normal(5)
+    w = Param(rng.standard_normal(4))
+    frozen = Param(rng.standard_normal(2), trainable=False)
+
+    def loss(run_backward):
+        r = A @ w.value - y
+        if run_backward:
+            w.zero_grad()
+            w.accumulate_grad(2 * A.T @ r * (1 + bug))
+        return float(r @ r)
+
+    return loss, {"w": w, "frozen": frozen}
+
+
+def test_check_gradients_passes_a_right_gradient_and_skips_frozen():
+    loss, params = quadratic_problem()
+    report = check_gradients(loss, params)
+    assert list(report.errors) == ["w"]
+    assert report.ok(1e-7)
+
+
+def test_check_gradients_catches_a_gradient_off_by_one_percent():
+    loss, params = quadratic_problem(bug=0.01)
+    report = check_gradients(loss, params)
+    assert not report.ok(1e-7)
+    assert report.worst[0] == "w" and report.worst[1] > 1e-3
+    assert "w" in str(report)
+
+
+def test_sampled_entries_are_checked_and_reported_by_index():
+    loss, params = quadratic_problem(bug=0.5)
+    report = check_gradients(loss, params, max_entries=2, seed=3)
+    idx, analytic, numeric = report.worst_entry["w"]
+    assert 0 <= idx[0] < 4
+    assert analytic == pytest.approx(1.5 * numeric, rel=1e-6)
+
+
+def test_randomize_params_sets_layer_norm_gains_near_one():
+    params = {"ln_1.weight": Param(np.zeros(1000)), "c_fc.weight": Param(np.zeros(1000))}
+    randomize_params(params, seed=0, scale=0.3)
+    assert abs(params["ln_1.weight"].value.mean() - 1) < 0.05
+    assert abs(params["c_fc.weight"].value.mean()) < 0.05
+    assert 0.25 < params["c_fc.weight"].value.std() < 0.35

@@ -1,0 +1,286 @@
+"""The whole GPT: every parameter's gradient, causality, KV cache, tying, training, bad input."""
+
+import numpy as np
+import pytest
+import reference as ref
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import minift
+from minift.functional import cross_entropy, embedding_backward, embedding_forward
+from minift.gradcheck import check_gradients, randomize_params
+
+TINY = minift.GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=8)
+TOL = 1e-7
+seeds = st.integers(0, 2**31 - 1)
+
+
+def tiny_model(seed=0, config=TINY, cls=minift.GPT, **kw):
+    model = cls(config, seed=seed, dtype=np.float64, **kw)
+    randomize_params(model.named_parameters(), seed)
+    return model
+
+
+def lm_loss(model, idx, targets):
+    def loss(run_backward):
+        value, dlogits = cross_entropy(model.forward(idx), targets)
+        if run_backward:
+            model.zero_grad()
+            model.backward(dlogits)
+        return value
+
+    return loss
+
+
+@settings(max_examples=4, deadline=None)
+@given(seeds)
+def test_every_gpt_parameter_matches_finite_differences(seed):
+    rng = np.random.default_rng(seed)
+    model = tiny_model(seed)
+    idx = rng.integers(0, 11, (2, 6))
+    targets = rng.integers(0, 11, (2, 6))
+    targets[0, :2] = -100  # a masked prompt
+    report = check_gradients(lm_loss(model, idx, targets), model.named_parameters())
+    assert len(report.errors) == len(model.named_parameters()) == 2 + 2 * 12 + 2
+    assert report.ok(TOL), str(report)
+
+
+def test_forward_matches_an_independent_loop_reference():
+    rng = np.random.default_rng(1)
+    model = tiny_model(1)
+    idx = rng.integers(0, 11, (2, 7))
+    expected = ref.naive_gpt_logits(model.state_dict(), idx, TINY.n_layer, TINY.n_head)
+    np.testing.assert_allclose(model.forward(idx), expected, rtol=1e-10, atol=1e-12)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seeds, st.integers(2, 8))
+def test_changing_later_tokens_never_changes_earlier_logits(seed, T):
+    rng = np.random.default_rng(seed)
+    model = tiny_model(seed % 7)
+    idx = rng.integers(0, 11, (1, T))
+    t = int(rng.integers(0, T - 1))
+    other = idx.copy()
+    other[0, t + 1 :] = (idx[0, t + 1 :] + rng.integers(1, 11, T - t - 1)) % 11
+    a, b = model.forward(idx), model.forward(other)
+    np.testing.assert_array_equal(a[:, : t + 1], b[:, : t + 1])
+    assert not np.allclose(a[:, t + 1 :], b[:, t + 1 :])
+
+
+def test_kv_cache_logits_equal_the_uncached_forward():
+    rng = np.random.default_rng(2)
+    model = tiny_model(2)
+    idx = rng.integers(0, 11, (3, 8))
+    full = model.forward(idx)
+    cache = minift.KVCache(TINY.n_layer)
+    pieces = [model.forward(idx[:, :3], kv_cache=cache)]
+    for t in range(3, 8):
+        pieces.append(model.forward(idx[:, t : t + 1], kv_cache=cache))
+    assert cache.length == 8
+    np.testing.assert_allclose(np.concatenate(pieces, axis=1), full, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("temperature,top_k", [(0, None), (1.0, None), (0.7, 3)])
+def test_generation_with_cache_equals_without(temperature, top_k):
+    """Same tokens with and without the cache, also past block_size (the context is cropped)."""
+    model = tiny_model(3)
+    idx = np.random.default_rng(3).integers(0, 11, (2, 5))
+    kw = {"temperature": temperature, "top_k": top_k, "seed": 9}
+    cached = model.generate(idx, 12, use_cache=True, **kw)
+    uncached = model.generate(idx, 12, use_cache=False, **kw)
+    assert cached.shape == (2, 17)
+    np.testing.assert_array_equal(cached, uncached)
+    np.testing.assert_array_equal(cached[:, :5], idx)
+
+
+def test_top_k_of_one_is_greedy_and_sampling_is_seeded():
+    model = tiny_model(4)
+    idx = np.array([[1, 2, 3]])
+    greedy = model.generate(idx, 6, temperature=0)
+    np.testing.assert_array_equal(model.generate(idx, 6, temperature=1.3, top_k=1, seed=0), greedy)
+    a = model.generate(idx, 6, temperature=1.0, seed=5)
+    np.testing.assert_array_equal(a, model.generate(idx, 6, temperature=1.0, seed=5))
+
+
+def test_generate_restores_the_training_mode():
+    model = tiny_model(0)
+    model.train()
+    model.generate(np.array([[1]]), 2)
+    assert model.training and model.h[0].mlp.dropout.training
+    model.eval()
+    model.generate(np.array([[1]]), 2)
+    assert not model.training
+
+
+def test_tied_wte_gets_lookup_plus_head_gradient():
+    """wte is used twice (lookup and LM head); its grad is the sum of both uses' gradients."""
+    rng = np.random.default_rng(5)
+    model = tiny_model(5)
+    idx, targets = rng.integers(0, 11, (2, 6)), rng.integers(0, 11, (2, 6))
+    # the head's use alone: logits = h·wteᵀ, so dwte = dlogitsᵀ·h
+    _, dlogits = cross_entropy(model.forward(idx), targets)
+    h = model.forward_hidden(idx)
+    head_part = dlogits.reshape(-1, 11).T @ h.reshape(-1, 8)
+    # the lookup's use alone: feed the same embeddings in, take their gradient, scatter-add it
+    model.forward(idx)
+    model.zero_grad()
+    model.backward(dlogits)
+    tied_grad = model.wte.weight.grad.copy()
+    embeds, cache = embedding_forward(idx, model.wte.weight.value)
+    model.forward(inputs_embeds=embeds)
+    model.zero_grad()
+    dembeds = model.backward(dlogits)
+    lookup_part = embedding_backward(dembeds, cache)
+    np.testing.assert_allclose(tied_grad, head_part + lookup_part, rtol=1e-10, atol=1e-14)
+    assert not np.allclose(tied_grad, head_part)
+
+
+def test_gpt_overfits_one_batch():
+    from minift.optim import AdamW
+
+    cfg = minift.GPTConfig(vocab_size=20, block_size=16, n_layer=2, n_head=2, d_model=32)
+    model = minift.GPT(cfg, seed=0, dtype=np.float32)
+    rng = np.random.default_rng(0)
+    idx, targets = rng.integers(0, 20, (4, 16)), rng.integers(0, 20, (4, 16))
+    opt = AdamW(model.named_parameters(), lr=3e-3, weight_decay=0.0)
+    for _ in range(300):
+        loss, dlogits = cross_entropy(model.forward(idx), targets)
+        opt.zero_grad()
+        model.backward(dlogits)
+        opt.step()
+    assert loss < 0.05
+    assert all(p.value.dtype == np.float32 for p in model.parameters())
+
+
+def test_float32_model_computes_in_float32():
+    model = minift.GPT(TINY, seed=0)
+    idx = np.zeros((1, 4), dtype=np.int64)
+    logits = model.forward(idx)
+    assert logits.dtype == np.float32
+    _, dlogits = cross_entropy(logits, idx)
+    model.backward(dlogits)
+    assert all(p.grad.dtype == np.float32 for p in model.parameters())
+
+
+def test_same_seed_same_model():
+    a, b = minift.GPT(TINY, seed=7), minift.GPT(TINY, seed=7)
+    for (name, p), q in zip(a.named_parameters().items(), b.parameters(), strict=True):
+        np.testing.assert_array_equal(p.value, q.value, err_msg=name)
+    assert not np.array_equal(a.wte.weight.value, minift.GPT(TINY, seed=8).wte.weight.value)
+
+
+# -- sequence classification -------------------------------------------------------------------
+
+
+def test_classifier_gradients_match_finite_differences():
+    cfg = minift.GPTConfig(
+        vocab_size=11, block_size=8, n_layer=1, n_head=2, d_model=8, pad_token_id=0
+    )
+    rng = np.random.default_rng(6)
+    model = tiny_model(6, cfg, minift.GPTForSequenceClassification, num_labels=3)
+    idx = rng.integers(1, 11, (3, 6))
+    idx[0, 4:] = 0  # right padding
+    labels = rng.integers(0, 3, 3)
+
+    def loss(run_backward):
+        value, dlogits = cross_entropy(model.forward(idx), labels)
+        if run_backward:
+            model.zero_grad()
+            model.backward(dlogits)
+        return value
+
+    params = model.named_parameters()
+    assert "score.weight" in params and params["score.weight"].shape == (8, 3)
+    report = check_gradients(loss, params)
+    assert report.ok(TOL), str(report)
+
+
+def test_classifier_pools_the_last_non_pad_token_and_ignores_padding():
+    cfg = minift.GPTConfig(
+        vocab_size=11, block_size=8, n_layer=1, n_head=2, d_model=8, pad_token_id=0
+    )
+    model = tiny_model(7, cfg, minift.GPTForSequenceClassification, num_labels=2)
+    idx = np.array([[5, 6, 7, 0, 0], [5, 6, 7, 8, 9]])
+    np.testing.assert_array_equal(model.pooled_positions(idx), [2, 4])
+    short = model.forward(idx[:1, :3])
+    padded = model.forward(idx[:1])
+    np.testing.assert_allclose(padded, short, rtol=1e-12)
+    with pytest.raises(ValueError, match="row 0 holds only pad tokens"):
+        model.forward(np.zeros((1, 3), dtype=int))
+
+
+def test_classifier_from_lm_shares_the_pretrained_params():
+    lm = tiny_model(8)
+    clf = minift.GPTForSequenceClassification.from_lm(lm, num_labels=4, seed=1)
+    assert clf.h[0].attn.c_attn.weight is lm.h[0].attn.c_attn.weight
+    assert set(clf.named_parameters()) == set(lm.named_parameters()) | {"score.weight"}
+    with pytest.raises(TypeError, match="generate"):
+        clf.generate(np.array([[1]]), 1)
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("idx", "exc", "match"),
+    [
+        (np.array([[1, 11]]), ValueError, r"idx: token ids must lie in \[0, 11\), got 11"),
+        (np.array([[-1, 2]]), ValueError, r"idx: token ids must lie in \[0, 11\), got -1"),
+        (np.zeros((1, 9), dtype=int), ValueError, "idx: sequence length 9 exceeds block_size=8"),
+        (
+            np.zeros((1, 3)),
+            TypeError,
+            "idx: expected an integer array of token ids, got dtype float64",
+        ),
+        (np.zeros(3, dtype=int), ValueError, r"idx: expected shape \(B, T\)"),
+    ],
+)
+def test_bad_token_input_is_named(idx, exc, match):
+    with pytest.raises(exc, match=match):
+        tiny_model().forward(idx)
+
+
+def test_sequence_too_long_with_cache_is_named():
+    model = tiny_model()
+    cache = minift.KVCache(TINY.n_layer)
+    model.forward(np.zeros((1, 6), dtype=int), kv_cache=cache)
+    with pytest.raises(ValueError, match=r"idx: sequence length 3 \(\+6 cached\) exceeds"):
+        model.forward(np.zeros((1, 3), dtype=int), kv_cache=cache)
+
+
+def test_wrong_dlogits_is_named():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="dlogits: backward called before forward"):
+        model.backward(np.zeros((1, 2, 11)))
+    model.forward(np.zeros((1, 2), dtype=int))
+    with pytest.raises(ValueError, match=r"dlogits: expected shape \(1, 2, 11\).*got \(1, 3, 11\)"):
+        model.backward(np.zeros((1, 3, 11)))
+    with pytest.raises(TypeError, match="dlogits: expected a floating-point array"):
+        model.backward(np.zeros((1, 2, 11), dtype=int))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_head": 3}, "n_head: must divide d_model=8, got n_head=3"),
+        ({"vocab_size": 0}, "vocab_size: expected a positive integer, got 0"),
+        ({"dropout": 1.0}, r"dropout: expected a probability in \[0, 1\)"),
+        ({"pad_token_id": 11}, r"pad_token_id: expected an id in \[0, 11\)"),
+    ],
+)
+def test_bad_config_is_named(kwargs, match):
+    fields = {**TINY.to_dict(), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        minift.GPTConfig(**fields)
+
+
+def test_bad_dtype_and_generation_options_are_named():
+    with pytest.raises(TypeError, match="dtype: expected float32"):
+        minift.GPT(TINY, dtype=np.int32)
+    model = tiny_model()
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate(np.array([[1]]), 2, temperature=-1)
+    with pytest.raises(ValueError, match="top_k"):
+        model.generate(np.array([[1]]), 2, top_k=0)
+    with pytest.raises(ValueError, match="inputs_embeds: expected shape"):
+        model.forward(inputs_embeds=np.zeros((1, 2, 5)))

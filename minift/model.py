@@ -19,7 +19,7 @@ Shape legend: B batch, T time, C d_model, V vocab, K number of labels.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -109,7 +109,7 @@ class GPT(Module):
             for _ in range(config.n_layer)
         )
         self.ln_f = LayerNorm(C, config.layer_norm_eps, dtype=self.dtype)
-        self.rng = rng  # dropout draws from it; a checkpoint saves its state to resume exactly
+        self.rng = rng  # dropout draws from it; the training loop saves its state to resume
         self._shape = None
 
     # -- input checks ------------------------------------------------------------------------
@@ -285,10 +285,17 @@ class GPTForSequenceClassification(GPT):
         )
 
     @classmethod
-    def from_lm(cls, lm: GPT, num_labels: int, seed: int = 0) -> GPTForSequenceClassification:
-        """A classifier on top of a pretrained GPT: SHARES its modules (and so its Params)."""
+    def from_lm(
+        cls, lm: GPT, num_labels: int, seed: int = 0, pad_token_id: int | None = None
+    ) -> GPTForSequenceClassification:
+        """A classifier on top of a pretrained GPT: SHARES its modules (and so its Params).
+
+        ``pad_token_id`` sets the classifier's own pad id (the LM's config is not changed).
+        """
         model = cls.__new__(cls)
         model.__dict__.update(lm.__dict__)
+        if pad_token_id is not None:
+            model.config = replace(lm.config, pad_token_id=pad_token_id)
         model._add_head(num_labels, seed)
         return model
 

@@ -211,8 +211,9 @@ def test_classifier_pools_the_last_non_pad_token_and_ignores_padding():
 
 def test_classifier_from_lm_shares_the_pretrained_params():
     lm = tiny_model(8)
-    clf = minift.GPTForSequenceClassification.from_lm(lm, num_labels=4, seed=1)
+    clf = minift.GPTForSequenceClassification.from_lm(lm, num_labels=4, seed=1, pad_token_id=3)
     assert clf.h[0].attn.c_attn.weight is lm.h[0].attn.c_attn.weight
+    assert clf.config.pad_token_id == 3 and lm.config.pad_token_id is None
     assert set(clf.named_parameters()) == set(lm.named_parameters()) | {"score.weight"}
     with pytest.raises(TypeError, match="generate"):
         clf.generate(np.array([[1]]), 1)

@@ -1,0 +1,1 @@
+"""Benchmarks: run as modules from the repo root (``python -m benchmarks.train_step``)."""

@@ -1,0 +1,386 @@
+"""What every fine-tuning method shares: get_peft_model, target modules, counting, merge, files.
+
+A method is a config (a dataclass with PEFT's field names) that knows how to change a model:
+
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn"]))
+
+does three things, in this order:
+
+1. freezes every parameter of the model (``trainable = False``: no dW, but dx still flows);
+2. ``config.apply(model, rng)``: the method adds its own trainable parameters. Most methods wrap
+   each TARGET MODULE (a Linear layer matched by name, below) in a layer of their own, whose
+   forward is the frozen base layer's plus the method's change (LoRA: + s·x·Aᵀ·Bᵀ). Others act
+   on the whole model (prompt tuning prepends virtual tokens; BitFit unfreezes biases);
+3. unfreezes ``modules_to_save`` (e.g. a new classification head ``score``), which train fully.
+
+The returned ``PeftModel`` keeps the model's interface (forward, backward, generate,
+named_parameters) and adds PEFT's: ``print_trainable_parameters``, ``merge_and_unload``,
+``save_pretrained`` and ``PeftModel.from_pretrained``. Parameter names are the model's own, with
+a wrapped layer's frozen weights under ``base_layer`` as in PEFT: ``h.0.attn.c_attn.lora_A``
+beside ``h.0.attn.c_attn.base_layer.weight``.
+
+Target modules are matched as PEFT matches them: a string is a regular expression that must
+match the WHOLE dotted name (``re.fullmatch``); a list matches a name equal to an entry or ending
+in ``"." + entry`` (``"c_attn"`` matches ``h.0.attn.c_attn``; ``"attn.c_proj"`` matches only the
+attention's output projection, not the MLP's). A target that matches nothing is an error that
+lists the modules that exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from minift.checkpoint import atomic_write_json, load_tensors, read_json, save_tensors
+from minift.nn import Linear, Module
+
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+
+PEFT_TYPES: dict[str, type[PeftConfig]] = {}  # "LORA" -> LoraConfig, filled by each method
+
+
+def register(config_cls):
+    """Class decorator: make a config loadable from its adapter_config.json by ``peft_type``."""
+    PEFT_TYPES[config_cls.peft_type] = config_cls
+    return config_cls
+
+
+# ------------------------------------------------------------------------------------------------
+# Configs
+
+
+@dataclass
+class PeftConfig:
+    """Fields every method has. Subclasses add theirs and implement ``apply`` or ``wrap``."""
+
+    target_modules: list[str] | str | None = None  # None: the method's default
+    modules_to_save: list[str] | None = None  # modules trained fully, e.g. ["score"]
+
+    peft_type: ClassVar[str] = ""
+    default_target_modules: ClassVar[tuple[str, ...]] = ("c_attn",)
+    mergeable: ClassVar[bool] = True  # can its change be folded into the weights?
+
+    def __post_init__(self):
+        t = self.target_modules
+        if t is not None and not isinstance(t, str):
+            if not isinstance(t, (list, tuple, set)) or not all(isinstance(x, str) for x in t):
+                raise TypeError(
+                    f"target_modules: expected a regex string or a list of names, got {t!r}"
+                )
+            self.target_modules = sorted(t) if isinstance(t, set) else list(t)
+        m = self.modules_to_save
+        if m is not None:
+            if not isinstance(m, (list, tuple)) or not all(isinstance(x, str) for x in m):
+                raise TypeError(f"modules_to_save: expected a list of names, got {m!r}")
+            self.modules_to_save = list(m)
+
+    # -- how a method changes the model -------------------------------------------------------
+
+    def apply(self, model: Module, rng: np.random.Generator) -> None:
+        """Add the method to ``model`` (frozen already). Default: wrap every target Linear."""
+        targets = self.target_modules or list(self.default_target_modules)
+        for name in match_target_modules(model, targets):
+            model.set_submodule(name, self.wrap(name, model.get_submodule(name), rng))
+
+    def wrap(self, name: str, layer: Linear, rng: np.random.Generator) -> Module:
+        raise NotImplementedError(f"{type(self).__name__} must implement wrap() or apply()")
+
+    # -- adapter files ------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"peft_type": self.peft_type, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "adapter config") -> PeftConfig:
+        """Build from a dict; a field we do not implement, set to a non-default value, is an error.
+
+        PEFT writes many fields (``task_type``, ``inference_mode``, ``layers_to_transform`` …);
+        those left at their neutral values are ignored, anything that would change the method
+        is refused rather than silently dropped.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs, refused = {}, []
+        for key, value in d.items():
+            if key in names:
+                kwargs[key] = value
+            elif key in _NEUTRAL_FIELDS or value in (None, False, {}, [], ""):
+                continue
+            else:
+                refused.append(f"{key}={value!r}")
+        if refused:
+            raise ValueError(f"{where}: fields minift does not implement: {', '.join(refused)}")
+        return cls(**kwargs)
+
+    def peft_key(self, name: str) -> str:
+        """The key of a trainable parameter in adapter_model.safetensors (minift's own layout)."""
+        return "base_model.model." + name
+
+    def peft_value(self, name: str, value: np.ndarray) -> np.ndarray:
+        """The value as stored in the file (a method whose layout differs transposes here)."""
+        return value
+
+    def from_peft_value(self, name: str, value: np.ndarray) -> np.ndarray:
+        return value
+
+
+# fields PEFT writes whose value minift may ignore whatever it is
+_NEUTRAL_FIELDS = {
+    "peft_type",
+    "task_type",
+    "inference_mode",
+    "base_model_name_or_path",
+    "revision",
+    "auto_mapping",
+    "peft_version",
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# Target modules
+
+
+def _matches(name: str, targets: list[str] | str) -> bool:
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def match_target_modules(model: Module, targets: list[str] | str, kind=Linear) -> list[str]:
+    """Names of the ``kind`` modules that the targets match; an error names what did not match."""
+    candidates = [name for name, m in model.named_modules() if isinstance(m, kind) and name]
+    matched = [name for name in candidates if _matches(name, targets)]
+    unmatched = (
+        ([targets] if not matched else [])
+        if isinstance(targets, str)
+        else [t for t in targets if not any(_matches(n, [t]) for n in candidates)]
+    )
+    if unmatched:
+        kinds = sorted({n.rsplit(".", 1)[-1] for n in candidates})
+        example = next((n for n in candidates if n.count(".") >= 2), candidates[:1])
+        raise ValueError(
+            f"target_modules: {unmatched} matched no {kind.__name__} module; the model has "
+            f"{kinds} (full names like {example!r})"
+        )
+    return matched
+
+
+# ------------------------------------------------------------------------------------------------
+# Counting
+
+
+@dataclass
+class ParameterCount:
+    """Trainable and frozen element counts, in total and per module (the Param's owner)."""
+
+    trainable: int = 0
+    frozen: int = 0
+    by_module: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return self.trainable + self.frozen
+
+    @property
+    def trainable_percent(self) -> float:
+        return 100.0 * self.trainable / self.total if self.total else 0.0
+
+
+def count_parameters(model: Module) -> ParameterCount:
+    """Count every Param once (a shared Param counts once: A3's saving shows here)."""
+    count = ParameterCount()
+    for name, p in model.named_parameters().items():
+        owner = name.rsplit(".", 1)[0] if "." in name else ""
+        row = count.by_module.setdefault(owner, {"trainable": 0, "frozen": 0})
+        kind = "trainable" if p.trainable else "frozen"
+        row[kind] += p.size
+        setattr(count, kind, getattr(count, kind) + p.size)
+    return count
+
+
+# ------------------------------------------------------------------------------------------------
+# The model a method returns
+
+
+class PeftModel(Module):
+    """A model with a method applied; its parameter names are the model's own."""
+
+    def __init__(self, model: Module, peft_config: PeftConfig):
+        self.base_model = model
+        self.peft_config = peft_config
+
+    def __getattr__(self, name):
+        # called only when normal lookup fails: reach the model's own attributes (peft.h[0]…)
+        base = self.__dict__.get("base_model")
+        if base is None:
+            raise AttributeError(name)
+        return getattr(base, name)
+
+    # the wrapped model's modules are ours, under their own names (no "base_model." prefix)
+    def named_modules(self, prefix: str = ""):
+        return self.base_model.named_modules(prefix)
+
+    def _children(self):
+        return self.base_model._children()
+
+    def _child(self, name):
+        return self.base_model._child(name)
+
+    def _set_child(self, name, module):
+        self.base_model._set_child(name, module)
+
+    def train(self, mode: bool = True) -> PeftModel:
+        self.training = bool(mode)
+        self.base_model.train(mode)
+        return self
+
+    @property
+    def config(self):
+        return self.base_model.config
+
+    def forward(self, *args, **kwargs):
+        return self.base_model.forward(*args, **kwargs)
+
+    def backward(self, dout):
+        return self.base_model.backward(dout)
+
+    def generate(self, *args, **kwargs):
+        return self.base_model.generate(*args, **kwargs)
+
+    # -- PEFT's conveniences -------------------------------------------------------------------
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        count = count_parameters(self)
+        return count.trainable, count.total
+
+    def print_trainable_parameters(self) -> None:
+        trainable, total = self.get_nb_trainable_parameters()
+        print(
+            f"trainable params: {trainable:,d} || all params: {total:,d} || "
+            f"trainable%: {100 * trainable / total:.4f}"
+        )
+
+    def _tuner_layers(self) -> list[str]:
+        return [n for n, m in self.named_modules() if n and hasattr(m, "merged_layer")]
+
+    def merge_and_unload(self) -> Module:
+        """Fold every change into the weights and return the plain model, all of it trainable.
+
+        Exact: the merged model computes what the adapted one did (a test holds it to 1e-12 in
+        float64), at the base model's size and speed. The PeftModel is used up by this (as in
+        PEFT: the merge happens in place).
+        """
+        if not self.peft_config.mergeable:
+            raise TypeError(
+                f"merge_and_unload: {type(self.peft_config).__name__} does not change any weight "
+                "matrix, so there is nothing to merge; keep using the PeftModel"
+            )
+        for name in self._tuner_layers():
+            self.base_model.set_submodule(name, self.get_submodule(name).merged_layer())
+        for p in self.base_model.parameters():
+            p.trainable = True
+        return self.base_model
+
+    def unload(self) -> Module:
+        """Drop the method's layers and return the model as it was (all of it trainable)."""
+        for name in self._tuner_layers():
+            self.base_model.set_submodule(name, self.get_submodule(name).base_layer)
+        for p in self.base_model.parameters():
+            p.trainable = True
+        return self.base_model
+
+    # -- adapter files ------------------------------------------------------------------------
+
+    def adapter_state_dict(self) -> dict[str, np.ndarray]:
+        """What save_pretrained writes: every trainable Param, under the method's file keys."""
+        cfg = self.peft_config
+        return {
+            cfg.peft_key(name): np.ascontiguousarray(cfg.peft_value(name, p.value))
+            for name, p in self.named_parameters().items()
+            if p.trainable
+        }
+
+    def save_pretrained(self, directory) -> None:
+        """Write adapter_model.safetensors, then adapter_config.json (each atomically)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_tensors(directory / ADAPTER_WEIGHTS_NAME, self.adapter_state_dict(), {"format": "pt"})
+        atomic_write_json(directory / ADAPTER_CONFIG_NAME, self.peft_config.to_dict())
+
+    @classmethod
+    def from_pretrained(cls, model: Module, directory, is_trainable: bool = False, seed: int = 0):
+        """Apply a saved adapter to ``model``; frozen for inference unless ``is_trainable``."""
+        directory = Path(directory)
+        config_path = directory / ADAPTER_CONFIG_NAME
+        raw = read_json(config_path, "adapter config")
+        peft_type = raw.get("peft_type")
+        if peft_type not in PEFT_TYPES:
+            raise ValueError(
+                f"{config_path}: peft_type {peft_type!r} is not one minift knows: "
+                f"{sorted(PEFT_TYPES)}"
+            )
+        config = PEFT_TYPES[peft_type].from_dict(raw, str(config_path))
+        peft_model = get_peft_model(model, config, seed=seed)
+        peft_model.load_adapter_weights(directory / ADAPTER_WEIGHTS_NAME)
+        if not is_trainable:
+            for p in peft_model.parameters():
+                p.trainable = False
+        return peft_model
+
+    def load_adapter_weights(self, path) -> None:
+        """Strict: every trainable Param's key is in the file, no key is left over, shapes match."""
+        tensors, _ = load_tensors(path)
+        cfg = self.peft_config
+        params = {
+            cfg.peft_key(n): (n, p) for n, p in self.named_parameters().items() if p.trainable
+        }
+        missing = sorted(set(params) - set(tensors))
+        unexpected = sorted(set(tensors) - set(params))
+        problems = [f"missing keys {missing}"] if missing else []
+        if unexpected:
+            problems.append(f"unexpected keys {unexpected}")
+        values = {}
+        for key, (name, p) in params.items():
+            if key in tensors:
+                value = cfg.from_peft_value(name, tensors[key])
+                if value.shape != p.shape:
+                    problems.append(f"{key}: expected shape {p.shape}, got {value.shape}")
+                values[name] = value
+        if problems:
+            raise ValueError(f"{path}: adapter does not match the model: " + " | ".join(problems))
+        for name, p in params.values():
+            np.copyto(p.value, values[name], casting="unsafe")
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def get_peft_model(model: Module, peft_config: PeftConfig, seed: int = 0) -> PeftModel:
+    """Freeze ``model``, apply the method, unfreeze ``modules_to_save``; see the module docstring.
+
+    The model is changed in place (its target layers are wrapped) and returned inside a
+    PeftModel. ``seed`` draws the method's initial values (LoRA's A, prompt embeddings …).
+    """
+    if not isinstance(peft_config, PeftConfig):
+        raise TypeError(f"peft_config: expected a PeftConfig, got {type(peft_config).__name__}")
+    if isinstance(model, PeftModel):
+        raise TypeError("model: already a PeftModel; merge_and_unload() it first")
+    for p in model.parameters():
+        p.trainable = False
+    peft_config.apply(model, np.random.default_rng(seed))
+    for name in peft_config.modules_to_save or []:
+        try:
+            module = model.get_submodule(name)
+        except KeyError:
+            children = [n for n, _ in model._children()]
+            raise ValueError(
+                f"modules_to_save: no module {name!r}; the model's top-level modules are {children}"
+            ) from None
+        for p in module.parameters():
+            p.trainable = True
+    return PeftModel(model, peft_config)

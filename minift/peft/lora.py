@@ -1,0 +1,305 @@
+r"""LoRA: low-rank adaptation (Hu et al., 2021), the article's §2.3, §4.1.3 and §4.2.3.
+
+What the article writes, and what LoRA is
+-----------------------------------------
+The article (A5) writes W = L·G with "L a low-rank matrix and G a Gaussian matrix", and (A6)
+L = U·Vᵀ with U, V orthogonal. Published LoRA keeps the pretrained weight and ADDS a low-rank
+change:
+
+    W = W₀ + ΔW,     ΔW = s · B · A,     B ∈ ℝ^{d_out × r},  A ∈ ℝ^{r × d_in},  r ≪ min(d_in, d_out)
+
+W₀ is frozen; only A and B train. In the article's notation U = B and Vᵀ = A, and they are NOT
+orthogonal (orthogonality belongs to AdaLoRA's P·Λ·Q, with a regulariser; see adalora.py).
+The "Gaussian matrix" is most likely a memory of A's random initialisation:
+
+    A ~ Kaiming-uniform, U(−1/√d_in, 1/√d_in) (PEFT's default), or N(0, 1/r²) ("gaussian")
+    B = 0
+
+so ΔW = 0 at step 0 and the adapted model starts EXACTLY at the pretrained one. (B must be the
+zero one: with A = 0 instead, ∂L/∂B = s·G·Aᵀ = 0 and B would never move; with B = 0,
+∂L/∂A = s·Bᵀ·G = 0 on the first step only, and B's own gradient gets it going.)
+
+The scale s = α/r (``lora_alpha / r``), or s = α/√r with rsLoRA (Kalajdzievski, 2023), whose
+updates keep their size as r grows. A's input may pass through dropout (``lora_dropout``).
+
+Gradients (the article's A11, done right)
+-----------------------------------------
+With G = ∂L/∂W the gradient of the loss with respect to the effective weight (paper layout,
+[d_out, d_in]), the chain rule through ΔW = s·B·A gives
+
+    ∂L/∂B = s · G · Aᵀ          ∂L/∂A = s · Bᵀ · G
+
+(A11's "∂(UVᵀG)/∂L · ∂G/∂L" is not a chain rule: G does not depend on L.)
+
+minift stores a Linear weight [in, out] (y = x·W, GPT-2's layout) but A and B as PEFT and the
+paper do, A [r, in] and B [out, r]. So in minift's layout ΔW = s·(B·A)ᵀ = s·Aᵀ·Bᵀ and
+
+    y = x·W₀ + b + s · (x·Aᵀ)·Bᵀ
+
+Two ways to compute it, both here and tested equal:
+- the clear path forms ΔW [in, out] and multiplies once: y = x·(W₀ + ΔW) + b;
+- the fast path never forms ΔW: u = x·Aᵀ [N, r], then y = x·W₀ + b + s·u·Bᵀ. It costs
+  2·N·r·(d_in + d_out) multiply-adds instead of N·d_in·d_out more, and its backward needs no dW₀:
+
+      du = s · dy·B          [N, r]         dB = s · dyᵀ·u       [out, r]
+      dA = duᵀ · x           [r, in]        dx = dy·W₀ᵀ + du·A   [N, in]
+
+Training uses the fast path: that, and no optimizer state for W₀, is where LoRA's speed and
+memory savings come from (the article's §3.3.3 claims the opposite; benchmarks/ measures it).
+
+Trainable parameters per adapted matrix: r·(d_in + d_out), against d_in·d_out for full
+fine-tuning. Merging (W₀ ← W₀ + ΔW) makes the deployed model exactly as large and fast as the
+base; unmerging subtracts ΔW again.
+
+Shape legend: N positions (any leading shape ...), r rank, d_in / d_out the layer's in / out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from minift import functional as F
+from minift.nn import Dropout, Linear, Module
+from minift.param import Param
+from minift.peft.base import PeftConfig, register
+
+# ------------------------------------------------------------------------------------------------
+# The math, as pure functions
+
+
+def lora_scaling(r: int, lora_alpha: float, use_rslora: bool = False) -> float:
+    """s = α/r, or α/√r with rsLoRA."""
+    return lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
+
+
+def lora_delta_weight(A, B, scaling):
+    """ΔW in minift's layout: s·(B·A)ᵀ.  # [r, in], [out, r] -> [in, out]"""
+    return scaling * (B @ A).T
+
+
+def lora_forward_clear(x, W0, b, A, B, scaling):
+    """The clear path: y = x·(W₀ + ΔW) + b, forming ΔW.  # [..., in] -> [..., out]"""
+    return F.linear_forward(x, W0 + lora_delta_weight(A, B, scaling), b)[0]
+
+
+def lora_forward(x, W0, b, A, B, scaling, x_lora=None):
+    """The fast path: y = x·W₀ + b + s·(x_lora·Aᵀ)·Bᵀ, never forming ΔW.
+
+    ``x_lora`` is the input of the low-rank path (x after LoRA dropout; x itself by default).
+    x [..., in], W0 [in, out], b [out] or None, A [r, in], B [out, r] -> y [..., out]
+    """
+    x_lora = x if x_lora is None else x_lora
+    base_out, base_cache = F.linear_forward(x, W0, b)
+    u = x_lora @ A.T  # (..., r)
+    y = base_out + scaling * (u @ B.T)
+    return y, (base_cache, x_lora, u, A, B, scaling)
+
+
+def lora_backward(dy, cache, need_base_grads=False):
+    """Returns (dx, dx_lora, dA, dB, dW0, db): see the module docstring for the equations.
+
+    dx is the gradient through the frozen W₀ only, dx_lora the one through the low-rank path
+    (the caller adds them, after undoing the dropout on dx_lora). dW0 and db are computed only
+    when ``need_base_grads`` (a frozen W₀ gets no gradient: that work is skipped).
+    """
+    base_cache, x_lora, u, A, B, scaling = cache
+    dx, dW0, db = F.linear_backward(dy, base_cache, need_dW=need_base_grads)
+    r = A.shape[0]
+    dy2 = dy.reshape(-1, dy.shape[-1])  # (N, out)
+    du = scaling * (dy @ B)  # (..., r)
+    dB = scaling * (dy2.T @ u.reshape(-1, r))  # (out, r)
+    dA = du.reshape(-1, r).T @ x_lora.reshape(-1, x_lora.shape[-1])  # (r, in)
+    dx_lora = du @ A  # (..., in)
+    return dx, dx_lora, dA, dB, dW0, (db if need_base_grads else None)
+
+
+# ------------------------------------------------------------------------------------------------
+# The layer
+
+
+class LoraLinear(Module):
+    """A frozen Linear plus s·B·A: ``base_layer`` (W₀, b), ``lora_A`` [r, in], ``lora_B`` [out, r].
+
+    ``merge()`` folds ΔW into W₀ (then forward is the base layer's alone), ``unmerge()`` takes
+    it out again; the ``merged`` flag guards both, as in loralib.
+    """
+
+    def __init__(
+        self,
+        base_layer: Linear,
+        r: int,
+        lora_alpha: float,
+        lora_dropout: float = 0.0,
+        use_rslora: bool = False,
+        init_lora_weights: bool | str = True,
+        *,
+        rng: np.random.Generator,
+    ):
+        d_in, d_out = base_layer.in_features, base_layer.out_features
+        _check_rank(r, d_in, d_out)
+        dtype = base_layer.weight.dtype
+        self.base_layer = base_layer
+        self.r = r
+        self.scaling = lora_scaling(r, lora_alpha, use_rslora)
+        self.lora_A = Param(_init_A(init_lora_weights, r, d_in, rng).astype(dtype))
+        self.lora_B = Param(np.zeros((d_out, r), dtype=dtype))
+        self.lora_dropout = Dropout(lora_dropout, rng=rng)
+        self.merged = False
+        self._cache = None
+
+    @property
+    def in_features(self):
+        return self.base_layer.in_features
+
+    @property
+    def out_features(self):
+        return self.base_layer.out_features
+
+    def delta_weight(self) -> np.ndarray:  # [in, out]
+        return lora_delta_weight(self.lora_A.value, self.lora_B.value, self.scaling)
+
+    def forward(self, x):  # [..., in] -> [..., out]
+        if self.merged:
+            return self.base_layer.forward(x)
+        base = self.base_layer
+        y, self._cache = lora_forward(
+            x,
+            base.weight.value,
+            None if base.bias is None else base.bias.value,
+            self.lora_A.value,
+            self.lora_B.value,
+            self.scaling,
+            x_lora=self.lora_dropout.forward(x),
+        )
+        return y
+
+    def backward(self, dy):  # [..., out] -> [..., in]
+        if self.merged:
+            return self.base_layer.backward(dy)
+        base = self.base_layer
+        need_base = base.weight.trainable or (base.bias is not None and base.bias.trainable)
+        dx, dx_lora, dA, dB, dW0, db = lora_backward(dy, self._cache, need_base)
+        self.lora_A.accumulate_grad(dA)
+        self.lora_B.accumulate_grad(dB)
+        if dW0 is not None:
+            base.weight.accumulate_grad(dW0)
+        if db is not None:
+            base.bias.accumulate_grad(db)
+        return dx + self.lora_dropout.backward(dx_lora)
+
+    def merge(self) -> None:
+        """W₀ ← W₀ + ΔW, refusing a non-finite result (PEFT's safe_merge)."""
+        if self.merged:
+            raise RuntimeError("merge: this LoRA layer is already merged")
+        merged = self.base_layer.weight.value + self.delta_weight()
+        if not np.isfinite(merged).all():
+            raise ValueError("merge: W₀ + ΔW has non-finite entries; the adapter is broken")
+        self.base_layer.weight.value[...] = merged
+        self.merged = True
+
+    def unmerge(self) -> None:
+        """W₀ ← W₀ − ΔW."""
+        if not self.merged:
+            raise RuntimeError("unmerge: this LoRA layer is not merged")
+        self.base_layer.weight.value -= self.delta_weight()
+        self.merged = False
+
+    def merged_layer(self) -> Linear:
+        """The base Linear with ΔW folded in (what merge_and_unload puts in this layer's place)."""
+        if not self.merged:
+            self.merge()
+        return self.base_layer
+
+
+def _check_rank(r, d_in, d_out):
+    if isinstance(r, bool) or not isinstance(r, (int, np.integer)):
+        raise TypeError(f"r: expected an integer rank, got {r!r}")
+    if not 1 <= r <= min(d_in, d_out):
+        raise ValueError(
+            f"r: expected a rank in [1, min(in, out)] = [1, {min(d_in, d_out)}] for a "
+            f"{d_in}×{d_out} weight, got {r}"
+        )
+
+
+def _init_A(init, r, d_in, rng):  # -> [r, in]
+    if init is True:
+        # PEFT's kaiming_uniform_(a=√5): bound = √(6/((1 + a²)·fan_in)) = 1/√fan_in
+        bound = 1.0 / math.sqrt(d_in)
+        return rng.uniform(-bound, bound, (r, d_in))
+    if init == "gaussian":
+        return rng.normal(0.0, 1.0 / r, (r, d_in))
+    raise ValueError(f"init_lora_weights: expected True or 'gaussian', got {init!r}")
+
+
+# ------------------------------------------------------------------------------------------------
+# The config
+
+
+@register
+@dataclass
+class LoraConfig(PeftConfig):
+    """LoRA with PEFT's field names. Trainable count: Σ over targets of r·(d_in + d_out)."""
+
+    r: int = 8
+    lora_alpha: float = 8
+    lora_dropout: float = 0.0
+    use_rslora: bool = False
+    use_dora: bool = False
+    init_lora_weights: bool | str = True
+    fan_in_fan_out: bool = True  # GPT-2's Conv1D stores W [in, out]; a file-format field
+    bias: str = "none"
+
+    peft_type = "LORA"
+    default_target_modules = ("c_attn",)  # PEFT's default for GPT-2
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.r, bool) or not isinstance(self.r, (int, np.integer)) or self.r < 1:
+            raise ValueError(f"r: expected a positive integer rank, got {self.r!r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(
+                f"lora_dropout: expected a probability in [0, 1), got {self.lora_dropout}"
+            )
+        if self.init_lora_weights not in (True, "gaussian"):
+            raise ValueError(
+                f"init_lora_weights: expected True or 'gaussian', got {self.init_lora_weights!r}"
+            )
+        if self.bias != "none":
+            raise ValueError(
+                f"bias: minift's LoRA trains no biases (use BitFit), got {self.bias!r}"
+            )
+        if not self.fan_in_fan_out:
+            raise ValueError("fan_in_fan_out: minift's GPT stores weights [in, out]; must be True")
+
+    def wrap(self, name, layer, rng):
+        if self.use_dora:
+            from minift.peft.dora import DoraLinear
+
+            return DoraLinear(
+                layer,
+                self.r,
+                self.lora_alpha,
+                self.lora_dropout,
+                self.use_rslora,
+                self.init_lora_weights,
+                rng=rng,
+            )
+        return LoraLinear(
+            layer,
+            self.r,
+            self.lora_alpha,
+            self.lora_dropout,
+            self.use_rslora,
+            self.init_lora_weights,
+            rng=rng,
+        )
+
+    def peft_key(self, name):
+        # PEFT's key on Hugging Face's GPT2LMHeadModel, e.g.
+        # base_model.model.transformer.h.0.attn.c_attn.lora_A.weight
+        if name.endswith((".lora_A", ".lora_B")):
+            return f"base_model.model.transformer.{name}.weight"
+        return f"base_model.model.transformer.{name}"

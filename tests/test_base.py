@@ -1,0 +1,146 @@
+"""peft/base.py: target matching as PEFT does it, freezing, counting, PEFT's line, adapter files."""
+
+import json
+
+import numpy as np
+import pytest
+
+import minift
+from minift.peft import (
+    LoraConfig,
+    PeftModel,
+    count_parameters,
+    get_peft_model,
+    match_target_modules,
+)
+
+TINY = minift.GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=8)
+
+
+def gpt(config=TINY):
+    return minift.GPT(config, seed=0, dtype=np.float64)
+
+
+@pytest.mark.parametrize(
+    ("targets", "expected"),
+    [
+        (["c_attn"], ["h.0.attn.c_attn", "h.1.attn.c_attn"]),
+        (["attn.c_proj"], ["h.0.attn.c_proj", "h.1.attn.c_proj"]),
+        (["c_proj"], ["h.0.attn.c_proj", "h.0.mlp.c_proj", "h.1.attn.c_proj", "h.1.mlp.c_proj"]),
+        (r"h\.1\..*c_(attn|fc)", ["h.1.attn.c_attn", "h.1.mlp.c_fc"]),
+        (["h.0.mlp.c_fc"], ["h.0.mlp.c_fc"]),
+    ],
+)
+def test_targets_match_as_peft_matches_them(targets, expected):
+    assert match_target_modules(gpt(), targets) == expected
+
+
+def test_a_regex_must_match_the_whole_name():
+    with pytest.raises(ValueError, match="matched no Linear module"):
+        match_target_modules(gpt(), "c_attn")  # fullmatch: "c_attn" is not "h.0.attn.c_attn"
+
+
+def test_get_peft_model_freezes_the_model_and_trains_modules_to_save():
+    clf = minift.GPTForSequenceClassification(TINY, num_labels=3, dtype=np.float64)
+    peft = get_peft_model(clf, LoraConfig(r=2, modules_to_save=["score"]))
+    trainable = {n for n, p in peft.named_parameters().items() if p.trainable}
+    assert trainable == {
+        "score.weight",
+        "h.0.attn.c_attn.lora_A",
+        "h.0.attn.c_attn.lora_B",
+        "h.1.attn.c_attn.lora_A",
+        "h.1.attn.c_attn.lora_B",
+    }
+    with pytest.raises(ValueError, match=r"modules_to_save: no module 'head'.*'score'"):
+        get_peft_model(
+            minift.GPTForSequenceClassification(TINY, 2), LoraConfig(modules_to_save=["head"])
+        )
+
+
+def test_print_trainable_parameters_prints_peft_line(capsys):
+    peft = get_peft_model(gpt(), LoraConfig(r=2))
+    peft.print_trainable_parameters()
+    trainable = 2 * 2 * (8 + 24)
+    total = gpt().num_parameters() + trainable
+    expected = (
+        f"trainable params: {trainable:,d} || all params: {total:,d} || "
+        f"trainable%: {100 * trainable / total:.4f}\n"
+    )
+    assert capsys.readouterr().out == expected
+
+
+def test_count_parameters_counts_a_shared_param_once_and_by_module():
+    model = gpt()
+    full = count_parameters(model)
+    model.h[1].mlp.c_fc.weight = model.h[0].mlp.c_fc.weight
+    shared = count_parameters(model)
+    assert full.total - shared.total == 8 * 32
+    assert shared.by_module["h.0.mlp.c_fc"] == {"trainable": 8 * 32 + 32, "frozen": 0}
+    assert shared.by_module["h.1.mlp.c_fc"] == {"trainable": 32, "frozen": 0}
+    assert shared.trainable_percent == 100.0
+
+
+def test_peft_model_reaches_the_models_attributes_and_modes():
+    peft = get_peft_model(gpt(), LoraConfig(r=1))
+    assert peft.config is TINY and len(peft.h) == 2
+    peft.eval()
+    assert not peft.training and not peft.base_model.training and not peft.h[0].attn.training
+    with pytest.raises(AttributeError):
+        peft.no_such_attribute  # noqa: B018
+    with pytest.raises(TypeError, match="model: already a PeftModel"):
+        get_peft_model(peft, LoraConfig())
+    with pytest.raises(TypeError, match="peft_config: expected a PeftConfig"):
+        get_peft_model(gpt(), {"r": 8})
+
+
+def test_unload_restores_the_base_model():
+    model = gpt()
+    idx = np.array([[1, 2, 3]])
+    base = model.forward(idx)
+    peft = get_peft_model(model, LoraConfig(r=2))
+    peft.h[0].attn.c_attn.lora_B.value[...] = 1.0
+    assert not np.allclose(peft.forward(idx), base)
+    plain = peft.unload()
+    np.testing.assert_array_equal(plain.forward(idx), base)
+    assert isinstance(plain.h[0].attn.c_attn, minift.nn.Linear)
+
+
+def test_adapter_config_with_unknown_settings_is_refused(tmp_path):
+    get_peft_model(gpt(), LoraConfig(r=2)).save_pretrained(tmp_path)
+    path = tmp_path / "adapter_config.json"
+    raw = json.loads(path.read_text())
+    raw.update(task_type="CAUSAL_LM", inference_mode=True, layers_to_transform=None)
+    path.write_text(json.dumps(raw))
+    PeftModel.from_pretrained(gpt(), tmp_path)  # PEFT's neutral fields are fine
+    raw["layers_to_transform"] = [0]
+    path.write_text(json.dumps(raw))
+    with pytest.raises(
+        ValueError, match=r"fields minift does not implement: layers_to_transform=\[0\]"
+    ):
+        PeftModel.from_pretrained(gpt(), tmp_path)
+    raw["peft_type"] = "BOFT"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="peft_type 'BOFT' is not one minift knows"):
+        PeftModel.from_pretrained(gpt(), tmp_path)
+
+
+def test_adapter_file_with_missing_or_extra_keys_is_refused(tmp_path):
+    from minift.checkpoint import load_tensors, save_tensors
+
+    get_peft_model(gpt(), LoraConfig(r=2)).save_pretrained(tmp_path)
+    weights = tmp_path / "adapter_model.safetensors"
+    tensors, _ = load_tensors(weights)
+    key = next(iter(tensors))
+    tensors["base_model.model.transformer.h.9.attn.c_attn.lora_A.weight"] = tensors.pop(key)
+    save_tensors(weights, tensors)
+    with pytest.raises(ValueError) as err:
+        PeftModel.from_pretrained(gpt(), tmp_path)
+    assert f"missing keys ['{key}']" in str(err.value) and "unexpected keys" in str(err.value)
+
+
+def test_truncated_adapter_file_is_a_clear_error(tmp_path):
+    get_peft_model(gpt(), LoraConfig(r=2)).save_pretrained(tmp_path)
+    weights = tmp_path / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-7])
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        PeftModel.from_pretrained(gpt(), tmp_path)

@@ -1,0 +1,378 @@
+"""ONE training loop, for every method: full fine-tuning, head-only, sharing, sparse, LoRA, …
+
+A method decides WHICH parameters train (their ``trainable`` flags, set by get_peft_model or an
+SFT policy); the loop never asks which method it runs. Each step:
+
+    for each of grad_accum micro-batches:            (gradient accumulation)
+        loss, dlogits = cross_entropy(model.forward(idx), targets)
+        model.backward(dlogits / grad_accum)          grads ADD up across micro-batches
+    hooks' after_backward (e.g. AdaLoRA's orthogonality regulariser adds its gradient)
+    clip the global gradient norm; set this step's learning rate (warm-up + cosine)
+    optimizer.step(); zero the grads; hooks' after_step (e.g. AdaLoRA's rank allocator)
+
+A non-finite loss or gradient norm stops training at once with a message, before the optimizer
+can write NaN into the weights. Progress shows as a bar (loss, tokens/s, ETA); every step is also
+a line of ``log.jsonl`` when a log path is given.
+
+Checkpoints (``checkpoint_dir``) hold everything needed to continue EXACTLY: the weights
+(safetensors), the optimizer state (safetensors), and a JSON file with the step, the scheduler,
+the data sampler's RNG state and every dropout RNG's state. Each is written to a temporary
+directory that is renamed into place only when complete, then ``latest.json`` is replaced
+atomically; a crash at any moment leaves the previous checkpoint intact. ``train(resume=True)``
+continues from the latest one, and N steps in one go equal N/2 + resume + N/2 bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from minift.checkpoint import atomic_write_json, load_tensors, read_json, save_tensors
+from minift.functional import cross_entropy
+from minift.nn import Dropout, Module
+from minift.optim import SGD, AdamW, LRScheduler, clip_grad_norm, layerwise_lr_groups, warmup_cosine
+
+__all__ = ["TrainConfig", "Trainer", "TrainHook", "TrainingDivergedError", "TrainResult"]
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss or the gradient became NaN or infinite; the weights were left as they were."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 200  # optimizer steps
+    batch_size: int = 16  # sequences per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 3e-3  # peak learning rate
+    weight_decay: float = 0.0
+    optimizer: str = "adamw"  # "adamw" or "sgd"
+    momentum: float = 0.0  # SGD only
+    trust_ratio: bool = False  # LAMB (AdamW) / LARS (SGD): the article's per-layer adaptive lr
+    layerwise_lr_decay: float | None = None  # lr × decay^depth from the head down (ULMFiT)
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1  # the cosine ends at lr × min_lr_ratio
+    grad_clip: float | None = 1.0  # global-norm clipping; None turns it off
+    eval_every: int = 0  # evaluate every N steps (0: only at the end)
+    checkpoint_every: int = 0  # save every N steps (0: only at the end, if a directory is set)
+    seed: int = 0  # the data sampler's RNG
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "grad_accum"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        for name in ("warmup_steps", "eval_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr >= 0):
+            raise ValueError(f"lr: expected a finite learning rate >= 0, got {self.lr!r}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay: expected >= 0, got {self.weight_decay!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer: expected one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip: expected > 0 or None, got {self.grad_clip!r}")
+        if self.layerwise_lr_decay is not None and not 0 < self.layerwise_lr_decay <= 1:
+            raise ValueError(
+                f"layerwise_lr_decay: expected a factor in (0, 1], got {self.layerwise_lr_decay}"
+            )
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio: expected a number in [0, 1], got {self.min_lr_ratio}")
+        self.warmup_steps = min(self.warmup_steps, self.steps)
+
+
+class TrainHook:
+    """What a method may add to the loop. Both methods are optional no-ops here."""
+
+    def after_backward(self, step: int, model: Module) -> float:
+        """Add to the grads (a regulariser); return the loss term it added (for the log)."""
+        return 0.0
+
+    def after_step(self, step: int, model: Module) -> None:
+        """Act on the weights after the optimizer step (e.g. prune ranks)."""
+
+
+@dataclass
+class TrainResult:
+    step: int  # the last step done
+    losses: list[float] = field(default_factory=list)  # training loss per step (this run)
+    evals: list[dict[str, Any]] = field(default_factory=list)  # {"step": …, metric: value}
+    seconds: float = 0.0
+    tokens: int = 0
+
+
+def build_optimizer(model: Module, config: TrainConfig):
+    """AdamW or SGD over the trainable params, with layer-wise lr groups when asked."""
+    named = {n: p for n, p in model.named_parameters().items() if p.trainable}
+    if not named:
+        raise ValueError("model: no trainable parameters; the method froze everything")
+    params: Any = named
+    if config.layerwise_lr_decay is not None:
+        params = layerwise_lr_groups(
+            named, config.lr, config.layerwise_lr_decay, weight_decay=config.weight_decay
+        )
+    if config.optimizer == "adamw":
+        return AdamW(
+            params, lr=config.lr, weight_decay=config.weight_decay, trust_ratio=config.trust_ratio
+        )
+    return SGD(
+        params,
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        trust_ratio=config.trust_ratio,
+    )
+
+
+def _generators(model: Module) -> list[np.random.Generator]:
+    """Every distinct RNG the model's dropout layers draw from, in a fixed order."""
+    seen, out = set(), []
+    for _, module in model.named_modules():
+        if isinstance(module, Dropout) and id(module.rng) not in seen:
+            seen.add(id(module.rng))
+            out.append(module.rng)
+    return out
+
+
+class Trainer:
+    """Train ``model`` on batches drawn by ``sample_batch(rng, batch_size) -> (idx, targets)``.
+
+    ``evaluate(model) -> {metric: value}`` runs every ``eval_every`` steps and at the end, in
+    evaluation mode. ``extra_state`` (JSON-serialisable: the model's config, the tokenizer…) is
+    written into every checkpoint so that a checkpoint describes itself.
+    """
+
+    def __init__(
+        self,
+        model: Module,
+        config: TrainConfig,
+        sample_batch: Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray]],
+        evaluate: Callable[[Module], dict[str, float]] | None = None,
+        hooks: Iterable[TrainHook] = (),
+        log_path: str | os.PathLike | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        extra_state: dict[str, Any] | None = None,
+        progress: bool = True,
+        desc: str = "training",
+    ):
+        self.model = model
+        self.config = config
+        self.sample_batch = sample_batch
+        self.evaluate = evaluate
+        self.hooks = list(hooks)
+        self.log_path = Path(log_path) if log_path is not None else None
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.extra_state = dict(extra_state or {})
+        self.progress = progress
+        self.desc = desc
+        self.optimizer = build_optimizer(model, config)
+        self.scheduler = LRScheduler(
+            self.optimizer,
+            lambda t: warmup_cosine(
+                t,
+                warmup_steps=config.warmup_steps,
+                total_steps=config.steps,
+                min_ratio=config.min_lr_ratio,
+            ),
+        )
+        self.data_rng = np.random.default_rng(config.seed)
+        self.step = 0  # optimizer steps done
+
+    # -- one step ----------------------------------------------------------------------------
+
+    def _train_step(self) -> tuple[float, int, float]:
+        """One optimizer step; returns (loss, tokens, grad norm)."""
+        cfg = self.config
+        self.model.train()
+        self.model.zero_grad()
+        loss_sum, tokens = 0.0, 0
+        for _ in range(cfg.grad_accum):
+            idx, targets = self.sample_batch(self.data_rng, cfg.batch_size)
+            loss, dlogits = cross_entropy(self.model.forward(idx), targets)
+            if not math.isfinite(loss):
+                self._diverged(f"the loss became {loss}")
+            self.model.backward(dlogits / cfg.grad_accum)
+            loss_sum += loss
+            tokens += int(np.asarray(idx).size)
+        loss = loss_sum / cfg.grad_accum
+        for hook in self.hooks:
+            loss += hook.after_backward(self.step, self.model)
+        norm = clip_grad_norm(self.optimizer, cfg.grad_clip or math.inf)
+        if not math.isfinite(norm):
+            self._diverged(f"the gradient norm became {norm}")
+        self.scheduler.step()
+        self.optimizer.step()
+        self.model.zero_grad()
+        self.step += 1
+        for hook in self.hooks:
+            hook.after_step(self.step, self.model)
+        return loss, tokens, norm
+
+    def _diverged(self, what: str):
+        lr = self.optimizer.param_groups[0]["lr"]
+        raise TrainingDivergedError(
+            f"training stopped at step {self.step + 1}: {what} (lr {lr:.3g}). The weights are "
+            "those before this step; try a lower learning rate or gradient clipping."
+        )
+
+    def _run_eval(self) -> dict[str, Any]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            metrics = dict(self.evaluate(self.model)) if self.evaluate else {}
+        finally:
+            self.model.train(was_training)
+        return {"step": self.step, **metrics}
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def train(self, resume: bool = False, stop_at: int | None = None) -> TrainResult:
+        """Run until ``config.steps`` optimizer steps are done (from the checkpoint if resume).
+
+        ``stop_at`` ends this call early at that step, as an interruption would (the schedule
+        stays the one of ``config.steps``); with a checkpoint directory it saves there first.
+        """
+        cfg = self.config
+        if resume:
+            self.load_checkpoint()
+        last = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+        result = TrainResult(step=self.step)
+        log = self.log_path.open("a") if self.log_path else None
+        start = time.perf_counter()
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            desc=self.desc,
+            unit="step",
+            disable=not self.progress,
+            mininterval=0.5,
+        )
+        try:
+            while self.step < last:
+                loss, tokens, norm = self._train_step()
+                result.losses.append(loss)
+                result.tokens += tokens
+                elapsed = time.perf_counter() - start
+                tokens_per_s = result.tokens / max(elapsed, 1e-9)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}")
+                record = {
+                    "step": self.step,
+                    "loss": loss,
+                    "lr": self.optimizer.param_groups[-1]["lr"],
+                    "grad_norm": norm,
+                    "tokens_per_s": tokens_per_s,
+                }
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                    result.evals.append(self._run_eval())
+                    record["eval"] = result.evals[-1]
+                if log:
+                    log.write(json.dumps(record) + "\n")
+                if (
+                    self.checkpoint_dir
+                    and cfg.checkpoint_every
+                    and self.step % cfg.checkpoint_every == 0
+                ):
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            if log:
+                log.close()
+        result.evals.append(self._run_eval())
+        if self.checkpoint_dir:
+            self.save_checkpoint()
+        result.step = self.step
+        result.seconds = time.perf_counter() - start
+        return result
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path:
+        """Write step-N/ in a temporary directory, rename it, then point latest.json at it."""
+        if self.checkpoint_dir is None:
+            raise ValueError("checkpoint_dir: not set for this Trainer")
+        root = self.checkpoint_dir
+        root.mkdir(parents=True, exist_ok=True)
+        name = f"step-{self.step:07d}"
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+        try:
+            save_tensors(tmp / "model.safetensors", self.model.state_dict())
+            opt_tensors, opt_meta = self.optimizer.state_dict()
+            save_tensors(tmp / "optimizer.safetensors", opt_tensors)
+            atomic_write_json(
+                tmp / "trainer.json",
+                {
+                    "step": self.step,
+                    "train_config": asdict(self.config),
+                    "optimizer": opt_meta,
+                    "scheduler": self.scheduler.state_dict(),
+                    "data_rng": self.data_rng.bit_generator.state,
+                    "dropout_rngs": [g.bit_generator.state for g in _generators(self.model)],
+                    "trainable": sorted(
+                        n for n, p in self.model.named_parameters().items() if p.trainable
+                    ),
+                    **self.extra_state,
+                },
+            )
+            final = root / name
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        atomic_write_json(root / "latest.json", {"checkpoint": name})
+        for old in sorted(root.glob("step-*"))[:-2]:  # keep the last two
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def load_checkpoint(self, path: str | os.PathLike | None = None) -> None:
+        """Restore weights, optimizer, scheduler, step and RNG states; strict, all-or-nothing."""
+        if path is None:
+            if self.checkpoint_dir is None:
+                raise ValueError("checkpoint_dir: not set, and no checkpoint path given")
+            latest = read_json(self.checkpoint_dir / "latest.json", "latest checkpoint")
+            path = self.checkpoint_dir / str(latest.get("checkpoint"))
+        path = Path(path)
+        state = read_json(path / "trainer.json", "trainer state")
+        trainable = sorted(n for n, p in self.model.named_parameters().items() if p.trainable)
+        if state.get("trainable") != trainable:
+            raise ValueError(
+                f"{path}: the checkpoint trains other parameters than this model "
+                f"(checkpoint {len(state.get('trainable') or [])}, model {len(trainable)}): "
+                "was it made with another method or options?"
+            )
+        generators = _generators(self.model)
+        if len(state["dropout_rngs"]) != len(generators):
+            raise ValueError(f"{path}: dropout RNG count differs from the model's")
+        weights, _ = load_tensors(path / "model.safetensors")
+        opt_tensors, _ = load_tensors(path / "optimizer.safetensors")
+        model_before = self.model.state_dict()
+        opt_before = self.optimizer.state_dict()
+        try:
+            self.model.load_state_dict(weights)
+            self.optimizer.load_state_dict(opt_tensors, state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (ValueError, KeyError, TypeError) as e:
+            self.model.load_state_dict(model_before)  # all or nothing
+            self.optimizer.load_state_dict(*opt_before)
+            raise ValueError(f"{path}: {e}") from None
+        self.data_rng.bit_generator.state = state["data_rng"]
+        for g, saved in zip(generators, state["dropout_rngs"], strict=True):
+            g.bit_generator.state = saved
+        self.step = int(state["step"])

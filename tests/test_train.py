@@ -1,0 +1,211 @@
+"""The one training loop: exact resume, accumulation, divergence, logs, atomic checkpoints."""
+
+import json
+
+import numpy as np
+import pytest
+
+import minift
+from minift.peft import LoraConfig, get_peft_model
+from minift.train import TrainConfig, Trainer, TrainHook, TrainingDivergedError
+
+CFG = minift.GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=8, dropout=0.1)
+
+
+def sample_batch(rng, batch_size):
+    """Counting modulo 11 from a random start: the next token is learnable from the current."""
+    idx = (rng.integers(0, 11, (batch_size, 1)) + np.arange(8)) % 11
+    return idx, (idx + 1) % 11
+
+
+def lora_model(seed=0):
+    model = minift.GPT(CFG, seed=seed)
+    return get_peft_model(
+        model, LoraConfig(r=2, lora_dropout=0.2, target_modules=["c_attn", "c_fc"])
+    )
+
+
+def params_of(model):
+    return {n: p.value.copy() for n, p in model.named_parameters().items()}
+
+
+def test_resume_continues_bit_exactly(tmp_path):
+    """N steps in one go == N/2 steps, a checkpoint, fresh objects (a new process), N/2 more."""
+    config = TrainConfig(steps=8, batch_size=4, grad_accum=2, lr=1e-2, warmup_steps=3, seed=1)
+    straight = Trainer(lora_model(), config, sample_batch, progress=False)
+    straight.train()
+
+    first = Trainer(lora_model(), config, sample_batch, checkpoint_dir=tmp_path, progress=False)
+    first.train(stop_at=4)
+    assert first.step == 4
+    resumed = Trainer(lora_model(), config, sample_batch, checkpoint_dir=tmp_path, progress=False)
+    resumed.train(resume=True)
+
+    assert resumed.step == straight.step == 8
+    a, b = params_of(straight.model), params_of(resumed.model)
+    assert any(not np.array_equal(a[n], params_of(lora_model())[n]) for n in a)  # it trained
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    ta, _ = straight.optimizer.state_dict()
+    tb, _ = resumed.optimizer.state_dict()
+    for name in ta:
+        np.testing.assert_array_equal(ta[name], tb[name], err_msg=name)
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    """Two micro-batches of 4 (grads added, each scaled by 1/2) == one batch of 8, for SGD."""
+    small = TrainConfig(
+        steps=1, batch_size=4, grad_accum=2, optimizer="sgd", lr=0.1, grad_clip=None
+    )
+    big = TrainConfig(steps=1, batch_size=8, grad_accum=1, optimizer="sgd", lr=0.1, grad_clip=None)
+    no_dropout = CFG.__class__(**{**CFG.to_dict(), "dropout": 0.0})
+
+    def run(config):
+        model = minift.GPT(no_dropout, seed=0, dtype=np.float64)
+        Trainer(model, config, sample_batch, progress=False).train()
+        return params_of(model)
+
+    a, b = run(small), run(big)
+    moved = 0
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-12, atol=1e-15, err_msg=name)
+        moved += not np.array_equal(
+            a[name], params_of(minift.GPT(no_dropout, seed=0, dtype=np.float64))[name]
+        )
+    assert moved > 0
+
+
+def test_training_lowers_the_loss_and_leaves_frozen_params_alone():
+    model = lora_model()
+    frozen = {n: p.value.copy() for n, p in model.named_parameters().items() if not p.trainable}
+    config = TrainConfig(steps=60, batch_size=8, lr=3e-2, warmup_steps=5)
+    result = Trainer(model, config, sample_batch, progress=False).train()
+    assert np.mean(result.losses[-10:]) < np.mean(result.losses[:10])
+    for name, value in frozen.items():
+        np.testing.assert_array_equal(model.named_parameters()[name].value, value, err_msg=name)
+
+
+def test_nan_loss_stops_training_with_a_message():
+    model = minift.GPT(CFG, seed=0)
+    model.h[0].mlp.c_fc.weight.value[0, 0] = np.nan
+    trainer = Trainer(model, TrainConfig(steps=5, batch_size=2), sample_batch, progress=False)
+    with pytest.raises(TrainingDivergedError, match="step 1: the loss became nan"):
+        trainer.train()
+    assert trainer.step == 0
+
+
+def test_infinite_gradient_stops_before_the_weights_change():
+    class Poison(TrainHook):
+        def after_backward(self, step, model):
+            if step == 2:
+                model.wte.weight.grad[0, 0] = np.inf
+            return 0.0
+
+    model = minift.GPT(CFG, seed=0)
+    trainer = Trainer(
+        model, TrainConfig(steps=5, batch_size=2), sample_batch, hooks=[Poison()], progress=False
+    )
+    with pytest.raises(TrainingDivergedError, match="step 3: the gradient norm became inf"):
+        trainer.train()
+    assert trainer.step == 2
+    assert all(np.isfinite(p.value).all() for p in model.parameters())
+
+
+def test_log_and_evaluation_every_n_steps(tmp_path):
+    calls = []
+
+    def evaluate(model):
+        calls.append(model.training)
+        return {"accuracy": 0.5}
+
+    log = tmp_path / "log.jsonl"
+    config = TrainConfig(steps=6, batch_size=2, eval_every=2)
+    result = Trainer(
+        minift.GPT(CFG), config, sample_batch, evaluate, log_path=log, progress=False
+    ).train()
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3, 4, 5, 6]
+    assert {"loss", "lr", "grad_norm", "tokens_per_s"} <= set(lines[0])
+    assert [e["step"] for e in result.evals] == [2, 4, 6]
+    assert calls == [False, False, False]  # evaluation runs in eval mode
+
+
+def test_a_failed_checkpoint_leaves_the_previous_one_intact(tmp_path, monkeypatch):
+    import minift.train as train_module
+
+    config = TrainConfig(steps=2, batch_size=2, checkpoint_every=1)
+    trainer = Trainer(
+        minift.GPT(CFG), config, sample_batch, checkpoint_dir=tmp_path, progress=False
+    )
+    trainer._train_step()
+    trainer.save_checkpoint()
+    real = train_module.save_tensors
+
+    def fail_on_optimizer(path, *args, **kwargs):
+        if path.name == "optimizer.safetensors":
+            raise OSError("disk full")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_tensors", fail_on_optimizer)
+    trainer._train_step()
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save_checkpoint()
+    assert json.loads((tmp_path / "latest.json").read_text()) == {"checkpoint": "step-0000001"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.json", "step-0000001"]
+
+
+def test_resuming_with_another_method_is_refused(tmp_path):
+    config = TrainConfig(steps=1, batch_size=2)
+    Trainer(lora_model(), config, sample_batch, checkpoint_dir=tmp_path, progress=False).train()
+    full = minift.GPT(CFG)
+    with pytest.raises(ValueError, match="trains other parameters than this model"):
+        Trainer(full, config, sample_batch, checkpoint_dir=tmp_path, progress=False).train(
+            resume=True
+        )
+
+
+def test_corrupted_checkpoint_is_refused_and_nothing_changes(tmp_path):
+    config = TrainConfig(steps=1, batch_size=2)
+    Trainer(lora_model(), config, sample_batch, checkpoint_dir=tmp_path, progress=False).train()
+    weights = tmp_path / "step-0000001" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    model = lora_model(seed=3)
+    before = params_of(model)
+    trainer = Trainer(model, config, sample_batch, checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        trainer.load_checkpoint()
+    for name, value in before.items():
+        np.testing.assert_array_equal(model.named_parameters()[name].value, value)
+
+
+def test_a_model_with_nothing_to_train_is_refused():
+    model = minift.GPT(CFG)
+    for p in model.parameters():
+        p.trainable = False
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        Trainer(model, TrainConfig(), sample_batch)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"lr": -1.0}, r"lr: expected a finite learning rate >= 0, got -1.0"),
+        ({"lr": float("nan")}, "lr: expected a finite"),
+        ({"steps": 0}, "steps: expected a positive integer, got 0"),
+        ({"grad_accum": 0}, "grad_accum: expected a positive integer"),
+        ({"optimizer": "adam"}, r"optimizer: expected one of \('adamw', 'sgd'\), got 'adam'"),
+        ({"grad_clip": 0}, "grad_clip: expected > 0 or None"),
+        ({"layerwise_lr_decay": 1.5}, r"layerwise_lr_decay: expected a factor in \(0, 1\]"),
+    ],
+)
+def test_bad_training_options_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kwargs)
+
+
+def test_layerwise_decay_and_trust_ratio_train():
+    config = TrainConfig(steps=3, batch_size=2, layerwise_lr_decay=0.5, trust_ratio=True)
+    trainer = Trainer(minift.GPT(CFG), config, sample_batch, progress=False)
+    trainer.train()
+    lrs = {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}
+    assert lrs["h.0"] == pytest.approx(lrs["h.1"] / 2) and lrs["embeddings"] < lrs["h.0"]

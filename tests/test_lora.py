@@ -360,3 +360,29 @@ def test_unknown_target_module_lists_what_exists():
     message = str(err.value)
     assert "['q_proj'] matched no Linear module" in message
     assert "'c_attn', 'c_fc', 'c_proj'" in message
+
+
+def test_adapter_trained_in_hugging_face_peft_loads_in_minift(tmp_path):
+    """The other way round: PEFT writes the adapter, minift reads it and computes the same."""
+    torch = pytest.importorskip("torch", reason="PyTorch is an optional reference")
+    transformers = pytest.importorskip("transformers", reason="transformers is optional")
+    peft_lib = pytest.importorskip("peft", reason="Hugging Face PEFT is optional")
+    from minift.checkpoint import save_model
+
+    model = tiny_gpt(8)
+    save_model(model, tmp_path / "base")
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "base", torch_dtype=torch.float64)
+    config = peft_lib.LoraConfig(
+        r=2, lora_alpha=6, target_modules=["c_attn", "mlp.c_proj"], fan_in_fan_out=True
+    )
+    hf = peft_lib.get_peft_model(hf, config)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn_like(p) * 0.3)
+    idx, _ = batch(8)
+    with torch.no_grad():
+        theirs = hf(torch.tensor(idx)).logits.numpy()
+    hf.save_pretrained(tmp_path / "adapter")
+    ours = PeftModel.from_pretrained(tiny_gpt(8), tmp_path / "adapter").forward(idx)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-9)

@@ -138,6 +138,9 @@ _NEUTRAL_FIELDS = {
     "revision",
     "auto_mapping",
     "peft_version",
+    # defaults of features that stay off unless another field turns them on
+    "megatron_core",  # read only with megatron_config
+    "qalora_group_size",  # read only with use_qalora
 }
 
 

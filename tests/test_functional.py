@@ -260,6 +260,7 @@ def test_cross_entropy_stable_for_logits_of_1e4():
     assert loss == pytest.approx((0.0 + 2e4 + np.log(2)) / 2)
 
 
+@pytest.mark.reference
 def test_cross_entropy_matches_torch_when_available():
     torch = pytest.importorskip("torch", reason="PyTorch is an optional reference")
     rng = np.random.default_rng(0)

@@ -310,6 +310,7 @@ def test_loading_an_adapter_into_another_shape_names_the_mismatch(tmp_path):
         PeftModel.from_pretrained(minift.GPT(wider, dtype=np.float64), tmp_path)
 
 
+@pytest.mark.reference
 def test_adapter_matches_hugging_face_peft_when_installed(tmp_path):
     """An adapter trained in minift gives the same logits in PEFT on the same GPT-2 weights."""
     torch = pytest.importorskip("torch", reason="PyTorch is an optional reference")
@@ -362,6 +363,7 @@ def test_unknown_target_module_lists_what_exists():
     assert "'c_attn', 'c_fc', 'c_proj'" in message
 
 
+@pytest.mark.reference
 def test_adapter_trained_in_hugging_face_peft_loads_in_minift(tmp_path):
     """The other way round: PEFT writes the adapter, minift reads it and computes the same."""
     torch = pytest.importorskip("torch", reason="PyTorch is an optional reference")

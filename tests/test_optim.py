@@ -161,6 +161,7 @@ def test_adamw_matches_reference_recurrence(shape, seed, lr, beta1, beta2, eps, 
     assert opt.step_counts == {"w": 5}
 
 
+@pytest.mark.reference
 def test_adamw_matches_torch_optim_adamw():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(7)

@@ -1,0 +1,131 @@
+"""The pretraining corpus: big enough, deterministic, read without importing, inside ALPHABET."""
+
+import hashlib
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from minift.data import corpus
+from minift.data.corpus import (
+    ALPHABET,
+    corpus_stats,
+    docstring_module_task,
+    load_corpus,
+    normalize_text,
+    stdlib_docstrings,
+)
+
+
+def test_corpus_is_larger_than_200k_characters():
+    # The exact size varies with the Python version (3.11.7: about 2.1 million characters).
+    assert len(load_corpus()) > 200_000
+
+
+def test_a_fresh_process_builds_the_same_corpus_without_importing_the_stdlib():
+    # From scratch in a new interpreter: the same text, and none of the parsed modules imported
+    # (`antigravity` would open a browser, `this` would print a poem).
+    code = (
+        "import hashlib, sys, minift.data as d; "
+        "print(hashlib.sha256(d.load_corpus().encode()).hexdigest()); "
+        "print(sorted({'antigravity', 'this', 'tkinter', 'asyncio'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    digest, imported = out.stdout.split()[0], out.stdout.split(maxsplit=1)[1].strip()
+    assert digest == hashlib.sha256(load_corpus().encode()).hexdigest()
+    assert imported == "[]"
+
+
+def test_corpus_holds_the_help_topics_and_the_docstrings():
+    from pydoc_data.topics import topics
+
+    text = load_corpus()
+    assert normalize_text(topics["assert"]).strip() in text
+    assert "Shallow copy operation on arbitrary Python objects." in text  # copy.py's docstring
+
+
+def test_skipped_folders_are_never_read():
+    import sysconfig
+    from pathlib import Path
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = corpus._stdlib_files(root)
+    assert files == sorted(files)
+    skipped = {"site-packages", "test", "tests", "idlelib", "lib2to3", "turtledemo"}
+    assert not any(skipped & set(p.relative_to(root).parts[:-1]) for p in files)
+
+
+def test_corpus_uses_only_the_alphabet():
+    assert set(load_corpus()) <= set(ALPHABET)
+
+
+def test_max_chars_keeps_the_beginning():
+    assert load_corpus(max_chars=1000) == load_corpus()[:1000]
+
+
+@pytest.mark.parametrize("bad", [0, -5, True])
+def test_bad_max_chars_is_rejected_by_name(bad):
+    with pytest.raises(ValueError, match="max_chars"):
+        load_corpus(max_chars=bad)
+
+
+def test_corpus_stats_describe_the_corpus():
+    stats = corpus_stats()
+    assert stats["n_chars"] == len(load_corpus())
+    assert stats["n_help_topics"] > 50 and stats["n_docstrings"] > 1000
+    assert stats["n_documents"] <= stats["n_help_topics"] + stats["n_docstrings"]
+    assert stats["n_distinct_chars"] <= len(ALPHABET)
+
+
+# -- normalisation ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("a\tb", "a    b"),  # a tab is four spaces
+        ("it\u2019s \u201cok\u201d", 'it\'s "ok"'),  # typographic quotes fold to ASCII
+        ("señor", "senor"),  # an accent the alphabet lacks is stripped
+        ("zéro, naïve, Ça", "zéro, naïve, Ça"),  # French accents are kept
+        ("x\r\ny", "x\ny"),
+        ("中文 ok 😀", " ok "),  # the rest is dropped
+        ("cœur", "coeur"),
+    ],
+)
+def test_normalize_text_keeps_folds_or_drops(raw, expected):
+    assert normalize_text(raw) == expected
+
+
+@given(st.text())
+def test_normalize_text_lands_in_the_alphabet_and_is_idempotent(raw):
+    once = normalize_text(raw)
+    assert set(once) <= set(ALPHABET)
+    assert normalize_text(once) == once
+
+
+# -- the stdlib classification task ------------------------------------------------------------
+
+
+def test_docstring_module_task_has_k_public_modules_each_text_under_one_label():
+    pairs = docstring_module_task(k=6)
+    modules = list(dict.fromkeys(m for _, m in pairs))
+    assert len(modules) == 6
+    assert not any(m.startswith("_") for m in modules)
+    texts = [t for t, _ in pairs]
+    assert len(set(texts)) == len(texts)  # no summary repeated, so none under two labels
+    assert pairs == docstring_module_task(k=6)
+
+
+def test_docstring_module_task_label_is_the_module_that_wrote_the_docstring():
+    written_in = {}
+    for module, doc in stdlib_docstrings():
+        written_in.setdefault(" ".join(doc.split("\n\n")[0].split()), set()).add(module)
+    for summary, module in docstring_module_task(k=6):
+        assert written_in[summary] == {module}
+
+
+def test_docstring_module_task_needs_two_modules():
+    with pytest.raises(ValueError, match="k"):
+        docstring_module_task(k=1)

@@ -1,0 +1,392 @@
+"""The figures minift's readers look at instead of tables.
+
+Every function takes plain data (lists and dicts of numbers, never minift objects), draws one
+figure, saves it as a PNG at ``path`` and returns the matplotlib ``Figure`` so a test or a notebook
+can read the data back (``fig.axes[0].lines[0].get_ydata()``) or show it.
+
+    plot_metric_vs_params   score against trainable parameters, one panel per task
+    plot_loss_curves        training loss per step: mean over seeds, shaded min–max band
+    plot_bars               one number per label (time per method, parameters per method)
+    plot_parameter_counts   trainable parameters against model size or LoRA rank, log–log
+    plot_singular_values    the sorted singular values of a learned ΔW, log y
+
+Figures are built with ``matplotlib.figure.Figure`` directly, not ``pyplot``: no global list of
+open figures to leak, no backend to select, nothing to close. Saving is atomic: the PNG is rendered
+in memory, then written to a temporary file in the same directory and renamed onto ``path``
+(``checkpoint.atomic_write_bytes``), so a crash leaves the old file or none, never half a PNG. The
+parent directory is created if missing. Bad input (an empty dict, lengths that disagree, a
+non-positive number on a log axis) is a ValueError naming the argument.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from minift.checkpoint import atomic_write_bytes
+
+__all__ = [
+    "plot_metric_vs_params",
+    "plot_loss_curves",
+    "plot_bars",
+    "plot_parameter_counts",
+    "plot_singular_values",
+]
+
+DPI = 120
+MARKERS = "osD^vP*Xh<>"  # a second cue besides colour, for print and colour-blind readers
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _save(fig: Figure, path) -> None:
+    """Render ``fig`` to PNG bytes, then write them atomically to ``path`` (parents created)."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"path must end in .png (the figures are PNGs), got {str(path)!r}")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)  # a failure here leaves the disk untouched
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _nonempty_mapping(name: str, value) -> None:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{name} must be a dict, got {type(value).__name__}")
+    if len(value) == 0:
+        raise ValueError(f"{name} is empty: nothing to plot")
+
+
+def _numbers(name: str, values, positive: bool = False) -> np.ndarray:
+    """``values`` as a 1-D float64 array of finite numbers (> 0 if ``positive``); else ValueError
+    naming ``name`` and the first bad entry."""
+    try:
+        x = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must be a 1-D sequence of numbers, got {values!r}") from e
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D sequence of numbers, got shape {x.shape}")
+    bad = np.flatnonzero(~np.isfinite(x) | ((x <= 0) if positive else False))
+    if bad.size:
+        need = "finite and > 0 (log axis)" if positive else "finite"
+        raise ValueError(f"{name} must be {need}, got {x[bad[0]]} at index {bad[0]}")
+    return x
+
+
+def _half_width(name: str, value) -> float:
+    """A confidence interval's half width: a number ≥ 0, or nan when there is none (one seed)."""
+    try:
+        hw = float(value)
+    except (TypeError, ValueError):
+        hw = -1.0  # not a number: reported below
+    if math.isnan(hw) or (math.isfinite(hw) and hw >= 0):
+        return hw
+    raise ValueError(f"{name} must be ≥ 0 or nan (one seed, no interval), got {value!r}")
+
+
+def _format_number(v: float) -> str:
+    """Three significant digits, large counts with k/M/G: 0.812, 512, 2,048, 73.7k, 1.23M."""
+    if v == 0:
+        return "0"
+    a = abs(float(f"{v:.3g}"))  # rounded first, so 999,600 reads "1M", not "1e+03k"
+    for threshold, scale, suffix in ((1e9, 1e9, "G"), (1e6, 1e6, "M"), (1e4, 1e3, "k")):
+        if a >= threshold:
+            return f"{v / scale:.3g}{suffix}"
+    if a >= 100:  # whole numbers up to 9,999 read best in full
+        return f"{v:,.0f}"
+    return f"{v:.3g}"
+
+
+def _style(i: int) -> dict:
+    """Colour and marker of the i-th series, the same order in every figure."""
+    return {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)]}
+
+
+# -- score against trainable parameters ----------------------------------------------------------
+
+ROW_KEYS = ("task", "method", "trainable_params", "mean", "half_width")
+
+
+def plot_metric_vs_params(rows, path, metric_name: str | None = None) -> Figure:
+    """The comparison's "score against trainable parameters": one panel per task.
+
+    rows: list of dicts {"task", "method", "trainable_params", "mean", "half_width"}, one per
+    (task, method); half_width is the confidence interval's (``stats.mean_ci``), nan for a single
+    seed (the point is then drawn without an error bar). x = trainable parameters (log scale),
+    y = the metric's mean over seeds; each point carries its method's name, so the labels are the
+    legend. A method keeps its colour and marker in every panel.
+    """
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence):
+        raise ValueError(f"rows must be a list of dicts, got {type(rows).__name__}")
+    if len(rows) == 0:
+        raise ValueError("rows is empty: nothing to plot")
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise ValueError(f"rows[{i}] must be a dict, got {type(row).__name__}")
+        missing = [k for k in ROW_KEYS if k not in row]
+        if missing:
+            raise ValueError(f"rows[{i}] is missing {missing}; each row needs {list(ROW_KEYS)}")
+        _numbers(f"rows[{i}]['trainable_params']", [row["trainable_params"]], positive=True)
+        _numbers(f"rows[{i}]['mean']", [row["mean"]])
+        _half_width(f"rows[{i}]['half_width']", row["half_width"])
+
+    tasks = list(dict.fromkeys(str(r["task"]) for r in rows))  # in order of first appearance
+    methods = list(dict.fromkeys(str(r["method"]) for r in rows))
+    ncols = min(3, len(tasks))
+    nrows = math.ceil(len(tasks) / ncols)
+    fig = Figure(figsize=(4.8 * ncols, 3.9 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    ylabel = metric_name or "metric"
+
+    for ax, task in zip(axes, tasks, strict=False):
+        for m, method in enumerate(methods):
+            mine = [r for r in rows if str(r["task"]) == task and str(r["method"]) == method]
+            if not mine:
+                continue
+            style = _style(m)
+            x = np.array([float(r["trainable_params"]) for r in mine])
+            y = np.array([float(r["mean"]) for r in mine])
+            hw = np.array([float(r["half_width"]) for r in mine])
+            ax.plot(x, y, linestyle="none", markersize=7, label=method, **style)
+            has_bar = ~np.isnan(hw)  # one seed: a mean but no interval, so no bar
+            if has_bar.any():
+                ax.errorbar(
+                    x[has_bar],
+                    y[has_bar],
+                    yerr=hw[has_bar],
+                    fmt="none",
+                    ecolor=style["color"],
+                    elinewidth=1.2,
+                    capsize=4,
+                )
+            for xi, yi in zip(x, y, strict=True):
+                ax.annotate(
+                    method,
+                    (xi, yi),
+                    xytext=(6, 4),
+                    textcoords="offset points",
+                    fontsize=8,
+                    color=style["color"],
+                )
+        ax.set_xscale("log")
+        ax.margins(x=0.2, y=0.15)  # room for the method names
+        ax.set_title(f"task: {task}")
+        ax.set_xlabel("trainable parameters (count, log scale)")
+        ax.set_ylabel(f"{ylabel}, mean over seeds")
+        ax.grid(True, which="major", alpha=0.3)
+    for ax in axes[len(tasks) :]:
+        ax.set_visible(False)
+    fig.suptitle(
+        f"{ylabel} against trainable parameters\n"
+        "error bars: ± confidence-interval half width (none for a single seed)",
+        fontsize=11,
+    )
+    _save(fig, path)
+    return fig
+
+
+# -- training loss -------------------------------------------------------------------------------
+
+
+def plot_loss_curves(
+    curves,
+    path,
+    title: str = "Training loss",
+    log_y: bool = False,
+    ylabel: str = "training loss (cross-entropy, nats)",
+) -> Figure:
+    """Training loss against step, one line per method: the mean over seeds, and a shaded band
+    from the lowest to the highest seed at each step.
+
+    curves: {method: [[loss at step 1, 2, …, T] for each seed]}; a method's seeds all have the same
+    T (methods may differ). Step t is the loss of the t-th optimizer update, so x runs from 1 to T.
+    log_y: a log y axis (losses must then be > 0), useful when the loss falls by decades.
+    """
+    _nonempty_mapping("curves", curves)
+    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for m, (method, runs) in enumerate(curves.items()):
+        name = f"curves[{method!r}]"
+        if isinstance(runs, (str, bytes)) or not isinstance(runs, Sequence) or len(runs) == 0:
+            raise ValueError(f"{name} must be a non-empty list of loss lists, one per seed")
+        losses = [_numbers(f"{name}[{k}]", run, positive=log_y) for k, run in enumerate(runs)]
+        lengths = [len(run) for run in losses]
+        if len(set(lengths)) != 1:
+            raise ValueError(
+                f"{name}: every seed must have the same number of steps, got {lengths}"
+            )
+        L = np.stack(losses)  # (seeds, T)
+        steps = np.arange(1, L.shape[1] + 1)
+        color = _style(m)["color"]
+        seeds = f"{L.shape[0]} seed{'s' if L.shape[0] > 1 else ''}"
+        ax.plot(
+            steps,
+            L.mean(axis=0),
+            color=color,
+            label=f"{method} (mean of {seeds})",
+            marker="o" if L.shape[1] == 1 else None,
+        )
+        if L.shape[0] > 1:
+            ax.fill_between(steps, L.min(axis=0), L.max(axis=0), color=color, alpha=0.2, lw=0)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel("step (optimizer updates)")
+    ax.set_ylabel(ylabel + (", log scale" if log_y else ""))
+    ax.grid(True, alpha=0.3)
+    ax.legend(title="shaded: min–max over seeds", fontsize=8, title_fontsize=8)
+    _save(fig, path)
+    return fig
+
+
+# -- bars ----------------------------------------------------------------------------------------
+
+
+def plot_bars(values, path, ylabel: str, title: str, log: bool = False, errors=None) -> Figure:
+    """A bar per label, its value written above it (time per method, parameters per method …).
+
+    values: {label: number}, drawn in the dict's order. ylabel: what the numbers are, with units
+    ("seconds per step (s)"). log: a log y axis (values must then be > 0). errors: None or
+    {label: half width ≥ 0 or nan} with the same labels as ``values``; drawn as error bars.
+    """
+    _nonempty_mapping("values", values)
+    labels = [str(k) for k in values]
+    heights = _numbers("values", list(values.values()), positive=log)
+    err = None
+    if errors is not None:
+        _nonempty_mapping("errors", errors)
+        if set(errors) != set(values):
+            raise ValueError(
+                f"errors must have the same labels as values: missing "
+                f"{sorted(map(str, set(values) - set(errors)))}, "
+                f"extra {sorted(map(str, set(errors) - set(values)))}"
+            )
+        err = np.array([_half_width(f"errors[{k!r}]", errors[k]) for k in values])
+
+    fig = Figure(figsize=(max(5.0, 0.9 * len(labels) + 2.0), 4.3), layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(len(labels))
+    ax.bar(x, heights, color="C0", width=0.7)
+    top = heights.copy()  # where each value's text goes: above the bar, or above its error bar
+    if err is not None:
+        has_bar = ~np.isnan(err)
+        if has_bar.any():
+            ax.errorbar(
+                x[has_bar],
+                heights[has_bar],
+                yerr=err[has_bar],
+                fmt="none",
+                ecolor="black",
+                elinewidth=1.0,
+                capsize=4,
+            )
+        top = np.where(has_bar, heights + np.sign(heights) * np.nan_to_num(err), heights)
+    for xi, h, t in zip(x, heights, top, strict=True):
+        ax.annotate(
+            _format_number(h),
+            (xi, t),
+            xytext=(0, 3 if h >= 0 else -3),
+            textcoords="offset points",
+            ha="center",
+            va="bottom" if h >= 0 else "top",
+            fontsize=9,
+        )
+    long_labels = sum(map(len, labels)) > 60 or max(map(len, labels)) > 12
+    ax.set_xticks(
+        x, labels, rotation=30 if long_labels else 0, ha="right" if long_labels else "center"
+    )
+    if log:
+        ax.set_yscale("log")
+    ax.margins(y=0.15)  # room for the numbers above the tallest bar
+    ax.set_ylabel(ylabel + (", log scale" if log else ""))
+    ax.set_title(title)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    _save(fig, path)
+    return fig
+
+
+# -- parameter counts ----------------------------------------------------------------------------
+
+
+def plot_parameter_counts(series, path, xlabel: str, title: str) -> Figure:
+    """Trainable parameters against model size or LoRA rank, log–log, one line per method.
+
+    series: {method: (xs, ys)}, xs and ys of equal length, all > 0; each line is drawn in order of
+    increasing x. On log–log axes a count that grows like xᵏ is a straight line of slope k: full
+    fine-tuning grows like d_model², LoRA like r · d_model, BitFit like d_model.
+    xlabel: the x quantity with its unit ("d_model (width)", "LoRA rank r").
+    """
+    _nonempty_mapping("series", series)
+    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for m, (method, pair) in enumerate(series.items()):
+        name = f"series[{method!r}]"
+        if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
+            raise ValueError(f"{name} must be a pair (xs, ys)")
+        xs = _numbers(f"{name} xs", pair[0], positive=True)
+        ys = _numbers(f"{name} ys", pair[1], positive=True)
+        if len(xs) != len(ys):
+            raise ValueError(
+                f"{name}: xs and ys must have the same length, got {len(xs)} and {len(ys)}"
+            )
+        order = np.argsort(xs, kind="stable")
+        ax.plot(xs[order], ys[order], label=str(method), **_style(m))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"{xlabel}, log scale")
+    ax.set_ylabel("trainable parameters (count, log scale)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    return fig
+
+
+# -- singular values -----------------------------------------------------------------------------
+
+
+def plot_singular_values(spectra, path, title: str) -> Figure:
+    """The singular values σ₁ ≥ σ₂ ≥ … of each learned ΔW, log y, one line per label.
+
+    spectra: {label: 1-D array of singular values (≥ 0)}, in any order; each is sorted descending.
+    A rank-r update (LoRA's ΔW = (α/r)·B·A) has r singular values well above the rest: its line
+    falls off a cliff after index r. Exact zeros have no place on a log axis; they are left out
+    and counted in the legend.
+    """
+    _nonempty_mapping("spectra", spectra)
+    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for m, (label, values) in enumerate(spectra.items()):
+        name = f"spectra[{label!r}]"
+        s = _numbers(name, values)
+        if (s < 0).any():
+            raise ValueError(f"{name} must be ≥ 0 (singular values), got {s.min()}")
+        if not (s > 0).any():
+            raise ValueError(f"{name} is all zeros: nothing to show on a log axis")
+        s = np.sort(s)[::-1]
+        zeros = int((s == 0).sum())
+        legend = str(label) + (f" ({zeros} exact zeros not shown)" if zeros else "")
+        style = _style(m)
+        ax.plot(
+            np.arange(1, len(s) + 1),
+            s,
+            label=legend,
+            color=style["color"],
+            marker=style["marker"] if len(s) <= 64 else None,
+            markersize=4,
+        )
+    ax.set_yscale("log", nonpositive="mask")
+    ax.set_xlabel("index i (largest first)")
+    ax.set_ylabel("singular value σᵢ (log scale)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    return fig

@@ -1,10 +1,22 @@
 """Fine-tuning methods, one chapter per file, with PEFT's names.
 
-from minift.peft import get_peft_model, LoraConfig
-peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn"]))
-peft_model.print_trainable_parameters()
+    from minift.peft import get_peft_model, LoraConfig
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn"]))
+    peft_model.print_trainable_parameters()
+
+    sft.py       supervised fine-tuning: full, head-only, last-k blocks, by pattern, gradual (§2.1)
+    sharing.py   the article's parameter sharing, A3
+    sparse.py    the article's sparse connections, A4, and its worked model A8/A9
+    lora.py      LoRA as published (A5, A6, A10, A11 mapped and corrected)
+    dora.py      DoRA: magnitude and direction
+    adalora.py   AdaLoRA: P·Λ·Q with a shrinking rank budget
+    bitfit.py    biases only
+    adapter.py   Houlsby adapters
+    ia3.py       IA3: learned rescaling vectors
+    prompt.py    prompt tuning and prefix tuning
 """
 
+from minift.peft.adapter import AdapterConfig, AdapterLinear
 from minift.peft.base import (
     PeftConfig,
     PeftModel,
@@ -12,14 +24,49 @@ from minift.peft.base import (
     get_peft_model,
     match_target_modules,
 )
+from minift.peft.bitfit import BitFitConfig
+from minift.peft.ia3 import IA3Config, IA3Linear
 from minift.peft.lora import LoraConfig, LoraLinear
+from minift.peft.sft import (
+    FullFinetuneConfig,
+    GradualUnfreezing,
+    HeadOnlyConfig,
+    LastKBlocksConfig,
+    add_classification_head,
+    freeze_by_pattern,
+    full_finetune,
+    head_only,
+    last_k_blocks,
+)
+from minift.peft.sharing import SharingConfig, share_across_blocks, tie_parameters
+from minift.peft.sparse import MaskedLinear, SparseConfig, SparseDeltaLinear
 
 __all__ = [
+    "AdapterConfig",
+    "AdapterLinear",
+    "BitFitConfig",
+    "FullFinetuneConfig",
+    "GradualUnfreezing",
+    "HeadOnlyConfig",
+    "IA3Config",
+    "IA3Linear",
+    "LastKBlocksConfig",
     "LoraConfig",
     "LoraLinear",
+    "MaskedLinear",
     "PeftConfig",
     "PeftModel",
+    "SharingConfig",
+    "SparseConfig",
+    "SparseDeltaLinear",
+    "add_classification_head",
     "count_parameters",
+    "freeze_by_pattern",
+    "full_finetune",
     "get_peft_model",
+    "head_only",
+    "last_k_blocks",
     "match_target_modules",
+    "share_across_blocks",
+    "tie_parameters",
 ]

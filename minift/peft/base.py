@@ -65,6 +65,7 @@ class PeftConfig:
     peft_type: ClassVar[str] = ""
     default_target_modules: ClassVar[tuple[str, ...]] = ("c_attn",)
     mergeable: ClassVar[bool] = True  # can its change be folded into the weights?
+    not_mergeable_reason: ClassVar[str] = ""  # why not, for the error message
 
     def __post_init__(self):
         t = self.target_modules
@@ -118,15 +119,39 @@ class PeftConfig:
         return cls(**kwargs)
 
     def peft_key(self, name: str) -> str:
-        """The key of a trainable parameter in adapter_model.safetensors (minift's own layout)."""
-        return "base_model.model." + name
+        """The key of a trainable parameter in adapter_model.safetensors: PEFT's, on Hugging
+        Face's GPT-2 (``h.0.attn.c_attn.x`` -> ``base_model.model.transformer.h.0.attn.c_attn.x``).
+        """
+        return "base_model.model." + hf_gpt2_name(name)
 
     def peft_value(self, name: str, value: np.ndarray) -> np.ndarray:
-        """The value as stored in the file (a method whose layout differs transposes here)."""
-        return value
+        """The value as stored in the file (Hugging Face's layout; see ``hf_layout``)."""
+        return hf_layout(name, value)
 
     def from_peft_value(self, name: str, value: np.ndarray) -> np.ndarray:
-        return value
+        return hf_layout(name, value)
+
+
+# GPT-2's top-level modules, which Hugging Face nests under "transformer." (a head such as
+# GPT2ForSequenceClassification's "score" sits beside it, not inside).
+_HF_TRANSFORMER_MODULES = {"wte", "wpe", "drop", "h", "ln_f"}
+
+
+def hf_gpt2_name(name: str) -> str:
+    """minift's parameter name -> Hugging Face GPT-2's (``h.0.ln_1.bias`` -> ``transformer.h…``)."""
+    return f"transformer.{name}" if name.split(".", 1)[0] in _HF_TRANSFORMER_MODULES else name
+
+
+def hf_layout(name: str, value: np.ndarray) -> np.ndarray:
+    """A tensor in Hugging Face's layout (and back: it is its own inverse).
+
+    GPT-2's own Linears are Conv1D, [in, out] like minift's; a head outside ``transformer``
+    (``score``) is a torch nn.Linear, [out, in]: its weight is transposed.
+    """
+    outside = name.split(".", 1)[0] not in _HF_TRANSFORMER_MODULES
+    if outside and name.endswith(".weight") and value.ndim == 2:
+        return value.T
+    return value
 
 
 # fields PEFT writes whose value minift may ignore whatever it is
@@ -269,7 +294,8 @@ class PeftModel(Module):
         )
 
     def _tuner_layers(self) -> list[str]:
-        return [n for n, m in self.named_modules() if n and hasattr(m, "merged_layer")]
+        """The names of the layers a method wrapped (each keeps the original as base_layer)."""
+        return [n for n, m in self.named_modules() if n and hasattr(m, "base_layer")]
 
     def merge_and_unload(self) -> Module:
         """Fold every change into the weights and return the plain model, all of it trainable.
@@ -280,8 +306,8 @@ class PeftModel(Module):
         """
         if not self.peft_config.mergeable:
             raise TypeError(
-                f"merge_and_unload: {type(self.peft_config).__name__} does not change any weight "
-                "matrix, so there is nothing to merge; keep using the PeftModel"
+                f"merge_and_unload: {type(self.peft_config).__name__} cannot be merged: "
+                f"{self.peft_config.not_mergeable_reason}; keep using the PeftModel"
             )
         for name in self._tuner_layers():
             self.base_model.set_submodule(name, self.get_submodule(name).merged_layer())

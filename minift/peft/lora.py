@@ -298,8 +298,7 @@ class LoraConfig(PeftConfig):
         )
 
     def peft_key(self, name):
-        # PEFT's key on Hugging Face's GPT2LMHeadModel, e.g.
+        # PEFT's lora_A / lora_B are nn.Linear modules, so their keys end in ".weight":
         # base_model.model.transformer.h.0.attn.c_attn.lora_A.weight
-        if name.endswith((".lora_A", ".lora_B")):
-            return f"base_model.model.transformer.{name}.weight"
-        return f"base_model.model.transformer.{name}"
+        key = super().peft_key(name)
+        return key + ".weight" if name.endswith((".lora_A", ".lora_B")) else key

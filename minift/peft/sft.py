@@ -1,0 +1,350 @@
+r"""Supervised fine-tuning: choosing which parameters train (the article's §2.1, §3.2.1, A1, A2).
+
+What the article says
+---------------------
+SFT is: prepare labelled data → load a pretrained model → "add extra layers, or adjust the
+parameters of some layers" and train → evaluate and tune. The training itself is A1 and A2,
+
+    min_θ L(θ, x, y)                    (A1)
+    θ ← θ − α · ∂L/∂θ                   (A2)
+
+Every policy in this file answers one question: WHICH parameters does A2 update? Call that set
+𝒯 ⊆ θ. Then A2 runs only over 𝒯,
+
+    θᵢ ← θᵢ − α · ∂L/∂θᵢ      for θᵢ ∈ 𝒯;      θᵢ stays pretrained for θᵢ ∉ 𝒯
+
+and in minift "θᵢ ∉ 𝒯" is one flag, ``Param.trainable = False``. A frozen Param gets no dW (its
+layer skips the weight gradient, the optimizer skips the Param and keeps no state for it), but
+the gradient still flows THROUGH it: a frozen block passes dx down to a trainable block below.
+(A frozen bottom of the network still costs its dx here; a faster engine would stop the
+backward pass at the lowest trainable layer.)
+
+The policies, "adjust some layers"
+----------------------------------
+- ``full_finetune``: 𝒯 = everything.
+- ``head_only``: 𝒯 = the head. For a classifier that is ``score`` [C, K]. For a language model
+  the head is the TIED token embedding: logits = h·wteᵀ (model.py), so there is no separate head
+  to train. minift's choice: ``head_only`` on a GPT trains ``wte`` alone (and so also moves the
+  input embeddings, the honest consequence of tying); ``ln_f`` belongs to ``last_k_blocks``.
+  A model with neither ``score`` nor ``wte`` is a TypeError.
+- ``last_k_blocks(k)``: 𝒯 = blocks h.{L−k} … h.{L−1}, the final LayerNorm ``ln_f`` and the head.
+  k = 0 is the head and ln_f; k = L is everything but the embeddings (wpe, and wte for a
+  classifier).
+- ``freeze_by_pattern``: set the flag of every parameter whose name a regular expression finds
+  (``re.search``), e.g. ``freeze_by_pattern(model, [r"\.ln_"], trainable=True)`` after
+  ``head_only`` also trains every LayerNorm.
+- ``GradualUnfreezing``: ULMFiT's schedule (Howard & Ruder, 2018): epoch 0 trains the head
+  alone; every further epoch unfreezes one more block, from the top down; when every block is
+  unfrozen, one last step unfreezes the embeddings too, so the schedule ends at full fine-tuning
+  as ULMFiT's does. Its rationale: the top layers are the most task-specific, so they adapt first,
+  while the general features below are protected from the large, noisy gradients of a fresh head.
+  (ULMFiT pairs it with per-layer learning rates, ``minift.optim.layerwise_lr_groups``.)
+
+"Add extra layers"
+------------------
+``add_classification_head(lm, num_labels)`` puts a new head ``score`` [C, K] on a pretrained
+GPT: logits = h[b, last non-pad position] · score. The new model SHARES the body's Params with
+``lm`` (the same objects, so freezing one freezes the other) and the head starts at random, so
+the classifier's first predictions are noise. That is why head-only training, then unfreezing,
+is the classic order.
+
+Every policy sets flags and returns the model, so they chain::
+
+    clf = head_only(add_classification_head(lm, num_labels=2, seed=0))
+
+and each has a PeftConfig (``FullFinetuneConfig``, ``HeadOnlyConfig``, ``LastKBlocksConfig``),
+so one training loop treats SFT like every other method: ``get_peft_model(model, config)``
+freezes everything, then ``apply`` unfreezes 𝒯. These configs wrap no layer, so
+``merge_and_unload()`` has nothing to fold and returns the model itself; the "adapter" that
+``save_pretrained`` writes is every trainable parameter.
+
+Trainable counts, in closed form
+--------------------------------
+With C = d_model, V = vocab_size, P = block_size (positions), L = n_layer, K = num_labels:
+
+    one block      12C² + 13C      (ln_1 2C, c_attn 3C² + 3C, c_proj C² + C, ln_2 2C,
+                                    c_fc 4C² + 4C, mlp.c_proj 4C² + C)
+    ln_f           2C
+    head           C·K for a classifier (``score``, no bias), V·C for a GPT (the tied wte)
+
+    full           V·C + P·C + L·(12C² + 13C) + 2C  (+ C·K for a classifier)
+    head_only      head
+    last_k_blocks  k·(12C² + 13C) + 2C + head
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from minift.model import GPT, GPTForSequenceClassification
+from minift.nn import Module
+from minift.peft.base import PeftConfig, register
+
+__all__ = [
+    "full_finetune",
+    "head_only",
+    "last_k_blocks",
+    "freeze_by_pattern",
+    "GradualUnfreezing",
+    "add_classification_head",
+    "FullFinetuneConfig",
+    "HeadOnlyConfig",
+    "LastKBlocksConfig",
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# Finding the parts of a model
+
+
+def _set_trainable(module: Module, trainable: bool) -> None:
+    for p in module.parameters():
+        p.trainable = trainable
+
+
+def _top_level(model: Module) -> list[str]:
+    return [name for name, _ in model._children()]
+
+
+def _head_name(model: Module) -> str:
+    """``score`` for a classifier, ``wte`` (the tied LM head) for a GPT."""
+    for name in ("score", "wte"):
+        try:
+            model.get_submodule(name)
+            return name
+        except KeyError:
+            continue
+    raise TypeError(
+        f"model: {type(model).__name__} has no head to train: expected a task head 'score' "
+        f"(GPTForSequenceClassification) or the tied LM head 'wte' (GPT); its top-level modules "
+        f"are {_top_level(model)}"
+    )
+
+
+def _blocks(model: Module):
+    try:
+        return model.get_submodule("h")
+    except KeyError:
+        raise TypeError(
+            f"model: {type(model).__name__} has no transformer blocks 'h'; its top-level modules "
+            f"are {_top_level(model)}"
+        ) from None
+
+
+def _check_k(k, n_blocks: int, name: str = "k") -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"{name}: expected an integer number of blocks, got {k!r}")
+    if not 0 <= k <= n_blocks:
+        raise ValueError(
+            f"{name}: expected a number of blocks in [0, n_layer] = [0, {n_blocks}], got {k}"
+        )
+    return int(k)
+
+
+# ------------------------------------------------------------------------------------------------
+# The policies
+
+
+def full_finetune(model: Module) -> Module:
+    """𝒯 = every parameter. Nothing stays frozen."""
+    _set_trainable(model, True)
+    return model
+
+
+def head_only(model: Module) -> Module:
+    """𝒯 = the head: ``score`` for a classifier, the tied ``wte`` for a GPT. The rest is frozen.
+
+    On a GPT, training wte also changes the input embeddings: the LM head IS the embedding
+    table (logits = h·wteᵀ). ``ln_f`` stays frozen (it trains with ``last_k_blocks``).
+    """
+    head = _head_name(model)
+    _set_trainable(model, False)
+    _set_trainable(model.get_submodule(head), True)
+    return model
+
+
+def last_k_blocks(model: Module, k: int) -> Module:
+    """𝒯 = blocks h.{L−k} … h.{L−1}, ``ln_f`` and the head; frozen: the embeddings and the
+    L − k blocks below. k must lie in [0, L]."""
+    blocks = _blocks(model)
+    L = len(blocks)
+    k = _check_k(k, L)
+    head = _head_name(model)
+    _set_trainable(model, False)
+    for i in range(L - k, L):
+        _set_trainable(blocks[i], True)
+    _set_trainable(model.get_submodule("ln_f"), True)
+    _set_trainable(model.get_submodule(head), True)
+    return model
+
+
+def freeze_by_pattern(model: Module, patterns: list[str] | str, trainable: bool = False) -> Module:
+    r"""Set ``trainable`` on every parameter whose name one of the regexes finds (``re.search``).
+
+    ``trainable=False`` (the default) freezes them, ``trainable=True`` unfreezes them; every
+    other parameter keeps its flag. ``r"^h\.0\."`` is block 0, ``r"\.ln_"`` every LayerNorm,
+    ``r"bias$"`` every bias. A pattern that matches no parameter is an error that lists the
+    names that exist (a Param shared by several modules has one name, its first use's).
+    """
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    if not isinstance(patterns, (list, tuple)) or not all(isinstance(p, str) for p in patterns):
+        raise TypeError(f"patterns: expected a regex string or a list of them, got {patterns!r}")
+    if not patterns:
+        raise ValueError("patterns: expected at least one regular expression, got []")
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as err:
+            raise ValueError(f"patterns: {pattern!r} is not a regular expression ({err})") from None
+    params = model.named_parameters()
+    unmatched = [p.pattern for p in compiled if not any(p.search(n) for n in params)]
+    if unmatched:
+        raise ValueError(
+            f"patterns: {unmatched} matched no parameter; the parameters are {list(params)}"
+        )
+    for name, p in params.items():
+        if any(rx.search(name) for rx in compiled):
+            p.trainable = bool(trainable)
+    return model
+
+
+class GradualUnfreezing:
+    """ULMFiT's gradual unfreezing (Howard & Ruder, 2018), one stage per epoch.
+
+        epoch 0          the head alone                              (``head_only``)
+        epoch e ≥ 1      the top min(e, n_layer) blocks, ln_f, head  (``last_k_blocks``)
+        epoch L + 1      everything, the embeddings too              (``full_finetune``)
+
+    ``n_layer`` is how many blocks the schedule unfreezes in all: by default every block of the
+    model (L); the last, full stage is reached only when it is L. Call ``step_epoch()`` at the end
+    of each epoch. The schedule owns the flags: every stage sets all of them again.
+
+        schedule = GradualUnfreezing(model)
+        for epoch in range(n_epochs):
+            train_one_epoch(model)        # AdamW skips frozen Params; a newly unfrozen one
+            schedule.step_epoch()         # starts its moments at its first gradient
+    """
+
+    def __init__(self, model: Module, n_layer: int | None = None):
+        self.model = model
+        self.n_blocks = len(_blocks(model))
+        _head_name(model)  # fail now, not at the first epoch
+        self.n_layer = (
+            self.n_blocks if n_layer is None else _check_k(n_layer, self.n_blocks, "n_layer")
+        )
+        self.epoch = 0
+        self._apply()
+
+    @property
+    def trainable_blocks(self) -> list[int]:
+        """Indices of the blocks that train at this epoch, e.g. [1] then [0, 1] for L = 2."""
+        n = min(self.epoch, self.n_layer)
+        return list(range(self.n_blocks - n, self.n_blocks))
+
+    @property
+    def embeddings_trainable(self) -> bool:
+        return self.n_layer == self.n_blocks and self.epoch > self.n_blocks
+
+    @property
+    def done(self) -> bool:
+        """True once a further ``step_epoch`` would unfreeze nothing more."""
+        last = self.n_layer + 1 if self.n_layer == self.n_blocks else self.n_layer
+        return self.epoch >= last
+
+    def step_epoch(self) -> list[int]:
+        """Advance one epoch, unfreeze the next stage; returns ``trainable_blocks``."""
+        self.epoch += 1
+        self._apply()
+        return self.trainable_blocks
+
+    def _apply(self) -> None:
+        if self.embeddings_trainable:
+            full_finetune(self.model)
+        elif self.epoch == 0:
+            head_only(self.model)
+        else:
+            last_k_blocks(self.model, min(self.epoch, self.n_layer))
+
+
+# ------------------------------------------------------------------------------------------------
+# "Add extra layers"
+
+
+def add_classification_head(
+    lm: GPT, num_labels: int, seed: int = 0, pad_token_id: int | None = None
+) -> GPTForSequenceClassification:
+    """A classifier on a pretrained GPT: the same body (SHARED Params) and a new head ``score``.
+
+    score [C, K] is drawn N(0, 0.02²) from ``seed`` and trainable; the body's Params keep their
+    flags (choose them next: ``head_only``, ``last_k_blocks`` …). ``pad_token_id`` tells the
+    classifier which token is padding, so it pools the last real token of each sequence.
+    """
+    if not isinstance(lm, GPT) or isinstance(lm, GPTForSequenceClassification):
+        raise TypeError(f"lm: expected a GPT language model, got {type(lm).__name__}")
+    return GPTForSequenceClassification.from_lm(lm, num_labels, seed, pad_token_id)
+
+
+# ------------------------------------------------------------------------------------------------
+# The same policies as configs, for get_peft_model and the training loop
+
+
+@dataclass
+class _SftConfig(PeftConfig):
+    """A policy as a config: no layer is wrapped, so merge_and_unload returns the model as is."""
+
+    mergeable = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.target_modules is not None:
+            raise ValueError(
+                f"target_modules: {type(self).__name__} chooses whole layers, not target modules; "
+                f"expected None, got {self.target_modules!r}"
+            )
+
+
+@register
+@dataclass
+class FullFinetuneConfig(_SftConfig):
+    """Full fine-tuning. Trainable count: every parameter of the model (closed form above)."""
+
+    peft_type = "MINIFT_FULL"
+
+    def apply(self, model, rng):
+        full_finetune(model)
+
+
+@register
+@dataclass
+class HeadOnlyConfig(_SftConfig):
+    """The head alone. Trainable count: C·K for a classifier, V·C for a GPT (the tied wte)."""
+
+    peft_type = "MINIFT_HEAD_ONLY"
+
+    def apply(self, model, rng):
+        head_only(model)
+
+
+@register
+@dataclass
+class LastKBlocksConfig(_SftConfig):
+    """The top k blocks, ln_f and the head. Trainable count: k·(12C² + 13C) + 2C + head."""
+
+    k: int = 1
+
+    peft_type = "MINIFT_LAST_K_BLOCKS"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)):
+            raise TypeError(f"k: expected an integer number of blocks, got {self.k!r}")
+        if self.k < 0:
+            raise ValueError(f"k: expected a number of blocks >= 0, got {self.k}")
+
+    def apply(self, model, rng):
+        last_k_blocks(model, self.k)

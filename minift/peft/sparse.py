@@ -1,0 +1,573 @@
+r"""Sparse connections, the article's A4 (§2.2 "稀疏连接", §4.1.2), and its model A8/A9 (§4.2.2).
+
+What the article writes
+-----------------------
+"Reduce the density of the connections in the model":
+
+    W₂ = σ(W₁ ⊙ D)                                                            (A4)
+
+with ⊙ the elementwise product, D a sparse 0/1 matrix (the MASK: Dᵢⱼ = 1 keeps connection
+i → j, 0 cuts it) and σ an activation. minift reads it as a parametrization of a layer's
+weight: the layer computes y = x·W₂ + b, and W₁ is what trains. D is FIXED (chosen once, never
+trained).
+
+Its gradient, with G = ∂L/∂W₂ = xᵀ·dy the gradient with respect to the weight the layer uses,
+is the chain rule through z = W₁ ⊙ D and W₂ = σ(z), one entry at a time:
+
+    ∂L/∂W₁ = D ⊙ σ′(W₁ ⊙ D) ⊙ G                                              (A4′)
+
+so a cut connection (Dᵢⱼ = 0) gets exactly zero gradient: it never learns.
+
+Which σ
+-------
+A cut connection has zᵢⱼ = 0, so its weight is σ(0). For the connection to be ABSENT, σ(0)
+must be 0; a sigmoid (σ(0) = ½) would leave every cut connection at ½, not sparse at all. And
+for a change that starts at zero to move, σ′(0) must not be 0 (a ReLU's σ′(0) = 0 would freeze
+it). minift offers the two activations that pass both tests: ``"identity"`` (σ(z) = z, σ′ = 1)
+and ``"tanh"`` (σ′ = 1 − σ², and every entry stays in (−1, 1)).
+
+The mask D
+----------
+Exactly k = round(density · d_in · d_out) ones per matrix (Python's round, half to even), so
+the count is a closed form, not a random number. ``mask="random"`` draws them uniformly without
+replacement from a seed; ``mask="magnitude"`` keeps the k entries of largest |W₀| (ties to the
+lower flat index). Other choices in the literature: the entries with the largest Fisher
+information (FISH mask, Sung, Nair & Raffel, 2021), the entries that moved most in a first
+full fine-tuning run (LT-SFT, Ansell et al., 2022), or a mask learned with a relaxed L₀ penalty
+(diff pruning, Guo, Rush & Kim, 2021). The mask is drawn from ``SparseConfig.mask_seed`` and the
+layer's name, not from ``get_peft_model``'s seed, so adapter_config.json alone rebuilds it.
+
+Two layers, two readings of A4
+------------------------------
+1. ``MaskedLinear``, the article's literal form: y = x·σ(W₁ ⊙ D) + b with W₁ the layer's own
+   weight (``base_layer.weight``, it trains; it starts at the pretrained W₀). At step 0 the
+   layer is ALREADY different from the pretrained one: W₀ pruned to ``density`` and, with tanh,
+   squashed (only density = 1 with σ = identity gives the base output). The cut entries of W₁ do
+   not affect the output and get zero gradient, but they are still stored and counted, and
+   AdamW's decoupled weight decay still shrinks them (harmless: they never reach the output,
+   whose cut entries stay σ(0) = 0). Trainable: d_in · d_out per target. This is PRUNING
+   (Han et al., 2015) then training, not a parameter-efficient method.
+
+2. ``SparseDeltaLinear``, sparse fine-tuning as the libraries do it: A4 applied to the CHANGE,
+
+       W = W₀ + σ(Δ ⊙ D)          W₀ frozen, Δ trained, Δ = 0 at init
+
+   so at step 0 the output is the base model's exactly (σ(0) = 0). Δ is not stored as a dense
+   [in, out] array: only its k kept entries are, as a 1-D Param δ ∈ ℝᵏ (``sparse_delta``) at the
+   mask's flat positions (``indices``). Forward SCATTERS σ(δ) into a copy of W₀; backward
+   GATHERS the dense gradient at the same positions — A4′ restricted to where D = 1:
+
+       W = W₀;  W.flat[indices] += σ(δ)            ∂L/∂δ = σ′(δ) ⊙ G.flat[indices]
+
+   Why compact: the count is exact (k per target, not d_in·d_out with most of it dead); the
+   optimizer keeps state for k numbers; and the masked entries are not there to be touched, so
+   AdamW's weight decay (which shrinks EVERY stored entry, gradient or not) cannot move them:
+   the effective weight's masked entries are W₀'s, bit for bit, after any amount of training.
+   ``merge()`` writes W₀.flat[indices] + σ(δ) into W₀ (nothing else changes) and remembers the k
+   old values, so ``unmerge()`` restores W₀ bit for bit. This (indices, values) storage is how
+   sparse fine-tuning libraries keep their deltas (Ansell et al., 2022; 2024).
+   Backward forms the dense G = xᵀ·dy and reads k entries of it; a faster engine would compute
+   only those, Σₙ x[n, i]·dy[n, j] for each kept (i, j): N·k work instead of N·d_in·d_out.
+
+The worked model, A8, and its gradient, A9
+------------------------------------------
+§4.2.2 combines the two into one model and differentiates it:
+
+    f(x; θ) = f(x; W₁) ⊙ σ(W₁ ⊙ D)                                            (A8)
+    ∂f/∂W₁ = ∂f(x; W₁)/∂W₁ ⊙ ∂σ(W₁ ⊙ D)/∂W₁                                   (A9)
+
+For ⊙ to make sense, f(x; W₁) must have W₁'s shape [in, out]. It does if f(x; W₁) is read
+connection by connection: the message that connection i → j carries is xᵢ·W₁ᵢⱼ; A8 gates it by
+σ(W₁ᵢⱼ·Dᵢⱼ); the output sums the gated messages over i, as a linear layer does:
+
+    yⱼ = Σᵢ xᵢ · W₁ᵢⱼ · σ(W₁ᵢⱼ Dᵢⱼ),   i.e.   y = x · W_eff,   W_eff = W₁ ⊙ σ(W₁ ⊙ D)
+
+This is the reading minift implements (``gated_forward`` / ``gated_backward``): the only one where
+A8's ⊙ is a true elementwise product of two arrays of one shape, with f(x; W₁) linear in x.
+(A quirk it exposes: with σ = identity, W_eff = W₁² ⊙ D ≥ 0, so the layer can only ever have
+non-negative weights.) W_eff is a PRODUCT of two factors that both depend on W₁, so its
+derivative needs the product rule, d(u·v) = u′·v + u·v′:
+
+    ∂W_effᵢⱼ/∂W₁ᵢⱼ = σ(zᵢⱼ) + W₁ᵢⱼ · Dᵢⱼ · σ′(zᵢⱼ),      z = W₁ ⊙ D
+    ∂L/∂W₁ = G ⊙ (σ(z) + W₁ ⊙ D ⊙ σ′(z)),                G = xᵀ·dy
+
+A9 multiplies the two derivatives instead, u′·v′: per connection ∂(xᵢW₁ᵢⱼ)/∂W₁ᵢⱼ = xᵢ times
+∂σ(W₁ᵢⱼDᵢⱼ)/∂W₁ᵢⱼ = Dᵢⱼ σ′(zᵢⱼ), which summed over the batch is
+
+    ∂L/∂W₁ (A9) = G ⊙ D ⊙ σ′(z)                          (``article_a9_gradient``)
+
+It drops σ(z) and the factor W₁; it is not even one of the product rule's two terms. The tests
+hold a finite-difference gradient to the product rule (< 1e-7) and show A9 off by far more.
+
+Shape legend: N positions (any leading shape ...), d_in / d_out a layer's in / out, k the number
+of kept entries (``len(indices)``). Weights are [in, out], as everywhere in minift.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from minift import functional as F
+from minift.nn import Linear, Module
+from minift.param import Param
+from minift.peft.base import PeftConfig, register
+
+__all__ = [
+    "ACTIVATIONS",
+    "MASKS",
+    "MaskedLinear",
+    "SparseConfig",
+    "SparseDeltaLinear",
+    "activation_backward",
+    "activation_forward",
+    "article_a9_gradient",
+    "choose_mask_indices",
+    "gated_backward",
+    "gated_forward",
+    "kept_count",
+    "mask_from_indices",
+    "masked_linear_backward",
+    "masked_linear_forward",
+    "sparse_delta_backward",
+    "sparse_delta_forward",
+    "sparse_delta_weight",
+    "sparse_weight_backward",
+    "sparse_weight_forward",
+]
+
+ACTIVATIONS = ("identity", "tanh")  # σ(0) = 0 (cut means absent) and σ′(0) = 1 (Δ = 0 moves)
+MASKS = ("random", "magnitude")
+MODES = ("delta", "literal")
+
+
+def _check_choice(value, choices, name):
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
+    return value
+
+
+# ------------------------------------------------------------------------------------------------
+# σ and σ′
+
+
+def activation_forward(z, activation):
+    """s = σ(z), elementwise.  # [*] -> [*]"""
+    _check_choice(activation, ACTIVATIONS, "activation")
+    s = np.tanh(z) if activation == "tanh" else np.array(z, copy=True)
+    return s, (activation, s)
+
+
+def activation_backward(ds, cache):
+    """dz = σ′(z) ⊙ ds: identity σ′ = 1; tanh σ′ = 1 − σ(z)², read off the saved output."""
+    activation, s = cache
+    return ds * (1.0 - s * s) if activation == "tanh" else np.array(ds, copy=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# A4 as a weight parametrization
+
+
+def sparse_weight_forward(W1, D, activation):
+    """A4: W₂ = σ(W₁ ⊙ D).  # [in, out], 0/1 [in, out] -> [in, out]"""
+    z = W1 * D  # (in, out): the cut connections are 0
+    W2, act_cache = activation_forward(z, activation)
+    return W2, (D, act_cache)
+
+
+def sparse_weight_backward(dW2, cache):
+    """A4′: ∂L/∂W₁ = D ⊙ σ′(W₁ ⊙ D) ⊙ ∂L/∂W₂.  # [in, out] -> [in, out]"""
+    D, act_cache = cache
+    return D * activation_backward(dW2, act_cache)
+
+
+def masked_linear_forward(x, W1, D, b, activation):
+    """The literal layer: y = x·σ(W₁ ⊙ D) + b.
+
+    x [..., in], W1 [in, out], D 0/1 [in, out], b [out] or None -> y [..., out]
+    """
+    W, weight_cache = sparse_weight_forward(W1, D, activation)
+    y, linear_cache = F.linear_forward(x, W, b)
+    return y, (linear_cache, weight_cache)
+
+
+def masked_linear_backward(dy, cache, need_dW1=True):
+    """Returns (dx [..., in], dW1 [in, out] or None, db [out] or None).
+
+    forward was y = x·W + b with W = σ(W₁ ⊙ D), so dW = xᵀ·dy, then A4′ carries it to W₁.
+    """
+    linear_cache, weight_cache = cache
+    dx, dW, db = F.linear_backward(dy, linear_cache, need_dW=need_dW1)
+    dW1 = None if dW is None else sparse_weight_backward(dW, weight_cache)
+    return dx, dW1, db
+
+
+# ------------------------------------------------------------------------------------------------
+# The mask
+
+
+def kept_count(density: float, n: int) -> int:
+    """k = round(density · n): how many of n entries a mask of this density keeps."""
+    return round(density * n)
+
+
+def choose_mask_indices(W0, density, mask, rng, name="weight"):
+    """The k = round(density·W₀.size) flat positions D keeps, sorted.  # [in, out] -> int [k]
+
+    ``mask="random"``: uniform without replacement from ``rng``; ``"magnitude"``: the k
+    largest |W₀| (a stable sort, so ties go to the lower flat index).
+    """
+    _check_choice(mask, MASKS, "mask")
+    n = W0.size
+    k = kept_count(density, n)
+    if k < 1:
+        raise ValueError(
+            f"density: {density} keeps round({density}·{n}) = 0 of the {n} entries of {name} "
+            f"{W0.shape}; expected at least one (density > {0.5 / n:.3g})"
+        )
+    if mask == "random":
+        chosen = rng.choice(n, size=k, replace=False)
+    else:
+        chosen = np.argsort(-np.abs(W0).reshape(-1), kind="stable")[:k]
+    return np.sort(chosen).astype(np.int64)
+
+
+def mask_from_indices(indices, shape):
+    """D as a boolean array: True at the kept flat positions.  # int [k] -> bool [in, out]"""
+    D = np.zeros(int(np.prod(shape)), dtype=bool)
+    D[indices] = True
+    return D.reshape(shape)
+
+
+# ------------------------------------------------------------------------------------------------
+# Sparse fine-tuning: W = W₀ + σ(Δ ⊙ D), Δ stored as its k kept entries δ
+
+
+def sparse_delta_weight(delta, indices, shape, activation):
+    """σ(Δ ⊙ D) as a dense array: σ(δ) at the kept positions, 0 elsewhere.  # [k] -> [in, out]"""
+    dense = np.zeros(shape, dtype=delta.dtype)
+    dense.flat[indices] = activation_forward(delta, activation)[0]
+    return dense
+
+
+def sparse_delta_forward(x, W0, b, delta, indices, activation):
+    """y = x·(W₀ + σ(Δ ⊙ D)) + b, scattering σ(δ) into a copy of W₀.
+
+    x [..., in], W0 [in, out], b [out] or None, delta [k], indices int [k] -> y [..., out]
+    """
+    s, act_cache = activation_forward(delta, activation)  # (k,)
+    W = W0.copy()  # (in, out): W₀ itself is never written
+    W.flat[indices] += s  # scatter: only the k kept entries differ from W₀
+    y, linear_cache = F.linear_forward(x, W, b)
+    return y, (linear_cache, indices, act_cache)
+
+
+def sparse_delta_backward(dy, cache, need_dW0=False):
+    """Returns (dx [..., in], ddelta [k], dW0 [in, out] or None, db [out] or None).
+
+    forward was y = x·W + b, so G = ∂L/∂W = xᵀ·dy; W's kept entries are W₀ + σ(δ), so
+    ∂L/∂δ = σ′(δ) ⊙ G.flat[indices] (gather: A4′ where D = 1). G is also W₀'s gradient.
+    """
+    linear_cache, indices, act_cache = cache
+    dx, G, db = F.linear_backward(dy, linear_cache, need_dW=True)
+    ddelta = activation_backward(G.reshape(-1)[indices], act_cache)  # (k,)
+    return dx, ddelta, (G if need_dW0 else None), db
+
+
+# ------------------------------------------------------------------------------------------------
+# The layers
+
+
+class MaskedLinear(Module):
+    """The literal A4 layer: y = x·σ(W₁ ⊙ D) + b, with W₁ = ``base_layer.weight`` and D = ``mask``.
+
+    W₁ trains if its Param is trainable (``SparseConfig(mode="literal")`` makes it so); the bias
+    keeps its flag. ``merge()`` writes σ(W₁ ⊙ D) into the weight and keeps W₁ aside, so
+    ``unmerge()`` restores it exactly (σ is not invertible on the cut entries, so it must).
+    Since W₁ IS the base weight, ``PeftModel.unload()`` returns the trained, unmasked W₁, not W₀.
+    """
+
+    def __init__(self, base_layer: Linear, mask, activation: str = "identity"):
+        _check_choice(activation, ACTIVATIONS, "activation")
+        mask = np.asarray(mask)
+        if mask.shape != base_layer.weight.shape:
+            raise ValueError(
+                f"mask: expected the weight's shape {base_layer.weight.shape}, got {mask.shape}"
+            )
+        self.base_layer = base_layer
+        self.mask = mask.astype(bool)  # D, fixed
+        self.activation = activation
+        self.merged = False
+        self._W1 = None  # W₁, kept aside while merged
+        self._cache = None
+
+    @property
+    def in_features(self):
+        return self.base_layer.in_features
+
+    @property
+    def out_features(self):
+        return self.base_layer.out_features
+
+    def effective_weight(self) -> np.ndarray:  # [in, out]
+        """σ(W₁ ⊙ D), the weight the layer multiplies by."""
+        if self.merged:
+            return self.base_layer.weight.value.copy()
+        return sparse_weight_forward(self.base_layer.weight.value, self.mask, self.activation)[0]
+
+    def forward(self, x):  # [..., in] -> [..., out]
+        if self.merged:
+            return self.base_layer.forward(x)
+        base = self.base_layer
+        y, self._cache = masked_linear_forward(
+            x,
+            base.weight.value,
+            self.mask,
+            None if base.bias is None else base.bias.value,
+            self.activation,
+        )
+        return y
+
+    def backward(self, dy):  # [..., out] -> [..., in]
+        if self.merged:
+            return self.base_layer.backward(dy)
+        base = self.base_layer
+        dx, dW1, db = masked_linear_backward(dy, self._cache, need_dW1=base.weight.trainable)
+        if dW1 is not None:
+            base.weight.accumulate_grad(dW1)
+        if db is not None:
+            base.bias.accumulate_grad(db)
+        return dx
+
+    def merge(self) -> None:
+        """weight ← σ(W₁ ⊙ D), refusing a non-finite result; W₁ is kept for ``unmerge``."""
+        if self.merged:
+            raise RuntimeError("merge: this masked layer is already merged")
+        W = self.effective_weight()
+        if not np.isfinite(W).all():
+            raise ValueError("merge: σ(W₁ ⊙ D) has non-finite entries; the weight is broken")
+        self._W1 = self.base_layer.weight.value.copy()
+        self.base_layer.weight.value[...] = W
+        self.merged = True
+
+    def unmerge(self) -> None:
+        """weight ← W₁ (the copy merge kept: exact)."""
+        if not self.merged:
+            raise RuntimeError("unmerge: this masked layer is not merged")
+        self.base_layer.weight.value[...] = self._W1
+        self._W1 = None
+        self.merged = False
+
+    def merged_layer(self) -> Linear:
+        """The base Linear holding σ(W₁ ⊙ D) (what merge_and_unload puts in this layer's place)."""
+        if not self.merged:
+            self.merge()
+        self._W1 = None
+        return self.base_layer
+
+
+class SparseDeltaLinear(Module):
+    """Sparse fine-tuning: W = W₀ + σ(Δ ⊙ D), W₀ = ``base_layer.weight`` frozen, Δ stored as
+    ``sparse_delta`` [k] at the fixed flat positions ``indices`` [k] (zero at init).
+
+    ``merge()`` adds σ(δ) to W₀'s k kept entries and remembers their old values, so
+    ``unmerge()`` puts them back bit for bit; the ``merged`` flag guards both.
+    """
+
+    def __init__(self, base_layer: Linear, indices, activation: str = "identity"):
+        _check_choice(activation, ACTIVATIONS, "activation")
+        W0 = base_layer.weight
+        indices = np.asarray(indices)
+        if indices.ndim != 1 or indices.dtype.kind not in "iu" or indices.size == 0:
+            raise ValueError(
+                f"indices: expected a non-empty 1-D integer array of flat positions, got "
+                f"shape {indices.shape} dtype {indices.dtype}"
+            )
+        if indices.min() < 0 or indices.max() >= W0.size or np.unique(indices).size != indices.size:
+            raise ValueError(
+                f"indices: expected distinct flat positions in [0, {W0.size}) for a weight of "
+                f"shape {W0.shape}, got min {indices.min()}, max {indices.max()}"
+            )
+        self.base_layer = base_layer
+        self.indices = np.sort(indices).astype(np.int64)  # D's kept positions, fixed
+        self.activation = activation
+        self.sparse_delta = Param(np.zeros(indices.size, dtype=W0.dtype))  # δ, Δ = 0 at init
+        self.merged = False
+        self._kept_W0 = None  # W₀.flat[indices] before merging
+        self._cache = None
+
+    @property
+    def in_features(self):
+        return self.base_layer.in_features
+
+    @property
+    def out_features(self):
+        return self.base_layer.out_features
+
+    @property
+    def mask(self) -> np.ndarray:  # bool [in, out]
+        return mask_from_indices(self.indices, self.base_layer.weight.shape)
+
+    def delta_weight(self) -> np.ndarray:  # [in, out]
+        """σ(Δ ⊙ D): σ(δ) at the kept positions, 0 elsewhere."""
+        return sparse_delta_weight(
+            self.sparse_delta.value, self.indices, self.base_layer.weight.shape, self.activation
+        )
+
+    def effective_weight(self) -> np.ndarray:  # [in, out]
+        """W₀ + σ(Δ ⊙ D), computed as forward computes it."""
+        W = self.base_layer.weight.value.copy()
+        if not self.merged:
+            W.flat[self.indices] += activation_forward(self.sparse_delta.value, self.activation)[0]
+        return W
+
+    def forward(self, x):  # [..., in] -> [..., out]
+        if self.merged:
+            return self.base_layer.forward(x)
+        base = self.base_layer
+        y, self._cache = sparse_delta_forward(
+            x,
+            base.weight.value,
+            None if base.bias is None else base.bias.value,
+            self.sparse_delta.value,
+            self.indices,
+            self.activation,
+        )
+        return y
+
+    def backward(self, dy):  # [..., out] -> [..., in]
+        if self.merged:
+            return self.base_layer.backward(dy)
+        base = self.base_layer
+        dx, ddelta, dW0, db = sparse_delta_backward(dy, self._cache, base.weight.trainable)
+        self.sparse_delta.accumulate_grad(ddelta)
+        if dW0 is not None:
+            base.weight.accumulate_grad(dW0)
+        if db is not None:
+            base.bias.accumulate_grad(db)
+        return dx
+
+    def merge(self) -> None:
+        """W₀.flat[indices] ← W₀.flat[indices] + σ(δ), refusing a non-finite result."""
+        if self.merged:
+            raise RuntimeError("merge: this sparse layer is already merged")
+        W0 = self.base_layer.weight.value
+        kept = W0.flat[self.indices]  # a copy: the k values unmerge restores
+        new = kept + activation_forward(self.sparse_delta.value, self.activation)[0]
+        if not np.isfinite(new).all():
+            raise ValueError("merge: W₀ + σ(Δ ⊙ D) has non-finite entries; the delta is broken")
+        W0.flat[self.indices] = new
+        self._kept_W0 = kept
+        self.merged = True
+
+    def unmerge(self) -> None:
+        """W₀.flat[indices] ← the values merge replaced (bit for bit)."""
+        if not self.merged:
+            raise RuntimeError("unmerge: this sparse layer is not merged")
+        self.base_layer.weight.value.flat[self.indices] = self._kept_W0
+        self._kept_W0 = None
+        self.merged = False
+
+    def merged_layer(self) -> Linear:
+        """The base Linear with σ(Δ ⊙ D) folded in."""
+        if not self.merged:
+            self.merge()
+        self._kept_W0 = None
+        return self.base_layer
+
+
+# ------------------------------------------------------------------------------------------------
+# The article's worked model A8 and its gradient A9 (see the module docstring)
+
+
+def gated_forward(x, W1, D, activation):
+    """A8, read connection by connection: y = x·W_eff, W_eff = W₁ ⊙ σ(W₁ ⊙ D).
+
+    x [..., in], W1 [in, out], D 0/1 [in, out] -> y [..., out]
+    """
+    gate, act_cache = activation_forward(W1 * D, activation)  # σ(W₁ ⊙ D) (in, out)
+    W_eff = W1 * gate  # (in, out)
+    y, linear_cache = F.linear_forward(x, W_eff, None)
+    return y, (linear_cache, W1, D, gate, act_cache)
+
+
+def gated_backward(dy, cache):
+    """Returns (dx [..., in], dW1 [in, out]), with the PRODUCT RULE:
+
+    G = xᵀ·dy;   ∂L/∂W₁ = G ⊙ σ(z)  +  G ⊙ W₁ ⊙ D ⊙ σ′(z),   z = W₁ ⊙ D
+                          (u′·v)       (u·v′)
+    """
+    linear_cache, W1, D, gate, act_cache = cache
+    dx, G, _ = F.linear_backward(dy, linear_cache)
+    dgate = G * W1  # forward was W_eff = W₁ · gate: the gate's share …
+    dW1 = G * gate + D * activation_backward(dgate, act_cache)  # … W₁'s own share, plus it via z
+    return dx, dW1
+
+
+def article_a9_gradient(x, W1, D, activation, dy):
+    """∂L/∂W₁ as A9 writes it: the product of the two factors' derivatives, no product rule.
+
+    Per connection ∂(xᵢW₁ᵢⱼ)/∂W₁ᵢⱼ = xᵢ and ∂σ(W₁ᵢⱼDᵢⱼ)/∂W₁ᵢⱼ = Dᵢⱼσ′(zᵢⱼ); their product,
+    weighted by dy and summed over the batch: G ⊙ D ⊙ σ′(z). WRONG (tests show it).
+    x [..., in], W1 [in, out], D [in, out], dy [..., out] -> [in, out]
+    """
+    G = x.reshape(-1, x.shape[-1]).T @ dy.reshape(-1, dy.shape[-1])  # (in, out)
+    _, act_cache = activation_forward(W1 * D, activation)
+    return D * activation_backward(G, act_cache)
+
+
+# ------------------------------------------------------------------------------------------------
+# The config
+
+
+@register
+@dataclass
+class SparseConfig(PeftConfig):
+    """Sparse connections (A4) on every target Linear.
+
+    ``density`` in (0, 1]: the fraction of each weight's entries the mask keeps;
+    ``mask``: "random" or "magnitude" (largest |W₀|); ``activation``: σ, "identity" or "tanh";
+    ``mode``: "delta" (W = W₀ + σ(Δ ⊙ D), Δ compact, sparse fine-tuning) or "literal"
+    (W = σ(W₁ ⊙ D), the article's form); ``mask_seed``: the random mask's seed (with the layer's
+    name, so the file rebuilds the same mask).
+
+    Trainable count, summed over the targets (d_in × d_out each; biases stay frozen):
+        mode="delta"    Σ round(density · d_in · d_out)      (only the kept entries exist)
+        mode="literal"  Σ d_in · d_out                       (W₁ dense; the kept ones matter)
+    """
+
+    density: float = 0.05
+    mask: str = "random"
+    activation: str = "identity"
+    mode: str = "delta"
+    mask_seed: int = 0
+
+    peft_type = "MINIFT_SPARSE"
+    default_target_modules = ("c_attn",)
+
+    def __post_init__(self):
+        super().__post_init__()
+        d = self.density
+        if isinstance(d, bool) or not isinstance(d, (int, float, np.integer, np.floating)):
+            raise TypeError(f"density: expected a number in (0, 1], got {d!r}")
+        if not 0.0 < d <= 1.0:
+            raise ValueError(f"density: expected a fraction in (0, 1], got {d}")
+        self.density = float(d)
+        _check_choice(self.mask, MASKS, "mask")
+        _check_choice(self.activation, ACTIVATIONS, "activation")
+        _check_choice(self.mode, MODES, "mode")
+        s = self.mask_seed
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
+            raise ValueError(f"mask_seed: expected an integer >= 0, got {s!r}")
+
+    def wrap(self, name, layer, rng):
+        # the mask comes from (mask_seed, name), not from get_peft_model's rng: the saved
+        # adapter_config.json must rebuild it, whatever seed the model is loaded with
+        mask_rng = np.random.default_rng([self.mask_seed, zlib.crc32(name.encode())])
+        indices = choose_mask_indices(layer.weight.value, self.density, self.mask, mask_rng, name)
+        if self.mode == "delta":
+            return SparseDeltaLinear(layer, indices, self.activation)
+        layer.weight.trainable = True  # W₁ is the layer's own weight
+        return MaskedLinear(layer, mask_from_indices(indices, layer.weight.shape), self.activation)

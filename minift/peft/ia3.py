@@ -1,0 +1,318 @@
+r"""IA3: rescale inner activations by learned vectors (Liu et al., 2022), PEFT's layout.
+
+"Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper than In-Context Learning"
+introduces (IA)³, "Infused Adapter by Inhibiting and Amplifying Inner activations": instead of
+adding to a weight (LoRA) it MULTIPLIES three activations of every block by learned vectors,
+
+    attention   softmax(Q·(l_k ⊙ K)ᵀ / √d_k) · (l_v ⊙ V)        l_k, l_v ∈ ℝ^{d_k} per head
+    MLP         (l_ff ⊙ γ(x·W₁)) · W₂                           l_ff ∈ ℝ^{d_ff}
+
+with every l initialised to ONES, so that at step 0 the adapted model computes exactly what the
+base model does (x·1 = x, bit for bit). Only the vectors train: a handful of numbers per block.
+
+How PEFT applies it, and so how minift does
+-------------------------------------------
+PEFT does not reach inside the attention; it wraps whole Linear layers and scales either
+their OUTPUT or their INPUT:
+
+    not feed-forward    y = (x·W + b) ⊙ l          l ∈ ℝ^{d_out}   scales the layer's output
+    feed-forward        y = (x ⊙ l)·W + b          l ∈ ℝ^{d_in}    scales the layer's input
+
+For GPT-2 its defaults (``TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING["gpt2"]`` and
+``..._FEEDFORWARD_MODULES_MAPPING["gpt2"]``) are
+
+    target_modules      = ["c_attn", "mlp.c_proj"]
+    feedforward_modules = ["mlp.c_proj"]
+
+- ``mlp.c_proj`` is W₂, and its input is γ(x·W₁), the MLP's hidden activation: scaling that
+  input by l ∈ ℝ^{4C} is the paper's l_ff exactly.
+- ``c_attn`` is GPT-2's FUSED projection x ↦ [q | k | v] ∈ ℝ^{3C}. Scaling its output scales k
+  and v as the paper does (k·l_k and then Q·Kᵀ gives the paper's Q·(l_k ⊙ K)ᵀ), but it scales
+  q too, and the biases of all three. THIS DIFFERS FROM THE PAPER, which has no l_q: C extra
+  numbers per block, and one more way to change the attention's logits. minift follows PEFT,
+  so that an adapter trained here loads in PEFT on the same GPT-2 weights and computes the
+  same thing (the file's keys and shapes are PEFT's, below). The paper's k, v-only version is
+  this one with the first C entries of each c_attn vector held at 1.
+
+Gradients
+---------
+Scaling is elementwise, so its derivative is the other factor, summed over every position N
+(an l is shared by all of them):
+
+    not feed-forward    y = y₀ ⊙ l, y₀ = x·W + b:    ∂L/∂l = Σ_N dy ⊙ y₀     dy₀ = dy ⊙ l
+    feed-forward        y = x̃·W + b, x̃ = x ⊙ l:      ∂L/∂l = Σ_N dx̃ ⊙ x      dx = dx̃ ⊙ l
+
+where dx̃ = dy·Wᵀ. W stays frozen (no dW), but dx flows through it to the layers below.
+
+Merging
+-------
+A scale is a diagonal matrix, so it folds into W (minift's [in, out] layout, y = x·W + b):
+
+    scale the output    (x·W + b) ⊙ l = x·(W·diag l) + b ⊙ l      W's COLUMNS (and b) times l
+    scale the input     (x ⊙ l)·W + b = x·(diag l·W) + b           W's ROWS times l
+
+and unmerging divides by l again, exact up to rounding. A zero entry of l cannot be undone (it
+wiped a column or row of W₀), so unmerge refuses it with an error rather than dividing by zero
+(PEFT divides by l + 1e-8 instead: zeros where l was 0, a 1e-8 relative error elsewhere).
+
+Trainable parameters (closed form)
+----------------------------------
+Σ over non-feed-forward targets of d_out + Σ over feed-forward targets of d_in. With PEFT's
+GPT-2 defaults that is L·(3C + 4C) = 7·L·C: 64,512 for GPT-2 small (C = 768, L = 12), about
+0.05 % of its 124 M.
+
+The file (PEFT's)
+-----------------
+``adapter_model.safetensors`` holds one tensor per target,
+``base_model.model.transformer.h.{i}.attn.c_attn.ia3_l`` of shape [d_out, 1] and
+``base_model.model.transformer.h.{i}.mlp.c_proj.ia3_l`` of shape [1, d_in] (PEFT keeps the
+vectors 2-D, the way they broadcast against a torch [out, in] weight). minift holds them as
+plain vectors and reshapes on the way in and out.
+
+Shape legend: N positions (any leading shape ...), d_in / d_out the wrapped layer's in / out.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from minift import functional as F
+from minift.nn import Linear, Module
+from minift.param import Param
+from minift.peft.base import PeftConfig, hf_layout, register
+
+# ------------------------------------------------------------------------------------------------
+# The math, as pure functions
+
+
+def ia3_forward(x, W, b, l, is_feedforward):
+    """Scale the output, y = (x·W + b) ⊙ l, or the input, y = (x ⊙ l)·W + b.
+
+    x [..., in], W [in, out], b [out] or None, l [out] (or [in] when feed-forward) -> y [..., out]
+    """
+    if is_feedforward:
+        x_scaled = x * l  # (..., in)
+        y, linear_cache = F.linear_forward(x_scaled, W, b)
+        return y, (linear_cache, x, l, True)
+    y0, linear_cache = F.linear_forward(x, W, b)  # (..., out)
+    return y0 * l, (linear_cache, y0, l, False)
+
+
+def ia3_backward(dy, cache, need_dW=False):
+    """Returns (dx, dl, dW, db); see the module docstring. dW only when ``need_dW``."""
+    linear_cache, other_factor, l, is_feedforward = cache
+    if is_feedforward:
+        # forward was y = x̃·W + b with x̃ = x ⊙ l, so dx̃ = dy·Wᵀ, dl = Σ dx̃ ⊙ x, dx = dx̃ ⊙ l
+        dx_scaled, dW, db = F.linear_backward(dy, linear_cache, need_dW)
+        dl = (dx_scaled * other_factor).reshape(-1, l.size).sum(axis=0)  # (in,)
+        return dx_scaled * l, dl, dW, db
+    # forward was y = y₀ ⊙ l, so dl = Σ dy ⊙ y₀ and dy₀ = dy ⊙ l
+    dl = (dy * other_factor).reshape(-1, l.size).sum(axis=0)  # (out,)
+    dx, dW, db = F.linear_backward(dy * l, linear_cache, need_dW)
+    return dx, dl, dW, db
+
+
+def ia3_merged_weights(W, b, l, is_feedforward):
+    """The plain Linear that computes the same thing: (W·diag l, b ⊙ l) or (diag l·W, b).
+
+    W [in, out], b [out] or None, l [out] or [in] -> W' [in, out], b' [out] or None
+    """
+    if is_feedforward:
+        return W * l[:, None], b  # rows of W: one per input feature
+    return W * l[None, :], (None if b is None else b * l)  # columns of W: one per output
+
+
+# ------------------------------------------------------------------------------------------------
+# The layer
+
+
+class IA3Linear(Module):
+    """A frozen Linear whose output (or, feed-forward, input) is scaled by ``ia3_l``.
+
+    ``base_layer`` keeps the original weights; ``ia3_l`` is a vector, [out] or [in] when
+    ``is_feedforward``, of ones at init (random normal with ``init_ia3_weights=False``, as PEFT,
+    only to test that a method really moved the output). ``merge()`` folds the scale into the
+    base weights and ``unmerge()`` divides it out again, guarded by the ``merged`` flag.
+    """
+
+    def __init__(
+        self,
+        base_layer: Linear,
+        is_feedforward: bool,
+        init_ia3_weights: bool = True,
+        *,
+        rng: np.random.Generator,
+    ):
+        dtype = base_layer.weight.dtype
+        n = base_layer.in_features if is_feedforward else base_layer.out_features
+        self.base_layer = base_layer
+        self.is_feedforward = bool(is_feedforward)
+        init = np.ones(n) if init_ia3_weights else rng.standard_normal(n)
+        self.ia3_l = Param(init.astype(dtype))
+        self.merged = False
+        self._cache = None
+
+    @property
+    def in_features(self):
+        return self.base_layer.in_features
+
+    @property
+    def out_features(self):
+        return self.base_layer.out_features
+
+    def forward(self, x):  # [..., in] -> [..., out]
+        if self.merged:
+            return self.base_layer.forward(x)
+        base = self.base_layer
+        y, self._cache = ia3_forward(
+            x,
+            base.weight.value,
+            None if base.bias is None else base.bias.value,
+            self.ia3_l.value,
+            self.is_feedforward,
+        )
+        return y
+
+    def backward(self, dy):  # [..., out] -> [..., in]
+        if self.merged:
+            return self.base_layer.backward(dy)
+        base = self.base_layer
+        dx, dl, dW, db = ia3_backward(dy, self._cache, need_dW=base.weight.trainable)
+        self.ia3_l.accumulate_grad(dl)
+        if dW is not None:
+            base.weight.accumulate_grad(dW)
+        if db is not None:
+            base.bias.accumulate_grad(db)  # a frozen bias ignores it
+        return dx
+
+    def merge(self) -> None:
+        """W₀ ← W₀ scaled by l (columns and bias, or rows); refuses a non-finite result."""
+        if self.merged:
+            raise RuntimeError("merge: this IA3 layer is already merged")
+        base = self.base_layer
+        b = None if base.bias is None else base.bias.value
+        W, b = ia3_merged_weights(base.weight.value, b, self.ia3_l.value, self.is_feedforward)
+        if not (np.isfinite(W).all() and (b is None or np.isfinite(b).all())):
+            raise ValueError("merge: the scaled W₀ has non-finite entries; the adapter is broken")
+        base.weight.value[...] = W
+        if b is not None:
+            base.bias.value[...] = b
+        self.merged = True
+
+    def unmerge(self) -> None:
+        """W₀ ← W₀ divided by l again; refuses if an entry of l is 0 (W₀ is then lost)."""
+        if not self.merged:
+            raise RuntimeError("unmerge: this IA3 layer is not merged")
+        l = self.ia3_l.value
+        zeros = np.flatnonzero(l == 0)
+        if zeros.size:
+            what = "rows" if self.is_feedforward else "columns"
+            raise ValueError(
+                f"unmerge: ia3_l has {zeros.size} zero entries (first at index {zeros[0]}); "
+                f"merging multiplied those {what} of W₀ by 0, so W₀ cannot be recovered"
+            )
+        base = self.base_layer
+        if self.is_feedforward:
+            base.weight.value /= l[:, None]
+        else:
+            base.weight.value /= l[None, :]
+            if base.bias is not None:
+                base.bias.value /= l
+        self.merged = False
+
+    def merged_layer(self) -> Linear:
+        """The base Linear with the scale folded in (what merge_and_unload puts here)."""
+        if not self.merged:
+            self.merge()
+        return self.base_layer
+
+
+# ------------------------------------------------------------------------------------------------
+# The config
+
+
+@register
+@dataclass
+class IA3Config(PeftConfig):
+    """(IA)³ with PEFT's field names and GPT-2 defaults.
+
+    target_modules       the Linears to wrap; default PEFT's ["c_attn", "mlp.c_proj"]
+    feedforward_modules  those whose INPUT is scaled; default PEFT's ["mlp.c_proj"]. Must be a
+                         subset of target_modules when both are lists (PEFT's rule). Matched
+                         as PEFT matches them: a string is a regex for the whole name, a list
+                         entry matches a name that ENDS WITH it (a plain suffix, unlike
+                         target_modules' dotted one)
+    init_ia3_weights     ones (True; the adapted model starts as the base) or random normal
+    fan_in_fan_out       GPT-2 stores W [in, out]; a file-format field, must be True
+
+    Trainable count: Σ over non-feed-forward targets of d_out + Σ over feed-forward targets of
+    d_in; 7·L·C with the defaults (3C per c_attn, 4C per mlp.c_proj).
+    """
+
+    feedforward_modules: list[str] | str | None = None
+    fan_in_fan_out: bool = True
+    init_ia3_weights: bool = True
+
+    peft_type = "IA3"
+    default_target_modules = ("c_attn", "mlp.c_proj")  # PEFT's mapping for "gpt2"
+    default_feedforward_modules = ("mlp.c_proj",)
+
+    def __post_init__(self):
+        super().__post_init__()
+        ff = self.feedforward_modules
+        if ff is not None and not isinstance(ff, str):
+            if not isinstance(ff, (list, tuple, set)) or not all(isinstance(x, str) for x in ff):
+                raise TypeError(
+                    f"feedforward_modules: expected a regex string or a list of names, got {ff!r}"
+                )
+            self.feedforward_modules = sorted(ff) if isinstance(ff, set) else list(ff)
+        ff, targets = self.feedforward_modules, self.target_modules
+        if isinstance(ff, list) and isinstance(targets, list) and not set(ff) <= set(targets):
+            raise ValueError(
+                f"feedforward_modules: expected a subset of target_modules {targets}, got {ff} "
+                f"({sorted(set(ff) - set(targets))} not in target_modules)"
+            )
+        if not isinstance(self.init_ia3_weights, bool):
+            raise TypeError(
+                f"init_ia3_weights: expected True or False, got {self.init_ia3_weights!r}"
+            )
+        if not self.fan_in_fan_out:
+            raise ValueError("fan_in_fan_out: minift's GPT stores weights [in, out]; must be True")
+
+    def is_feedforward(self, module_name: str) -> bool:
+        """Is this target's INPUT scaled? PEFT's ``_check_target_module_feedforward`` rule."""
+        ff = self.feedforward_modules
+        if ff is None:
+            ff = list(self.default_feedforward_modules)
+        if isinstance(ff, str):
+            return re.fullmatch(ff, module_name) is not None
+        return any(module_name.endswith(entry) for entry in ff)
+
+    def wrap(self, name, layer, rng):
+        return IA3Linear(layer, self.is_feedforward(name), self.init_ia3_weights, rng=rng)
+
+    # -- PEFT's file layout -------------------------------------------------------------------
+
+    def peft_value(self, name, value):
+        if name.endswith(".ia3_l"):
+            # PEFT's ia3_l is [1, in] (feed-forward) or [out, 1]
+            return value.reshape(1, -1) if self._ia3_feedforward(name) else value.reshape(-1, 1)
+        return hf_layout(name, value)
+
+    def from_peft_value(self, name, value):
+        if name.endswith(".ia3_l"):
+            ff = self._ia3_feedforward(name)
+            if value.ndim != 2 or value.shape[0 if ff else 1] != 1:
+                layout = "[1, in] (feed-forward)" if ff else "[out, 1] (not feed-forward)"
+                raise ValueError(
+                    f"{self.peft_key(name)}: expected PEFT's {layout} layout for this config, "
+                    f"got shape {value.shape}"
+                )
+            return value.reshape(-1)
+        return hf_layout(name, value)
+
+    def _ia3_feedforward(self, param_name):
+        return self.is_feedforward(param_name[: -len(".ia3_l")])

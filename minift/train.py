@@ -8,7 +8,10 @@ SFT policy); the loop never asks which method it runs. Each step:
         model.backward(dlogits / grad_accum)          grads ADD up across micro-batches
     hooks' after_backward (e.g. AdaLoRA's orthogonality regulariser adds its gradient)
     clip the global gradient norm; set this step's learning rate (warm-up + cosine)
-    optimizer.step(); zero the grads; hooks' after_step (e.g. AdaLoRA's rank allocator)
+    optimizer.step(); hooks' after_step (e.g. AdaLoRA's rank allocator); zero the grads
+
+A method that needs such hooks provides them itself (``peft_config.train_hooks(model, steps)``),
+so the loop stays the same for every method.
 
 A non-finite loss or gradient norm stops training at once with a message, before the optimizer
 can write NaN into the weights. Progress shows as a bar (loss, tokens/s, ETA); every step is also
@@ -139,6 +142,13 @@ def build_optimizer(model: Module, config: TrainConfig):
     )
 
 
+def _method_hooks(model: Module, steps: int) -> list[TrainHook]:
+    """The hooks the model's fine-tuning method asks for (none for most methods)."""
+    peft_config = getattr(model, "peft_config", None)
+    train_hooks = getattr(peft_config, "train_hooks", None)
+    return list(train_hooks(model, steps)) if train_hooks else []
+
+
 def _generators(model: Module) -> list[np.random.Generator]:
     """Every distinct RNG the model's dropout layers draw from, in a fixed order."""
     seen, out = set(), []
@@ -174,7 +184,7 @@ class Trainer:
         self.config = config
         self.sample_batch = sample_batch
         self.evaluate = evaluate
-        self.hooks = list(hooks)
+        self.hooks = list(hooks) + _method_hooks(model, config.steps)
         self.log_path = Path(log_path) if log_path is not None else None
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.extra_state = dict(extra_state or {})
@@ -217,10 +227,10 @@ class Trainer:
             self._diverged(f"the gradient norm became {norm}")
         self.scheduler.step()
         self.optimizer.step()
-        self.model.zero_grad()
         self.step += 1
-        for hook in self.hooks:
+        for hook in self.hooks:  # before zero_grad: AdaLoRA's importance reads the gradients
             hook.after_step(self.step, self.model)
+        self.model.zero_grad()
         return loss, tokens, norm
 
     def _diverged(self, what: str):

@@ -22,6 +22,7 @@ from minift.peft import LoraConfig, LoraLinear, PeftModel, count_parameters, get
 from minift.peft.lora import (
     lora_backward,
     lora_delta_weight,
+    lora_delta_weight_backward,
     lora_forward,
     lora_forward_clear,
     lora_scaling,
@@ -83,6 +84,19 @@ def test_lora_pair_matches_finite_differences(seed, r, d_in, d_out):
     assert rel_error(dB, numerical_gradient_array(fwd, B, dy)) < TOL
     assert rel_error(dW0, numerical_gradient_array(fwd, W0, dy)) < TOL
     assert rel_error(db, numerical_gradient_array(fwd, b, dy)) < TOL
+
+
+def test_clear_path_backward_is_a11_corrected_and_matches_finite_differences():
+    rng = np.random.default_rng(3)
+    A, B, s = rng.standard_normal((2, 5)), rng.standard_normal((4, 2)), 0.8
+    dDelta = rng.standard_normal((5, 4))  # an upstream gradient on ΔW [in, out]
+    dA, dB = lora_delta_weight_backward(dDelta, A, B, s)
+    assert (
+        rel_error(dA, numerical_gradient_array(lambda: lora_delta_weight(A, B, s), A, dDelta)) < TOL
+    )
+    assert (
+        rel_error(dB, numerical_gradient_array(lambda: lora_delta_weight(A, B, s), B, dDelta)) < TOL
+    )
 
 
 def test_lora_gradients_are_the_papers_formulas():

@@ -209,3 +209,20 @@ def test_layerwise_decay_and_trust_ratio_train():
     trainer.train()
     lrs = {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}
     assert lrs["h.0"] == pytest.approx(lrs["h.1"] / 2) and lrs["embeddings"] < lrs["h.0"]
+
+
+def test_adalora_trains_through_the_one_loop_and_ends_at_its_budget():
+    """The method brings its own hooks (regulariser, rank allocator); the loop is unchanged."""
+    from minift.peft.adalora import AdaLoraConfig, svd_layers
+
+    config = AdaLoraConfig(init_r=4, target_r=2, tinit=2, tfinal=2, total_step=10)
+    model = get_peft_model(minift.GPT(CFG, seed=0), config)
+    Trainer(
+        model, TrainConfig(steps=10, batch_size=4, lr=1e-2), sample_batch, progress=False
+    ).train()
+    layers = svd_layers(model)
+    assert len(layers) == CFG.n_layer
+    kept = sum(int(np.count_nonzero(layer.lora_E.value)) for layer in layers.values())
+    assert kept == 2 * len(layers)  # target_r per target, as a whole budget
+    with pytest.raises(ValueError, match="total_step: the budget schedule was set for 10 steps"):
+        Trainer(model, TrainConfig(steps=20, batch_size=4), sample_batch, progress=False)

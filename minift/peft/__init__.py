@@ -1,21 +1,22 @@
 """Fine-tuning methods, one chapter per file, with PEFT's names.
 
-    from minift.peft import get_peft_model, LoraConfig
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn"]))
-    peft_model.print_trainable_parameters()
+from minift.peft import get_peft_model, LoraConfig
+peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn"]))
+peft_model.print_trainable_parameters()
 
-    sft.py       supervised fine-tuning: full, head-only, last-k blocks, by pattern, gradual (§2.1)
-    sharing.py   the article's parameter sharing, A3
-    sparse.py    the article's sparse connections, A4, and its worked model A8/A9
-    lora.py      LoRA as published (A5, A6, A10, A11 mapped and corrected)
-    dora.py      DoRA: magnitude and direction
-    adalora.py   AdaLoRA: P·Λ·Q with a shrinking rank budget
-    bitfit.py    biases only
-    adapter.py   Houlsby adapters
-    ia3.py       IA3: learned rescaling vectors
-    prompt.py    prompt tuning and prefix tuning
+sft.py       supervised fine-tuning: full, head-only, last-k blocks, by pattern, gradual (§2.1)
+sharing.py   the article's parameter sharing, A3
+sparse.py    the article's sparse connections, A4, and its worked model A8/A9
+lora.py      LoRA as published (A5, A6, A10, A11 mapped and corrected)
+dora.py      DoRA: magnitude and direction
+adalora.py   AdaLoRA: P·Λ·Q with a shrinking rank budget
+bitfit.py    biases only
+adapter.py   Houlsby adapters
+ia3.py       IA3: learned rescaling vectors
+prompt.py    prompt tuning and prefix tuning
 """
 
+from minift.peft.adalora import AdaLoraConfig, RankAllocator, SVDLinear, adalora_regularizer
 from minift.peft.adapter import AdapterConfig, AdapterLinear
 from minift.peft.base import (
     PeftConfig,
@@ -25,6 +26,7 @@ from minift.peft.base import (
     match_target_modules,
 )
 from minift.peft.bitfit import BitFitConfig
+from minift.peft.dora import DoraLinear
 from minift.peft.ia3 import IA3Config, IA3Linear
 from minift.peft.lora import LoraConfig, LoraLinear
 from minift.peft.sft import (
@@ -42,6 +44,11 @@ from minift.peft.sharing import SharingConfig, share_across_blocks, tie_paramete
 from minift.peft.sparse import MaskedLinear, SparseConfig, SparseDeltaLinear
 
 __all__ = [
+    "AdaLoraConfig",
+    "DoraLinear",
+    "RankAllocator",
+    "SVDLinear",
+    "adalora_regularizer",
     "AdapterConfig",
     "AdapterLinear",
     "BitFitConfig",

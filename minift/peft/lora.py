@@ -80,6 +80,13 @@ def lora_delta_weight(A, B, scaling):
     return scaling * (B @ A).T
 
 
+def lora_delta_weight_backward(dDelta, A, B, scaling):
+    """The clear path's backward, A11 done right: with G = dΔWᵀ (the paper's [out, in] layout),
+    dA = s·Bᵀ·G and dB = s·G·Aᵀ.  # [in, out] -> [r, in], [out, r]"""
+    G = dDelta.T  # (out, in)
+    return scaling * (B.T @ G), scaling * (G @ A.T)
+
+
 def lora_forward_clear(x, W0, b, A, B, scaling):
     """The clear path: y = x·(W₀ + ΔW) + b, forming ΔW.  # [..., in] -> [..., out]"""
     return F.linear_forward(x, W0 + lora_delta_weight(A, B, scaling), b)[0]

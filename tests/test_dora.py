@@ -1,0 +1,317 @@
+"""DoRA: every claim of minift/peft/dora.py's docstring, proved."""
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import minift
+from minift.checkpoint import load_tensors
+from minift.functional import cross_entropy
+from minift.gradcheck import check_gradients, numerical_gradient, randomize_params, rel_error
+from minift.nn import Linear
+from minift.optim import AdamW
+from minift.peft import LoraConfig, PeftModel, count_parameters, get_peft_model
+from minift.peft.dora import (
+    DoraLinear,
+    dora_backward,
+    dora_backward_clear,
+    dora_forward,
+    dora_forward_clear,
+)
+from minift.peft.lora import lora_scaling
+
+TINY = minift.GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=8)
+TOL = 1e-7
+seeds = st.integers(0, 2**31 - 1)
+target_lists = st.sampled_from([["c_attn"], ["c_attn", "mlp.c_proj"], ["c_fc", "attn.c_proj"]])
+
+
+def tiny_model(seed=0, dtype=np.float64):
+    model = minift.GPT(TINY, seed=seed, dtype=dtype)
+    randomize_params(model.named_parameters(), seed)
+    return model
+
+
+def dora_model(seed=0, targets=("c_attn",), r=2, dtype=np.float64, randomize=True, **kw):
+    config = LoraConfig(r=r, lora_alpha=2 * r, use_dora=True, target_modules=list(targets), **kw)
+    peft_model = get_peft_model(tiny_model(seed, dtype), config, seed=seed)
+    if randomize:
+        randomize_params(trainable(peft_model), seed + 1)
+    return peft_model
+
+
+def trainable(model):
+    return {n: p for n, p in model.named_parameters().items() if p.trainable}
+
+
+def batch(seed, B=2, T=6):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 11, (B, T)), rng.integers(0, 11, (B, T))
+
+
+def lm_loss(model, idx, targets):
+    def loss(run_backward):
+        value, dlogits = cross_entropy(model.forward(idx), targets)
+        if run_backward:
+            model.zero_grad()
+            model.backward(dlogits)
+        return value
+
+    return loss
+
+
+def dora_layer(seed, d_in=5, d_out=4, r=2, dropout=0.0, **kw):
+    rng = np.random.default_rng(seed)
+    base = Linear(d_in, d_out, rng=rng, dtype=np.float64, std=0.5)
+    base.bias.value[...] = rng.standard_normal(d_out)
+    base.weight.trainable = base.bias.trainable = False
+    layer = DoraLinear(base, r, 2.0 * r, dropout, rng=rng, **kw)
+    randomize_params(trainable(layer), seed, scale=0.5)
+    return layer
+
+
+def layer_loss(layer, x, dout, dropout_seed=None):
+    """Σ layer(x) ⊙ dout; a fixed dropout seed makes every forward draw the same mask."""
+
+    def loss(run_backward):
+        if dropout_seed is not None:
+            layer.lora_dropout.rng = np.random.default_rng(dropout_seed)
+        y = layer.forward(x)
+        if run_backward:
+            layer.zero_grad()
+            layer.backward(dout)
+        return float(np.sum(y * dout))
+
+    return loss
+
+
+# ------------------------------------------------------------------------------------------------
+# The decomposition
+
+
+@settings(max_examples=10, deadline=None)
+@given(seeds, target_lists, st.integers(1, 4))
+def test_dora_at_init_gives_the_base_output(seed, targets, r):
+    idx, _ = batch(seed)
+    expected = tiny_model(seed).forward(idx)
+    peft_model = dora_model(seed, targets, r, randomize=False)
+    np.testing.assert_array_equal(peft_model.forward(idx), expected)
+
+
+def test_the_norm_is_over_the_in_axis_one_per_output_unit():
+    """m₀ = ‖W₀‖_c: d_out numbers, each the norm of a COLUMN of minift's [in, out] weight,
+    which is a ROW of torch's [out, in] layout (PEFT's norm over dim=1)."""
+    peft_model = dora_model(0, ["c_attn"], r=2, randomize=False)
+    layer = peft_model.get_submodule("h.0.attn.c_attn")
+    W0 = layer.base_layer.weight.value  # (in, out) = (8, 24)
+    m = layer.lora_magnitude_vector.value
+    assert m.shape == (24,)
+    torch_layout = W0.T  # (out, in)
+    np.testing.assert_array_equal(m, np.linalg.norm(W0, axis=0))
+    np.testing.assert_allclose(m, np.sqrt((torch_layout**2).sum(axis=1)), rtol=1e-14)
+    # after training steps, the effective weight's columns have exactly the lengths m
+    randomize_params(trainable(layer), 3)
+    W = layer.effective_weight()
+    np.testing.assert_allclose(np.linalg.norm(W, axis=0), np.abs(layer.lora_magnitude_vector.value))
+
+
+@settings(max_examples=10, deadline=None)
+@given(seeds, st.integers(1, 6), st.integers(1, 6), st.booleans())
+def test_the_layer_path_equals_the_clear_path_forward_and_backward(seed, d_in, d_out, detach):
+    """LoRA's fast path rescaled by m/n ≡ forming W = m ⊙ V/n; and both backwards agree."""
+    rng = np.random.default_rng(seed)
+    r = int(rng.integers(1, min(d_in, d_out) + 1))
+    x = rng.standard_normal((3, 2, d_in))
+    W0, b = rng.standard_normal((d_in, d_out)), rng.standard_normal(d_out)
+    A, B = rng.standard_normal((r, d_in)), rng.standard_normal((d_out, r))
+    m, s = rng.standard_normal(d_out), lora_scaling(r, 3.0)
+    dy = rng.standard_normal((3, 2, d_out))
+    y_fast, cache_fast = dora_forward(x, W0, b, A, B, m, s)
+    y_clear, cache_clear = dora_forward_clear(x, W0, b, A, B, m, s)
+    np.testing.assert_allclose(y_fast, y_clear, rtol=1e-12, atol=1e-12)
+    dx, dx_lora, dA, dB, dm, dW0, db = dora_backward(dy, cache_fast, detach, need_base_grads=True)
+    cx, cA, cB, cm, cW0, cb = dora_backward_clear(dy, cache_clear, detach)
+    pairs = [(dx + dx_lora, cx), (dA, cA), (dB, cB), (dm, cm), (db, cb)]
+    if not detach:  # dW0 = dV is the true gradient (the detached rule is for A, B only)
+        pairs.append((dW0, cW0))
+    for fast, clear in pairs:  # rounding only (a d_in = 1 column has dV = 0 exactly)
+        np.testing.assert_allclose(fast, clear, rtol=1e-11, atol=1e-11)
+
+
+# ------------------------------------------------------------------------------------------------
+# Gradients
+
+
+@settings(max_examples=3, deadline=None)
+@given(seeds, target_lists)
+def test_every_dora_parameter_matches_finite_differences(seed, targets):
+    peft_model = dora_model(seed, targets, r=2)
+    idx, tgt = batch(seed)
+    params = trainable(peft_model)
+    assert len(params) == 3 * len(peft_model._tuner_layers())
+    report = check_gradients(lm_loss(peft_model, idx, tgt), params)
+    assert report.ok(TOL), str(report)
+
+
+def test_layer_gradients_with_dropout_and_a_trained_base_match_finite_differences():
+    """The dropout path (x_drop into A only) and dW₀, db of a base weight left trainable."""
+    layer = dora_layer(7, d_in=6, d_out=5, r=3, dropout=0.3)
+    layer.base_layer.weight.trainable = layer.base_layer.bias.trainable = True
+    rng = np.random.default_rng(8)
+    x, dout = rng.standard_normal((4, 6)), rng.standard_normal((4, 5))
+    loss = layer_loss(layer, x, dout, dropout_seed=11)
+    report = check_gradients(loss, layer.named_parameters())
+    assert set(report.errors) == {
+        "base_layer.weight",
+        "base_layer.bias",
+        "lora_A",
+        "lora_B",
+        "lora_magnitude_vector",
+    }
+    assert report.ok(TOL), str(report)
+    # and the input gradient, through both paths
+    dx = (loss(True), layer.backward(dout))[1]
+    assert rel_error(dx, numerical_gradient(lambda: loss(False), x)) < TOL
+
+
+def test_detached_norm_keeps_the_forward_but_is_not_the_gradient_of_the_loss():
+    """PEFT's detach (paper §4.3): same output, same dm, but dA, dB are not ∂L/∂A, ∂L/∂B."""
+    assert DoraLinear.dora_detach_norm is False  # the class default: the true gradient
+    exact = dora_layer(3)
+    detached = dora_layer(3, dora_detach_norm=True)
+    assert detached.dora_detach_norm and not exact.dora_detach_norm
+    rng = np.random.default_rng(4)
+    x, dout = rng.standard_normal((6, 5)), rng.standard_normal((6, 4))
+    np.testing.assert_array_equal(exact.forward(x), detached.forward(x))
+    report = check_gradients(layer_loss(detached, x, dout), trainable(detached))
+    assert report.errors["lora_magnitude_vector"] < TOL, str(report)
+    assert report.errors["lora_A"] > 1e-3 and report.errors["lora_B"] > 1e-3, str(report)
+    # what the detached rule computes instead: dV = (m/n)·dW, fed to LoRA's dA, dB
+    V = detached.base_layer.weight.value + detached.delta_weight()
+    m, n = detached.lora_magnitude_vector.value, np.linalg.norm(V, axis=0)
+    dV = (m / n) * (x.T @ dout)
+    s, A, B = detached.scaling, detached.lora_A.value, detached.lora_B.value
+    np.testing.assert_allclose(detached.lora_A.grad, s * B.T @ dV.T, rtol=1e-12)
+    np.testing.assert_allclose(detached.lora_B.grad, s * dV.T @ A.T, rtol=1e-12)
+
+
+def test_the_class_default_switches_every_layer_that_did_not_choose(monkeypatch):
+    chose_exact = dora_layer(5, dora_detach_norm=False)
+    left_default = dora_layer(5)
+    monkeypatch.setattr(DoraLinear, "dora_detach_norm", True)
+    assert left_default.dora_detach_norm is True
+    assert chose_exact.dora_detach_norm is False
+
+
+# ------------------------------------------------------------------------------------------------
+# Merging, training, counting, files
+
+
+@settings(max_examples=10, deadline=None)
+@given(seeds, target_lists)
+def test_merged_model_equals_the_adapted_one_and_unmerge_restores_W0(seed, targets):
+    peft_model = dora_model(seed, targets, r=2)
+    idx, _ = batch(seed)
+    adapted = peft_model.forward(idx)
+    for name in peft_model._tuner_layers():
+        layer = peft_model.get_submodule(name)
+        W0 = layer.base_layer.weight.value.copy()
+        expected_W = layer.effective_weight()
+        layer.merge()
+        assert np.max(np.abs(layer.base_layer.weight.value - expected_W)) <= 1e-12
+        layer.unmerge()
+        assert np.max(np.abs(layer.base_layer.weight.value - W0)) <= 1e-12
+    merged = peft_model.merge_and_unload()
+    assert np.max(np.abs(merged.forward(idx) - adapted)) <= 1e-12
+
+
+def test_frozen_parameters_are_bit_identical_after_20_adamw_steps():
+    peft_model = dora_model(1, ["c_attn", "mlp.c_proj"], r=2, randomize=False)
+    frozen = {
+        n: p.value.copy() for n, p in peft_model.named_parameters().items() if not p.trainable
+    }
+    optimizer = AdamW(peft_model.named_parameters(), lr=1e-2)
+    idx, tgt = batch(1)
+    loss = lm_loss(peft_model, idx, tgt)
+    for _ in range(20):
+        loss(True)
+        optimizer.step()
+    now = peft_model.named_parameters()
+    for name, value in frozen.items():
+        np.testing.assert_array_equal(now[name].value, value, err_msg=name)
+    for name in peft_model._tuner_layers():  # and the magnitudes did train
+        W0 = now[f"{name}.base_layer.weight"].value
+        m = now[f"{name}.lora_magnitude_vector"].value
+        assert not np.allclose(m, np.linalg.norm(W0, axis=0)), name
+
+
+@pytest.mark.parametrize("targets", [["c_attn"], ["c_attn", "c_fc", "mlp.c_proj"]])
+@pytest.mark.parametrize("r", [1, 4])
+def test_trainable_count_is_the_closed_form(targets, r):
+    """Σ over targets of r·(d_in + d_out) + d_out, from the config's numbers."""
+    d = TINY.d_model
+    shapes = {"c_attn": (d, 3 * d), "c_fc": (d, 4 * d), "mlp.c_proj": (4 * d, d)}
+    expected = TINY.n_layer * sum(r * (shapes[t][0] + shapes[t][1]) + shapes[t][1] for t in targets)
+    assert count_parameters(dora_model(0, targets, r, randomize=False)).trainable == expected
+
+
+def test_adapter_file_has_peft_keys_and_round_trips(tmp_path):
+    peft_model = dora_model(2, ["c_attn"], r=2)
+    idx, _ = batch(2)
+    expected = peft_model.forward(idx)
+    peft_model.save_pretrained(tmp_path)
+    tensors, _ = load_tensors(tmp_path / "adapter_model.safetensors")
+    key = "base_model.model.transformer.h.0.attn.c_attn.lora_magnitude_vector"
+    assert tensors[key].shape == (3 * TINY.d_model,)
+    assert tensors["base_model.model.transformer.h.0.attn.c_attn.lora_A.weight"].shape == (2, 8)
+    assert len(tensors) == 3 * TINY.n_layer
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["use_dora"] is True
+    loaded = PeftModel.from_pretrained(tiny_model(2), tmp_path)
+    assert isinstance(loaded.get_submodule("h.1.attn.c_attn"), DoraLinear)
+    np.testing.assert_array_equal(loaded.forward(idx), expected)
+
+
+def test_a_few_dozen_adamw_steps_lower_the_loss():
+    peft_model = dora_model(4, ["c_attn", "c_fc"], r=4, dtype=np.float32, randomize=False)
+    optimizer = AdamW(peft_model.named_parameters(), lr=3e-2)
+    idx, tgt = batch(4, B=4, T=8)
+    loss = lm_loss(peft_model, idx, tgt)
+    first = loss(True)
+    for _ in range(40):
+        optimizer.step()
+        last = loss(True)
+    assert last < 0.8 * first, (first, last)
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_a_detach_flag_that_is_not_a_bool_is_a_type_error():
+    with pytest.raises(TypeError, match="dora_detach_norm: expected True, False or None, got 'y"):
+        dora_layer(0, dora_detach_norm="yes")
+
+
+def test_a_base_weight_with_a_zero_column_is_refused():
+    base = Linear(4, 3, rng=np.random.default_rng(0), dtype=np.float64)
+    base.weight.value[:, 1] = 0.0
+    with pytest.raises(ValueError, match=r"base_layer.weight: .*columns \[1\]"):
+        DoraLinear(base, 2, 4.0, rng=np.random.default_rng(0))
+
+
+def test_merging_twice_and_unmerging_a_zero_magnitude_are_refused():
+    layer = dora_layer(0)
+    layer.merge()
+    with pytest.raises(RuntimeError, match="already merged"):
+        layer.merge()
+    layer.lora_magnitude_vector.value[2] = 0.0
+    with pytest.raises(ValueError, match=r"lora_magnitude_vector has zero entries.*\[2\]"):
+        layer.unmerge()
+
+
+def test_a_rank_larger_than_the_layer_is_refused():
+    with pytest.raises(ValueError, match=r"r: expected a rank in \[1, min\(in, out\)\]"):
+        dora_model(0, ["c_attn"], r=9)

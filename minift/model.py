@@ -209,33 +209,51 @@ class GPT(Module):
         is cropped to the last block_size tokens, as without the cache. Runs in evaluation mode
         (no dropout) and restores the mode it found.
         """
-        idx = self._check_idx(idx[:, -self.config.block_size :])
-        if not temperature >= 0:
-            raise ValueError(f"temperature: expected >= 0, got {temperature}")
-        if top_k is not None and not 1 <= top_k <= self.config.vocab_size:
-            raise ValueError(f"top_k: expected in [1, {self.config.vocab_size}], got {top_k}")
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens: expected >= 0, got {max_new_tokens}")
-        rng = np.random.default_rng(seed)
-        was_training = self.training
-        self.eval()
-        try:
-            out = idx
-            cache = None
-            block = self.config.block_size
-            for _ in range(max_new_tokens):
-                if not use_cache:
-                    logits = self.forward(out[:, -block:])
-                elif cache is None or cache.length + 1 > block:
-                    cache = KVCache(self.config.n_layer)  # (re)fill with the cropped window
-                    logits = self.forward(out[:, -block:], kv_cache=cache)
-                else:
-                    logits = self.forward(out[:, -1:], kv_cache=cache)
-                next_id = _sample(logits[:, -1, :], temperature, top_k, rng)
-                out = np.concatenate([out, next_id[:, None]], axis=1)
-        finally:
-            self.train(was_training)
-        return out
+        block = self.config.block_size
+        self._check_idx(np.asarray(idx)[:, -block:])
+        return generate_tokens(
+            self, self.forward, idx, max_new_tokens, block, temperature, top_k, seed, use_cache
+        )
+
+
+def generate_tokens(
+    model, forward, idx, max_new_tokens, window, temperature=1.0, top_k=None, seed=None,
+    use_cache=True,
+):  # fmt: skip
+    """The sampling loop behind every ``generate``: ``forward(idx, kv_cache=...) -> logits``.
+
+    ``window`` is how many real tokens the forward takes; older ones are dropped. With the cache,
+    the window is fed once, then one token per step until the cache would pass the window, when
+    it is refilled from the cropped window (which is what the uncached path feeds every step).
+    """
+    config = model.config
+    if not temperature >= 0:
+        raise ValueError(f"temperature: expected >= 0, got {temperature}")
+    if top_k is not None and not 1 <= top_k <= config.vocab_size:
+        raise ValueError(f"top_k: expected in [1, {config.vocab_size}], got {top_k}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens: expected >= 0, got {max_new_tokens}")
+    rng = np.random.default_rng(seed)
+    was_training = model.training
+    model.eval()
+    out = np.asarray(idx)
+    try:
+        cache, fed = None, 0
+        for _ in range(max_new_tokens):
+            if not use_cache:
+                logits = forward(out[:, -window:])
+            elif cache is None or fed + 1 > window:
+                cache = KVCache(config.n_layer)  # (re)fill with the cropped window
+                fed = min(out.shape[1], window)
+                logits = forward(out[:, -window:], kv_cache=cache)
+            else:
+                fed += 1
+                logits = forward(out[:, -1:], kv_cache=cache)
+            next_id = _sample(logits[:, -1, :], temperature, top_k, rng)
+            out = np.concatenate([out, next_id[:, None]], axis=1)
+    finally:
+        model.train(was_training)
+    return out
 
 
 def _sample(logits, temperature, top_k, rng):  # [B, V] -> int [B]

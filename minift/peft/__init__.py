@@ -29,6 +29,13 @@ from minift.peft.bitfit import BitFitConfig
 from minift.peft.dora import DoraLinear
 from minift.peft.ia3 import IA3Config, IA3Linear
 from minift.peft.lora import LoraConfig, LoraLinear
+from minift.peft.prompt import (
+    PrefixTuningConfig,
+    PrefixTuningModel,
+    PromptLearningConfig,
+    PromptTuningConfig,
+    PromptTuningModel,
+)
 from minift.peft.sft import (
     FullFinetuneConfig,
     GradualUnfreezing,
@@ -44,6 +51,11 @@ from minift.peft.sharing import SharingConfig, share_across_blocks, tie_paramete
 from minift.peft.sparse import MaskedLinear, SparseConfig, SparseDeltaLinear
 
 __all__ = [
+    "PrefixTuningConfig",
+    "PrefixTuningModel",
+    "PromptLearningConfig",
+    "PromptTuningConfig",
+    "PromptTuningModel",
     "AdaLoraConfig",
     "DoraLinear",
     "RankAllocator",

@@ -66,6 +66,9 @@ class PeftConfig:
     default_target_modules: ClassVar[tuple[str, ...]] = ("c_attn",)
     mergeable: ClassVar[bool] = True  # can its change be folded into the weights?
     not_mergeable_reason: ClassVar[str] = ""  # why not, for the error message
+    # the PeftModel subclass get_peft_model returns (a method that changes the whole forward,
+    # like prompt tuning, brings its own; None: PeftModel)
+    peft_model_class: ClassVar[type | None] = None
 
     def __post_init__(self):
         t = self.target_modules
@@ -412,4 +415,4 @@ def get_peft_model(model: Module, peft_config: PeftConfig, seed: int = 0) -> Pef
             ) from None
         for p in module.parameters():
             p.trainable = True
-    return PeftModel(model, peft_config)
+    return (peft_config.peft_model_class or PeftModel)(model, peft_config)

@@ -1,86 +1,329 @@
 """The ``minift`` command.
 
-    minift demo        train a small GPT on Python's own documentation for a couple of minutes,
-                       with a progress bar, then let it write a few lines
+    minift demo                     pretrain a small base (cached), fine-tune it with full, LoRA,
+                                    the article's sparse PEFT and BitFit on one task, print the
+                                    table and write the plots (a few minutes on two cores)
+    minift pretrain                 pretrain the base model (cached, or to --out)
+    minift finetune --task T --method M [options]    fine-tune, evaluate, save to --out
+    minift evaluate --task T --model DIR             evaluate a saved fine-tuned model
+    minift generate --model DIR --prompt TEXT         let a saved model write
+    minift compare --out DIR        methods × tasks × seeds → results.json, results.md, plots
+    minift count                    the trainable-parameter table of every method
 
-More subcommands (pretrain, finetune, compare, …) arrive with the training pipeline.
+Every error is one line naming what was wrong, and a non-zero exit status.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
-import time
+import tempfile
+from dataclasses import fields
+from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
+from minift import pipeline
 
-from minift.functional import cross_entropy
-from minift.model import GPT, GPTConfig
-from minift.optim import AdamW, LRScheduler, clip_grad_norm, warmup_cosine
+DEMO_METHODS = ["base", "majority", "copy", "full", "lora", "sparse", "bitfit"]
+COMPARE_METHODS = [
+    *("base", "majority", "copy", "full", "head", "lora", "dora", "bitfit"),
+    *("sparse", "ia3", "adapter", "prompt", "prefix"),
+]
+METHOD_OPTIONS = {  # command-line option -> config field it sets, for the methods that have it
+    "r": "r",
+    "lora_alpha": "lora_alpha",
+    "lora_dropout": "lora_dropout",
+    "target_modules": "target_modules",
+    "density": "density",
+    "num_virtual_tokens": "num_virtual_tokens",
+    "bottleneck_size": "bottleneck_size",
+    "k": "k",
+}
 
 
-def _pydoc_text() -> str:
-    """Python's help topics: English text that ships with every Python, no network needed."""
-    from pydoc_data.topics import topics
+def _writable_dir(path: str) -> Path:
+    """Create the directory if needed and prove it can be written, before any work starts."""
+    directory = Path(path)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        raise ValueError(f"--out: cannot write to {directory}: {e.strerror or e}") from None
+    return directory
 
-    return "\n\n".join(topics[key] for key in sorted(topics))
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
-def demo(steps: int, seed: int, out=sys.stdout) -> float:
-    """Train a character-level GPT on the pydoc topics; return the final training loss."""
-    text = _pydoc_text()
-    chars = sorted(set(text))
-    stoi = {c: i for i, c in enumerate(chars)}
-    data = np.array([stoi[c] for c in text], dtype=np.int64)
-    cfg = GPTConfig(vocab_size=len(chars), block_size=64, n_layer=2, n_head=4, d_model=64)
-    model = GPT(cfg, seed=seed, dtype=np.float32)
-    opt = AdamW(model.named_parameters(), lr=3e-3, weight_decay=0.01)
-    schedule = LRScheduler(
-        opt,
-        lambda t: warmup_cosine(t, warmup_steps=min(20, steps), total_steps=steps, min_ratio=0.1),
+def _settings(args) -> pipeline.RunSettings:
+    if args.lr is not None and not args.lr >= 0:
+        raise ValueError(f"--lr: expected a learning rate >= 0, got {args.lr}")
+    return pipeline.RunSettings(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_examples=args.eval_examples
     )
-    rng = np.random.default_rng(seed)
-    B, T = 16, cfg.block_size
-    print(
-        f"minift demo: a GPT of {model.num_parameters():,} parameters learns Python's help "
-        f"text ({len(text):,} characters, {len(chars)} symbols)",
-        file=out,
+
+
+def _base_spec(args) -> pipeline.BaseSpec:
+    """The base model the command starts from (each distinct spec is cached on its own)."""
+    default = pipeline.BaseSpec()
+    return pipeline.BaseSpec(
+        steps=getattr(args, "pretrain_steps", None) or default.steps,
+        d_model=args.base_d_model,
+        n_layer=args.base_n_layer,
+        n_head=args.base_n_head,
+        seed=getattr(args, "base_seed", default.seed),
     )
-    bar = tqdm(range(steps), desc="training", file=out, unit="step", mininterval=0.5)
-    start = time.perf_counter()
-    loss = float("nan")
-    for step in bar:
-        starts = rng.integers(0, len(data) - T - 1, B)
-        idx = np.stack([data[s : s + T] for s in starts])
-        targets = np.stack([data[s + 1 : s + T + 1] for s in starts])
-        schedule.step()
-        loss, dlogits = cross_entropy(model.forward(idx), targets)
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss} at step {step}; training stopped")
-        model.zero_grad()
-        model.backward(dlogits)
-        clip_grad_norm(opt, 1.0)
-        opt.step()
-        tokens_per_s = (step + 1) * B * T / (time.perf_counter() - start)
-        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
-    prompt = np.array([[stoi[c] for c in "The "]])
-    sample = model.generate(prompt, 200, temperature=0.8, top_k=10, seed=seed)
-    print("\nA sample after training:\n" + "".join(chars[i] for i in sample[0]), file=out)
-    return loss
+
+
+def _add_base_options(p):
+    default = pipeline.BaseSpec()
+    g = p.add_argument_group("the base model (pretrained once per choice, then cached)")
+    g.add_argument("--base-d-model", type=_positive_int, default=default.d_model)
+    g.add_argument("--base-n-layer", type=_positive_int, default=default.n_layer)
+    g.add_argument("--base-n-head", type=_positive_int, default=default.n_head)
+
+
+def _add_run_options(p, steps):
+    p.add_argument(
+        "--steps", type=_positive_int, default=steps, help=f"optimizer steps (default {steps})"
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's)")
+    p.add_argument(
+        "--eval-examples",
+        type=_positive_int,
+        default=None,
+        help="evaluate on the first N test examples",
+    )
+    p.add_argument(
+        "--pretrain-steps",
+        type=_positive_int,
+        default=None,
+        help="steps for the base, if not cached",
+    )
+    _add_base_options(p)
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def cmd_pretrain(args):
+    args.pretrain_steps, args.base_seed = args.steps, args.seed
+    spec = _base_spec(args)
+    if args.out:
+        _, info = pipeline.pretrain(spec, _writable_dir(args.out))
+        print(f"saved to {args.out}; final loss {info['losses'][-1]:.3f} after {spec.steps} steps")
+    else:
+        pipeline.load_base(spec)
+        print(f"base model cached in {pipeline.cache_dir()}")
+
+
+def cmd_finetune(args):
+    pipeline.check_task(args.task)
+    method = pipeline.get_method(args.method)
+    out = _writable_dir(args.out) if args.out else None
+    overrides = {
+        f: getattr(args, o) for o, f in METHOD_OPTIONS.items() if getattr(args, o) is not None
+    }
+    if overrides and method.build is None:
+        raise ValueError(
+            f"--{next(iter(overrides)).replace('_', '-')}: method {args.method} has no options"
+        )
+    tok = pipeline.standard_tokenizer()
+    task = pipeline.load_task(args.task)
+    base = pipeline.load_base(_base_spec(args))
+    if overrides:
+        model = _rebuild_with(base, task, args, tok, overrides)
+    else:
+        model = pipeline.prepare_model(base, task, args.method, args.seed, tok, args.steps)
+    if method.build is not None:
+        pipeline.finetune(model, task, args.method, args.seed, tok, _settings(args))
+    metrics = pipeline.evaluate(model, task, tok, limit=args.eval_examples)
+    for name, value in metrics.items():
+        print(f"{args.task} / {args.method}: {name} = {value:.4f}")
+    if out:
+        pipeline.save_finetuned(model, out, task, args.method)
+        print(f"saved to {out}")
+
+
+def _rebuild_with(base, task, args, tok, overrides):
+    """prepare_model, with command-line options replacing fields of the method's config."""
+    from minift.peft import get_peft_model
+
+    config = pipeline.get_method(args.method).build(task.kind, args.steps)
+    names = {f.name for f in fields(config)}
+    for field_name, value in overrides.items():
+        if field_name not in names:
+            raise ValueError(
+                f"--{field_name.replace('_', '-')}: method {args.method} has no such option"
+            )
+        setattr(config, field_name, value)
+    config.__post_init__()  # validate the new values
+    model = pipeline.prepare_model(base, task, "base", args.seed, tok)
+    if task.kind == "classification":
+        config.modules_to_save = sorted({*(config.modules_to_save or []), "score"})
+    return get_peft_model(model, config, seed=args.seed)
+
+
+def cmd_evaluate(args):
+    pipeline.check_task(args.task)
+    tok = pipeline.standard_tokenizer()
+    model = pipeline.load_finetuned(args.model)
+    task = pipeline.load_task(args.task)
+    for name, value in pipeline.evaluate(model, task, tok, limit=args.eval_examples).items():
+        print(f"{args.task}: {name} = {value:.4f}")
+
+
+def cmd_generate(args):
+    import numpy as np
+
+    if args.temperature < 0:
+        raise ValueError(f"--temperature: expected >= 0, got {args.temperature}")
+    tok = pipeline.standard_tokenizer()
+    try:
+        ids = tok.encode(args.prompt)  # check the input before any model is built or trained
+    except ValueError as e:
+        raise ValueError(f"--prompt: {e}") from None
+    model = (
+        pipeline.load_finetuned(args.model) if args.model else pipeline.load_base(_base_spec(args))
+    )
+    out = model.generate(
+        np.array([ids], dtype=np.int64),
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        seed=args.seed,
+    )
+    print(tok.decode(out[0].tolist()))
+
+
+def cmd_compare(args, methods_default=COMPARE_METHODS):
+    out = _writable_dir(args.out)
+    tasks = args.tasks or pipeline.default_tasks()
+    methods = args.methods or methods_default
+    seeds = list(range(args.seeds))
+    records, curves = pipeline.compare(
+        tasks, methods, seeds, _settings(args), _base_spec(args), isolate=not args.in_process
+    )
+    command = (
+        "minift " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        if sys.argv[1:]
+        else "minift compare"
+    )
+    written = pipeline.write_results(records, curves, out, command)
+    print((out / "results.md").read_text())
+    print("wrote " + ", ".join(str(p) for p in written))
+
+
+def cmd_count(args):
+    from minift import counts
+
+    config = pipeline.GPTConfig(
+        vocab_size=pipeline.standard_tokenizer().vocab_size,
+        block_size=pipeline.BaseSpec().block_size,
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        d_model=args.d_model,
+    )
+    print(counts.markdown(counts.measure(config), config), end="")
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="minift", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="minift", description="LLM fine-tuning from scratch in NumPy."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    p_demo = sub.add_parser("demo", help="train a small GPT on Python's help text")
-    p_demo.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
-    p_demo.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("demo", help="pretrain, fine-tune four ways, print the table (minutes)")
+    p.add_argument(
+        "--out", default="minift-demo", help="where results and plots go (default ./minift-demo)"
+    )
+    p.add_argument("--task", default=None, help="default: en-fr-numbers")
+    p.add_argument("--seeds", type=_positive_int, default=2)
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="no child process per run (faster, RSS less meaningful)",
+    )
+    _add_run_options(p, steps=150)
+
+    p = sub.add_parser("pretrain", help="pretrain the base model")
+    p.add_argument("--steps", type=_positive_int, default=pipeline.BaseSpec.steps)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="a directory (default: the cache)")
+    _add_base_options(p)
+
+    p = sub.add_parser("finetune", help="fine-tune the base on a task with a method")
+    p.add_argument("--task", required=True, help=", ".join(pipeline.TASK_NAMES))
+    p.add_argument("--method", required=True, help=", ".join(pipeline.method_names()))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None)
+    _add_run_options(p, steps=200)
+    g = p.add_argument_group("method options (each applies to the methods that have it)")
+    g.add_argument("--r", type=int)
+    g.add_argument("--lora-alpha", type=float)
+    g.add_argument("--lora-dropout", type=float)
+    g.add_argument("--target-modules", nargs="+")
+    g.add_argument("--density", type=float)
+    g.add_argument("--num-virtual-tokens", type=int)
+    g.add_argument("--bottleneck-size", type=int)
+    g.add_argument("--k", type=int, help="last-k blocks")
+
+    p = sub.add_parser("evaluate", help="evaluate a saved fine-tuned model")
+    p.add_argument("--task", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--eval-examples", type=_positive_int, default=None)
+
+    p = sub.add_parser("generate", help="let a model write")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--model", default=None, help="a saved model (default: the pretrained base)")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=_positive_int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pretrain-steps", type=_positive_int, default=None)
+    _add_base_options(p)
+
+    p = sub.add_parser("compare", help="methods × tasks × seeds, with confidence intervals")
+    p.add_argument("--out", required=True)
+    p.add_argument("--tasks", nargs="+", default=None)
+    p.add_argument("--methods", nargs="+", default=None)
+    p.add_argument("--seeds", type=_positive_int, default=3)
+    p.add_argument("--in-process", action="store_true")
+    _add_run_options(p, steps=200)
+
+    p = sub.add_parser("count", help="trainable parameters of every method")
+    p.add_argument("--d-model", type=_positive_int, default=pipeline.BaseSpec.d_model)
+    p.add_argument("--n-layer", type=_positive_int, default=pipeline.BaseSpec.n_layer)
+    p.add_argument("--n-head", type=_positive_int, default=pipeline.BaseSpec.n_head)
+
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        if args.steps < 1:
-            parser.error(f"--steps: expected a positive integer, got {args.steps}")
-        demo(args.steps, args.seed)
+    try:
+        if args.command == "demo":
+            args.tasks = [args.task or "en-fr-numbers"]
+            args.methods = DEMO_METHODS
+            cmd_compare(args)
+        else:
+            commands = {
+                "pretrain": cmd_pretrain,
+                "finetune": cmd_finetune,
+                "evaluate": cmd_evaluate,
+                "generate": cmd_generate,
+                "compare": cmd_compare,
+                "count": cmd_count,
+            }
+            commands[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError, OSError) as e:
+        print(f"minift {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except pipeline.TrainingDivergedError as e:
+        print(f"minift {args.command}: {e}", file=sys.stderr)
+        return 3
     return 0
 
 

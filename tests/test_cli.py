@@ -1,29 +1,168 @@
-"""The `minift` command: each subcommand runs, bad options exit non-zero with a message."""
+"""The `minift` command: every subcommand runs end to end on tiny settings; bad input exits
+non-zero with a one-line message and leaves nothing half-written."""
 
-import io
+import json
 
 import numpy as np
 import pytest
 
 from minift import cli
 
+TINY_BASE = ["--base-d-model", "32", "--base-n-layer", "1", "--base-n-head", "2"]
+FAST = [
+    "--steps",
+    "2",
+    "--batch-size",
+    "4",
+    "--eval-examples",
+    "4",
+    "--pretrain-steps",
+    "2",
+    *TINY_BASE,
+]
 
-def test_demo_trains_and_lowers_the_loss():
-    out = io.StringIO()
-    first = cli.demo(steps=1, seed=0, out=out)
-    last = cli.demo(steps=30, seed=0, out=out)
-    assert np.isfinite(last) and last < first
-    assert "A sample after training" in out.getvalue()
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
 
 
-def test_demo_rejects_non_positive_steps(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["demo", "--steps", "0"])
-    assert exit_info.value.code != 0
-    assert "--steps: expected a positive integer, got 0" in capsys.readouterr().err
+@pytest.fixture(autouse=True)
+def _use_cache(cache, monkeypatch):
+    monkeypatch.setenv("MINIFT_CACHE", str(cache))
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_demo_writes_the_table_and_plots(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code, stdout, _ = run(capsys, "demo", "--out", str(out), "--seeds", "2", "--in-process", *FAST)
+    assert code == 0
+    records = json.loads((out / "results.json").read_text())
+    methods = {r["method"] for r in records}
+    assert methods == {"base", "copy", "full", "lora", "sparse", "bitfit"}
+    keys = {"task", "method", "seed", "trainable_params", "total_params", "train_seconds",
+            "peak_rss_mb", "optimizer_state_bytes", "metric", "value"}  # fmt: skip
+    assert all(set(r) == keys for r in records)
+    assert {r["seed"] for r in records if r["method"] == "lora"} == {0, 1}
+    assert "| lora | exact_match |" in stdout and "What the article claims" in stdout
+    for name in [
+        "results.md",
+        "metric_vs_params.png",
+        "loss_en-fr-numbers.png",
+        "train_seconds.png",
+    ]:
+        assert (out / name).stat().st_size > 0, name
+
+
+def test_finetune_evaluate_generate_round_trip(tmp_path, capsys):
+    out = tmp_path / "ft"
+    code, stdout, _ = run(capsys, "finetune", "--task", "stdlib-modules", "--method", "lora",
+                          "--r", "2", "--out", str(out), *FAST)  # fmt: skip
+    assert code == 0 and "stdlib-modules / lora: accuracy = " in stdout
+    accuracy = float(stdout.split("accuracy = ")[1].split()[0])
+    code, stdout, _ = run(capsys, "evaluate", "--task", "stdlib-modules", "--model", str(out),
+                          "--eval-examples", "4")  # fmt: skip
+    assert code == 0 and float(stdout.split("accuracy = ")[1].split()[0]) == accuracy
+    code, stdout, _ = run(
+        capsys,
+        "generate",
+        "--prompt",
+        "def ",
+        "--max-new-tokens",
+        "5",
+        "--pretrain-steps",
+        "2",
+        *TINY_BASE,
+    )
+    assert code == 0 and stdout.startswith("def ") and len(stdout.strip()) >= 5
+
+
+def test_pretrain_to_a_directory(tmp_path, capsys):
+    code, stdout, _ = run(
+        capsys, "pretrain", "--steps", "2", "--out", str(tmp_path / "base"), *TINY_BASE
+    )
+    assert code == 0 and "final loss" in stdout
+    assert (tmp_path / "base" / "model.safetensors").exists()
+
+
+def test_count_prints_every_method(capsys):
+    code, stdout, _ = run(capsys, "count", "--d-model", "32", "--n-layer", "2", "--n-head", "2")
+    assert code == 0
+    for label in ["full fine-tuning", "LoRA r=8 c_attn", "BitFit (all biases)", "adapters m=16"]:
+        assert f"| {label} |" in stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["finetune", "--task", "poetry", "--method", "lora"],
+            "task: unknown 'poetry'; choose one of babi-qa",
+        ),
+        (
+            ["finetune", "--task", "babi-qa", "--method", "qlora"],
+            "method: unknown 'qlora'; choose one of base, full",
+        ),
+        (
+            ["finetune", "--task", "babi-qa", "--method", "lora", "--lr", "-1"],
+            "--lr: expected a learning rate >= 0",
+        ),
+        (
+            ["finetune", "--task", "babi-qa", "--method", "bitfit", "--r", "4"],
+            "--r: method bitfit has no such option",
+        ),
+        (["generate", "--prompt", "日本"], "--prompt: text: character '日' (U+65E5) at position 0"),
+    ],
+)
+def test_bad_input_is_one_line_and_a_non_zero_exit(argv, message, capsys):
+    code, _, err = run(capsys, *argv, *(TINY_BASE if argv[0] == "generate" else FAST))
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_output_directory_that_cannot_be_written(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code, _, err = run(capsys, "compare", "--out", str(blocker / "sub"), "--tasks", "babi-qa")
+    assert code == 2 and "--out: cannot write to" in err
+
+
+def test_a_corrupted_model_is_a_clear_error_and_nothing_is_loaded(tmp_path, capsys):
+    out = tmp_path / "ft"
+    assert (
+        run(
+            capsys,
+            "finetune",
+            "--task",
+            "stdlib-modules",
+            "--method",
+            "bitfit",
+            "--out",
+            str(out),
+            *FAST,
+        )[0]
+        == 0
+    )
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: len(weights.read_bytes()) // 2])
+    code, _, err = run(capsys, "evaluate", "--task", "stdlib-modules", "--model", str(out))
+    assert code == 2 and "not a readable safetensors file" in err
 
 
 def test_unknown_subcommand_exits_non_zero():
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["nope"])
     assert exit_info.value.code != 0
+
+
+def test_no_stray_files_after_a_failed_run(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code, _, _ = run(capsys, "demo", "--out", str(out), "--task", "poetry", *FAST)
+    assert code == 2
+    assert list(out.iterdir()) == []  # the directory was proven writable, nothing else
+    np.testing.assert_equal(code, 2)

@@ -345,7 +345,19 @@ def baseline_metrics(task: Task, split="test", limit=None) -> dict[str, float]:
 
 
 def _peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB, macOS bytes)."""
+    """Peak resident memory of this process's address space, in MiB.
+
+    Linux's VmHWM (/proc/self/status) starts anew in a freshly started process, so in compare's
+    child processes it is that run's peak. Elsewhere, getrusage's ru_maxrss (which on Linux a
+    spawned child would inherit from its parent, hence not used there).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (2**20 if sys.platform == "darwin" else 2**10)
 

@@ -24,9 +24,10 @@ model's output equals the base model's at step 0, bit for bit (Houlsby initialis
 matrices near zero, std 1e-2, for a NEAR-identity; a zero up-projection makes it exact, as
 the adapters of He et al., 2022, "Towards a Unified View of Parameter-Efficient Transfer
 Learning", and as LoRA's B = 0). W_down is drawn as LoRA's A is (Kaiming-uniform,
-U(−1/√d, 1/√d)), b_down = 0. As with LoRA, the zero matrix must be the second one: with
-W_up = 0 the first step's gradient reaches W_up (∂L/∂W_up = zᵀ·dout, z = f(down(y)) ≠ 0) and
-W_down starts moving one step later.
+U(−1/√d, 1/√d)), b_down = 0. With W_up = 0 the first step's gradient reaches W_up
+(∂L/∂W_up = zᵀ·dout, z = f(down(y)) ≠ 0) and W_down starts moving one step later. The other
+choice, W_down = 0, is no dead end with GELU (f′(0) = ½ lets W_down move at once) but is with
+ReLU, whose zero input gives z = 0 and f′ = 0 everywhere: only b_up would ever learn.
 
 Gradients, with a = y·W_down + b_down [..., m], z = f(a), out = y + z·W_up + b_up:
 

@@ -19,10 +19,15 @@ library parse a byte):
                          exactly (no gap, no overlap, nothing after the last)
 
 Never pickle: a pickle file is a program that runs when loaded; a safetensors file is a table of
-numbers. Every write is atomic (a temporary file in the same directory, fsync, then rename), so a
-crash or a full disk leaves the previous file or none, never half of one. Loading is strict: a
-config that differs from the model's, a missing, unexpected or mis-shaped tensor, and a truncated
-or corrupted file are each an error that names what is wrong, and the model is left unchanged.
+numbers. Every file minift writes also carries, in its metadata, a SHA-256 of its tensors
+("minift_sha256") and, beside a JSON config, of that config ("minift_config_sha256"): a flipped
+bit anywhere (in a number, or in the config) is then an error at load time, never a model that
+silently computes something else. Files without these keys (Hugging Face's, PEFT's) are read
+without that check. Every write is atomic (a temporary file in the same directory, fsync, then
+rename), so a crash or a full disk leaves the previous file or none, never half of one. Loading is
+strict: a config that differs from the model's, a missing, unexpected or mis-shaped tensor, and
+a truncated or corrupted file are each an error that names what is wrong, and the model is left
+unchanged.
 
 ``atomic_write_bytes``, ``atomic_write_json``, ``save_tensors``, ``load_tensors`` and
 ``read_json`` are the building blocks the rest of minift saves with (optimizer state in the
@@ -32,6 +37,7 @@ training loop, adapters in ``peft``).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -189,7 +195,38 @@ def save_tensors(path, tensors: dict[str, np.ndarray], metadata: dict[str, str] 
                 raise TypeError(
                     f"metadata: keys and values must be strings, got {key!r}: {value!r}"
                 )
+    metadata = {**(metadata or {}), DIGEST_KEY: tensors_digest(arrays)}
     atomic_write_bytes(path, safetensors.numpy.save(arrays, metadata=metadata))
+
+
+DIGEST_KEY = "minift_sha256"
+CONFIG_DIGEST_KEY = "minift_config_sha256"
+
+
+def tensors_digest(tensors: dict[str, np.ndarray]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and little-endian bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        array = np.asarray(tensors[name])
+        little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+        h.update(f"{name}|{little.dtype.str}|{array.shape}|".encode())
+        h.update(np.ascontiguousarray(little).tobytes())
+    return h.hexdigest()
+
+
+def json_digest(obj) -> str:
+    """SHA-256 of a JSON object's canonical text (sorted keys), as it reads back from disk."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def check_config_digest(metadata: dict[str, str], config: dict, config_path) -> None:
+    """The config must be the one the weights were saved with, when the file says which."""
+    expected = metadata.get(CONFIG_DIGEST_KEY)
+    if expected is not None and json_digest(config) != expected:
+        raise ValueError(
+            f"{config_path}: not the config these weights were saved with (its checksum "
+            "differs): the file was changed or corrupted"
+        )
 
 
 def load_tensors(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -212,6 +249,9 @@ def load_tensors(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
             raise
         raise _unreadable(path, f"{type(e).__name__}: {e}") from None
     tensors = {k: v if v.flags.writeable else v.copy() for k, v in tensors.items()}
+    expected = metadata.get(DIGEST_KEY)
+    if expected is not None and tensors_digest(tensors) != expected:
+        raise _unreadable(path, "checksum mismatch: the numbers were changed or corrupted")
     return tensors, metadata
 
 
@@ -357,7 +397,8 @@ def save_model(model: GPT, directory) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     # Weights first, config last, each atomically: config.json appears only once the weights it
     # describes are complete, so a directory with a config is always a whole checkpoint.
-    save_tensors(directory / WEIGHTS_NAME, model.state_dict(), metadata={"format": "pt"})
+    metadata = {"format": "pt", CONFIG_DIGEST_KEY: json_digest(config)}
+    save_tensors(directory / WEIGHTS_NAME, model.state_dict(), metadata=metadata)
     atomic_write_json(directory / CONFIG_NAME, config)
 
 
@@ -410,8 +451,12 @@ def load_weights(model: GPT, directory) -> None:
     """
     directory = Path(directory)
     config_path = directory / CONFIG_NAME
+    weights_path = directory / WEIGHTS_NAME
+    tensors, metadata = load_tensors(weights_path)
     if config_path.exists():
-        section = read_json(config_path, "checkpoint config").get("minift")
+        raw = read_json(config_path, "checkpoint config")
+        check_config_digest(metadata, raw, config_path)
+        section = raw.get("minift")
         if section is not None:
             differences = _config_differences(section, model)
             if differences:
@@ -420,8 +465,6 @@ def load_weights(model: GPT, directory) -> None:
                     + "; ".join(differences)
                     + f" ({config_path})"
                 )
-    weights_path = directory / WEIGHTS_NAME
-    tensors, _ = load_tensors(weights_path)
     try:
         model.load_state_dict(tensors)
     except ValueError as e:

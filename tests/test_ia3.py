@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import as_if_written_elsewhere
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -353,6 +354,7 @@ def test_a_file_with_the_other_orientation_is_a_value_error(tmp_path):
     # an adapter saved with c_attn treated as feed-forward cannot load into the default config
     config = IA3Config(target_modules=["c_attn"], feedforward_modules=["c_attn"])
     get_peft_model(tiny_model(8), config).save_pretrained(tmp_path)
+    as_if_written_elsewhere(tmp_path / "adapter_model.safetensors")  # so edits pass its checksum
     config_file = tmp_path / "adapter_config.json"
     raw = json.loads(config_file.read_text())
     raw["feedforward_modules"] = []

@@ -304,7 +304,7 @@ def test_save_and_load_round_trip_in_peft_format(tmp_path):
     assert saved["peft_type"] == "LORA" and saved["r"] == 2 and saved["lora_alpha"] == 4
     assert saved["target_modules"] == ["c_attn", "attn.c_proj"] and saved["fan_in_fan_out"]
     tensors, meta = load_tensors(tmp_path / "adapter_model.safetensors")
-    assert meta == {"format": "pt"}
+    assert meta["format"] == "pt" and len(meta["minift_sha256"]) == 64
     key = "base_model.model.transformer.h.1.attn.c_attn."
     assert tensors[key + "lora_A.weight"].shape == (2, 8)  # [r, in]
     assert tensors[key + "lora_B.weight"].shape == (24, 2)  # [out, r]

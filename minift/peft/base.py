@@ -36,7 +36,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from minift.checkpoint import atomic_write_json, load_tensors, read_json, save_tensors
+from minift.checkpoint import (
+    CONFIG_DIGEST_KEY,
+    atomic_write_json,
+    check_config_digest,
+    json_digest,
+    load_tensors,
+    read_json,
+    save_tensors,
+)
 from minift.nn import Linear, Module
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -341,8 +349,10 @@ class PeftModel(Module):
         """Write adapter_model.safetensors, then adapter_config.json (each atomically)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_tensors(directory / ADAPTER_WEIGHTS_NAME, self.adapter_state_dict(), {"format": "pt"})
-        atomic_write_json(directory / ADAPTER_CONFIG_NAME, self.peft_config.to_dict())
+        config = self.peft_config.to_dict()
+        metadata = {"format": "pt", CONFIG_DIGEST_KEY: json_digest(config)}
+        save_tensors(directory / ADAPTER_WEIGHTS_NAME, self.adapter_state_dict(), metadata)
+        atomic_write_json(directory / ADAPTER_CONFIG_NAME, config)
 
     @classmethod
     def from_pretrained(cls, model: Module, directory, is_trainable: bool = False, seed: int = 0):
@@ -350,6 +360,8 @@ class PeftModel(Module):
         directory = Path(directory)
         config_path = directory / ADAPTER_CONFIG_NAME
         raw = read_json(config_path, "adapter config")
+        _, metadata = load_tensors(directory / ADAPTER_WEIGHTS_NAME)
+        check_config_digest(metadata, raw, config_path)
         peft_type = raw.get("peft_type")
         if peft_type not in PEFT_TYPES:
             raise ValueError(

@@ -315,3 +315,47 @@ def test_merging_twice_and_unmerging_a_zero_magnitude_are_refused():
 def test_a_rank_larger_than_the_layer_is_refused():
     with pytest.raises(ValueError, match=r"r: expected a rank in \[1, min\(in, out\)\]"):
         dora_model(0, ["c_attn"], r=9)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("direction", ["minift_to_peft", "peft_to_minift"])
+def test_dora_adapter_loads_in_hugging_face_peft_both_ways(tmp_path, direction):
+    """A DoRA adapter saved by minift gives PEFT's logits on the same GPT-2 weights, and back."""
+    torch = pytest.importorskip("torch", reason="PyTorch is an optional reference")
+    transformers = pytest.importorskip("transformers", reason="transformers is optional")
+    peft_lib = pytest.importorskip("peft", reason="Hugging Face PEFT is optional")
+    from minift.checkpoint import save_model
+    from minift.peft import LoraConfig, PeftModel, get_peft_model
+
+    config = minift.GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=8)
+    model = minift.GPT(config, seed=3, dtype=np.float64)
+    randomize_params(model.named_parameters(), 3)
+    save_model(model, tmp_path / "base")
+    idx = np.random.default_rng(3).integers(0, 11, (2, 6))
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "base", torch_dtype=torch.float64)
+    if direction == "minift_to_peft":
+        ours = LoraConfig(r=2, lora_alpha=4, use_dora=True, target_modules=["c_attn", "c_fc"])
+        peft = get_peft_model(model, ours)
+        trainable = {n: p for n, p in peft.named_parameters().items() if p.trainable}
+        randomize_params(trainable, 4)
+        for name, p in trainable.items():  # a magnitude near the column norms, as after training
+            if name.endswith("lora_magnitude_vector"):
+                p.value[...] = 1.0 + 0.1 * np.abs(p.value)
+        expected = peft.forward(idx)
+        peft.save_pretrained(tmp_path / "adapter")
+        hf = peft_lib.PeftModel.from_pretrained(hf, tmp_path / "adapter")
+        with torch.no_grad():
+            got = hf(torch.tensor(idx)).logits.numpy()
+    else:
+        theirs = peft_lib.LoraConfig(
+            r=2, lora_alpha=4, use_dora=True, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True
+        )
+        hf = peft_lib.get_peft_model(hf, theirs)
+        with torch.no_grad():
+            for name, p in hf.named_parameters():
+                if "lora_" in name:
+                    p.mul_(1.0 + 0.2 * torch.rand_like(p)).add_(0.1 * torch.randn_like(p))
+            expected = hf(torch.tensor(idx)).logits.numpy()
+        hf.save_pretrained(tmp_path / "adapter")
+        got = PeftModel.from_pretrained(model, tmp_path / "adapter").forward(idx)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)

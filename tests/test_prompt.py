@@ -543,3 +543,46 @@ def test_backward_checks_its_upstream_gradient():
     peft.forward(np.zeros((1, 3), dtype=int))
     with pytest.raises(ValueError, match=r"expected shape \(1, 3, 11\).*got \(1, 5, 11\)"):
         peft.backward(np.zeros((1, 5, 11)))
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("direction", ["minift_to_peft", "peft_to_minift"])
+def test_prompt_tuning_adapter_loads_in_hugging_face_peft_both_ways(tmp_path, direction):
+    """Prompt embeddings saved by minift give PEFT's logits on the same GPT-2, and back."""
+    torch = pytest.importorskip("torch", reason="PyTorch is an optional reference")
+    transformers = pytest.importorskip("transformers", reason="transformers is optional")
+    peft_lib = pytest.importorskip("peft", reason="Hugging Face PEFT is optional")
+    from minift.checkpoint import save_model
+    from minift.gradcheck import randomize_params
+    from minift.peft import PeftModel, PromptTuningConfig, get_peft_model
+
+    config = minift.GPTConfig(vocab_size=11, block_size=16, n_layer=2, n_head=2, d_model=8)
+    model = minift.GPT(config, seed=5, dtype=np.float64)
+    randomize_params(model.named_parameters(), 5)
+    save_model(model, tmp_path / "base")
+    idx = np.random.default_rng(5).integers(0, 11, (2, 6))
+    n = 4
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "base", torch_dtype=torch.float64)
+    if direction == "minift_to_peft":
+        peft = get_peft_model(model, PromptTuningConfig(num_virtual_tokens=n))
+        randomize_params({n_: p for n_, p in peft.named_parameters().items() if p.trainable}, 6)
+        expected = peft.forward(idx)
+        peft.save_pretrained(tmp_path / "adapter")
+        hf = peft_lib.PeftModel.from_pretrained(hf, tmp_path / "adapter")
+        with torch.no_grad():
+            got = hf(input_ids=torch.tensor(idx)).logits.numpy()[:, n:]
+        # PEFT keeps the prompt embedding in float32 whatever the model's dtype: our float64
+        # values reach it rounded to float32 (relative 6e-8), which the logits then carry
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+        return
+    else:
+        theirs = peft_lib.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=n)
+        hf = peft_lib.get_peft_model(hf, theirs)
+        with torch.no_grad():
+            for name, p in hf.named_parameters():
+                if "prompt_encoder" in name:
+                    p.copy_(0.3 * torch.randn_like(p))
+            expected = hf(input_ids=torch.tensor(idx)).logits.numpy()[:, n:]
+        hf.save_pretrained(tmp_path / "adapter")
+        got = PeftModel.from_pretrained(model, tmp_path / "adapter").forward(idx)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)

@@ -135,7 +135,7 @@ def cmd_finetune(args):
             f"--{next(iter(overrides)).replace('_', '-')}: method {args.method} has no options"
         )
     tok = pipeline.standard_tokenizer()
-    task = pipeline.load_task(args.task)
+    task = pipeline.get_task(args.task)
     base = pipeline.load_base(_base_spec(args))
     if overrides:
         model = _rebuild_with(base, task, args, tok, overrides)
@@ -174,7 +174,7 @@ def cmd_evaluate(args):
     pipeline.check_task(args.task)
     tok = pipeline.standard_tokenizer()
     model = pipeline.load_finetuned(args.model)
-    task = pipeline.load_task(args.task)
+    task = pipeline.get_task(args.task)
     for name, value in pipeline.evaluate(model, task, tok, limit=args.eval_examples).items():
         print(f"{args.task}: {name} = {value:.4f}")
 

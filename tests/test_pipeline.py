@@ -115,3 +115,14 @@ def test_unknown_names_list_the_valid_ones():
         pipeline.check_task("poetry")
     with pytest.raises(ValueError, match="'copy' is no baseline for a classification task"):
         pipeline.run_one("stdlib-modules", "copy", 0, SETTINGS, TINY)
+
+
+def test_every_default_task_fits_the_default_base():
+    """A task whose examples are longer than the base's positions would fail at step one."""
+    from minift.data import example_sampler
+
+    tok = pipeline.standard_tokenizer()
+    for name in pipeline.default_tasks():
+        task = pipeline.get_task(name)
+        for split in (task.train, task.val, task.test):
+            example_sampler(tok, split, pipeline.BaseSpec().block_size, task.kind)  # raises if not

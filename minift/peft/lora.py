@@ -15,9 +15,10 @@ The "Gaussian matrix" is most likely a memory of A's random initialisation:
     A ~ Kaiming-uniform, U(−1/√d_in, 1/√d_in) (PEFT's default), or N(0, 1/r²) ("gaussian")
     B = 0
 
-so ΔW = 0 at step 0 and the adapted model starts EXACTLY at the pretrained one. (B must be the
-zero one: with A = 0 instead, ∂L/∂B = s·G·Aᵀ = 0 and B would never move; with B = 0,
-∂L/∂A = s·Bᵀ·G = 0 on the first step only, and B's own gradient gets it going.)
+so ΔW = 0 at step 0 and the adapted model starts EXACTLY at the pretrained one. (One factor
+must be zero for that, one random, or nothing moves: with A = B = 0 both gradients vanish. With
+B = 0, ∂L/∂A = s·Bᵀ·G = 0 on the first step only, and B's own gradient s·G·Aᵀ gets it going;
+A = 0 with B random would work as well, mirrored. B = 0 is the paper's and PEFT's convention.)
 
 The scale s = α/r (``lora_alpha / r``), or s = α/√r with rsLoRA (Kalajdzievski, 2023), whose
 updates keep their size as r grows. A's input may pass through dropout (``lora_dropout``).
@@ -38,8 +39,9 @@ paper do, A [r, in] and B [out, r]. So in minift's layout ΔW = s·(B·A)ᵀ = s
 
 Two ways to compute it, both here and tested equal:
 - the clear path forms ΔW [in, out] and multiplies once: y = x·(W₀ + ΔW) + b;
-- the fast path never forms ΔW: u = x·Aᵀ [N, r], then y = x·W₀ + b + s·u·Bᵀ. It costs
-  2·N·r·(d_in + d_out) multiply-adds instead of N·d_in·d_out more, and its backward needs no dW₀:
+- the fast path never forms ΔW: u = x·Aᵀ [N, r], then y = x·W₀ + b + s·u·Bᵀ. Its forward adds
+  N·r·(d_in + d_out) multiply-adds to the base's (the clear path adds r·d_in·d_out to form ΔW),
+  and its backward needs no dW₀, the N·d_in·d_out product a trained W₀ would cost:
 
       du = s · dy·B          [N, r]         dB = s · dyᵀ·u       [out, r]
       dA = duᵀ · x           [r, in]        dx = dy·W₀ᵀ + du·A   [N, in]

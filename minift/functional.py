@@ -33,26 +33,29 @@ from scipy.special import erf
 
 def linear_forward(x, W, b=None):
     """y = x·W + b.  # [..., in], [in, out], [out] -> [..., out]"""
-    out = x @ W
+    # one [N, in]·[in, out] product: NumPy runs a 3-D ``@`` as B separate, smaller ones
+    out = (x.reshape(-1, x.shape[-1]) @ W).reshape(*x.shape[:-1], W.shape[1])
     if b is not None:
         out += b
     return out, (x, W, b is not None)
 
 
-def linear_backward(dout, cache, need_dW=True):
+def linear_backward(dout, cache, need_dW=True, need_db=True):
     """dx = dout·Wᵀ, dW = xᵀ·dout (summed over every leading position), db = Σ dout.
 
     ``need_dW=False`` skips the weight gradient (a frozen W): dx is still computed, because the
-    gradient must flow through a frozen layer to the layers below it.
+    gradient must flow through a frozen layer to the layers below it. ``need_db=False`` skips
+    the bias gradient likewise.
     Returns (dx [..., in], dW [in, out] or None, db [out] or None).
     """
     x, W, has_bias = cache
-    dx = dout @ W.T
+    dout2 = dout.reshape(-1, dout.shape[-1])  # (N, out), every leading position a row
+    dx = (dout2 @ W.T).reshape(*dout.shape[:-1], W.shape[0])
     dW = db = None
     if need_dW:
-        dW = x.reshape(-1, x.shape[-1]).T @ dout.reshape(-1, dout.shape[-1])
-    if has_bias:
-        db = dout.reshape(-1, dout.shape[-1]).sum(axis=0)
+        dW = x.reshape(-1, x.shape[-1]).T @ dout2
+    if has_bias and need_db:
+        db = dout2.sum(axis=0)
     return dx, dW, db
 
 

@@ -24,7 +24,17 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from minift import functional as F
-from minift.nn import Block, Dropout, Embedding, LayerKVCache, LayerNorm, Linear, Module, ModuleList
+from minift.nn import (
+    Block,
+    Dropout,
+    Embedding,
+    LayerKVCache,
+    LayerNorm,
+    Linear,
+    Module,
+    ModuleList,
+    add_fresh_grad,
+)
 
 __all__ = ["GPTConfig", "GPT", "GPTForSequenceClassification", "KVCache"]
 
@@ -180,7 +190,7 @@ class GPT(Module):
     def forward(self, idx=None, inputs_embeds=None, mask=None, kv_cache=None):
         """idx int [B, T] → logits [B, T, V] (h·wteᵀ, the tied LM head)."""
         h = self.forward_hidden(idx, inputs_embeds, mask, kv_cache)
-        logits = h @ self.wte.weight.value.T  # (B, T, V)
+        logits, _ = F.linear_forward(h, self.wte.weight.value.T)  # h·wteᵀ, (B, T, V)
         self._h = h
         self._shape = logits.shape
         return logits
@@ -190,12 +200,12 @@ class GPT(Module):
         _check_upstream(dlogits, self._shape, "dlogits")
         h = self._h
         C = h.shape[-1]
+        dlogits2 = dlogits.reshape(-1, dlogits.shape[-1])  # (B·T, V)
         if self.wte.weight.trainable:
             # forward was logits = h·wteᵀ, so dwte = dlogitsᵀ·h, summed over every position
-            self.wte.weight.accumulate_grad(
-                dlogits.reshape(-1, dlogits.shape[-1]).T @ h.reshape(-1, C)
-            )
-        return self.backward_hidden(dlogits @ self.wte.weight.value)
+            add_fresh_grad(self.wte.weight, dlogits2.T @ h.reshape(-1, C))
+        dh = (dlogits2 @ self.wte.weight.value).reshape(h.shape)  # (B, T, C)
+        return self.backward_hidden(dh)
 
     # -- generation --------------------------------------------------------------------------
 

@@ -13,6 +13,10 @@ Names follow Hugging Face's GPT-2 (``h.0.attn.c_attn.weight``), with Linear weig
 [in, out] as GPT-2 stores them, so the optimizer, the gradient checker, the parameter counter and
 the checkpoints all speak the same keys.
 
+The layers run the fast paths of ``minift.fast`` where there is one (LayerNorm, GELU, the
+attention, the embedding's backward): the same math as ``minift.functional``'s clear versions,
+with fewer temporary arrays, each tested equal to its clear version in tests/test_fast.py.
+
 Shape legend: B batch, T time, C channels (d_model), nh heads, hs head size, P extra key rows.
 """
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from minift import fast
 from minift import functional as F
 from minift.param import Param
 
@@ -36,6 +41,7 @@ __all__ = [
     "LayerKVCache",
     "Attention",
     "Block",
+    "add_fresh_grad",
 ]
 
 
@@ -192,6 +198,15 @@ class ModuleList(Module):
 # ------------------------------------------------------------------------------------------------
 
 
+def add_fresh_grad(p: Param, g: np.ndarray) -> None:
+    """``p.accumulate_grad(g)`` for a g that the caller has just computed and holds nowhere else:
+    the first gradient of a step is kept as it is, instead of being copied into a new array."""
+    if p.trainable and p.grad is None and g.shape == p.shape and g.dtype == p.dtype:
+        p.grad = g
+    else:
+        p.accumulate_grad(g)
+
+
 def _normal(rng, shape, std, dtype):
     return (rng.standard_normal(shape) * std).astype(dtype)
 
@@ -215,11 +230,12 @@ class Linear(Module):
         return out
 
     def backward(self, dout):  # [..., out] -> [..., in]
-        dx, dW, db = F.linear_backward(dout, self._cache, need_dW=self.weight.trainable)
+        need_db = self.bias is not None and self.bias.trainable
+        dx, dW, db = F.linear_backward(dout, self._cache, self.weight.trainable, need_db)
         if dW is not None:
-            self.weight.accumulate_grad(dW)
+            add_fresh_grad(self.weight, dW)
         if db is not None:
-            self.bias.accumulate_grad(db)
+            add_fresh_grad(self.bias, db)
         return dx
 
 
@@ -236,7 +252,7 @@ class Embedding(Module):
 
     def backward(self, dout):
         if self.weight.trainable:
-            self.weight.accumulate_grad(F.embedding_backward(dout, self._cache))
+            add_fresh_grad(self.weight, fast.embedding_backward_sorted(dout, self._cache))
 
 
 class LayerNorm(Module):
@@ -249,13 +265,17 @@ class LayerNorm(Module):
         self._cache = None
 
     def forward(self, x):  # [..., C] -> [..., C]
-        out, self._cache = F.layer_norm_forward(x, self.weight.value, self.bias.value, self.eps)
+        out, self._cache = fast.layer_norm_forward_fused(
+            x, self.weight.value, self.bias.value, self.eps
+        )
         return out
 
     def backward(self, dout):
-        dx, dgamma, dbeta = F.layer_norm_backward(dout, self._cache)
-        self.weight.accumulate_grad(dgamma)
-        self.bias.accumulate_grad(dbeta)
+        need_dparams = self.weight.trainable or self.bias.trainable  # frozen: no dγ, dβ
+        dx, dgamma, dbeta = fast.layer_norm_backward_fused(dout, self._cache, need_dparams)
+        if need_dparams:
+            add_fresh_grad(self.weight, dgamma)
+            add_fresh_grad(self.bias, dbeta)
         return dx
 
 
@@ -267,12 +287,12 @@ class GELU(Module):
         self._cache = None
 
     def forward(self, x):
-        fwd = F.gelu_erf_forward if self.exact else F.gelu_forward
+        fwd = F.gelu_erf_forward if self.exact else fast.gelu_forward_fused
         out, self._cache = fwd(x)
         return out
 
     def backward(self, dout):
-        bwd = F.gelu_erf_backward if self.exact else F.gelu_backward
+        bwd = F.gelu_erf_backward if self.exact else fast.gelu_backward_fused
         return bwd(dout, self._cache)
 
 
@@ -354,7 +374,10 @@ class Attention(Module):
         if kv_cache is not None and kv_cache.length:
             extra_k = kv_cache.k if extra_k is None else np.concatenate([extra_k, kv_cache.k], 2)
             extra_v = kv_cache.v if extra_v is None else np.concatenate([extra_v, kv_cache.v], 2)
-        y, mha_cache = F.mha_forward(qkv, self.n_head, mask, extra_k, extra_v)
+        if extra_k is None:  # no prefix, no cached keys: the fused path
+            y, mha_cache = fast.mha_forward_fused(qkv, self.n_head, mask)
+        else:
+            y, mha_cache = F.mha_forward(qkv, self.n_head, mask, extra_k, extra_v)
         if kv_cache is not None:
             C = qkv.shape[-1] // 3
             kv_cache.append(
@@ -367,7 +390,7 @@ class Attention(Module):
     def backward(self, dout):
         mha_cache, n_prefix = self._cache
         dy = self.c_proj.backward(self.resid_dropout.backward(dout))
-        dqkv, dextra_k, dextra_v = F.mha_backward(dy, mha_cache)
+        dqkv, dextra_k, dextra_v = fast.mha_backward_into_qkv(dy, mha_cache)
         if self.prefix is not None:
             self.prefix.backward(dextra_k[:, :, :n_prefix], dextra_v[:, :, :n_prefix])
         return self.c_attn.backward(dqkv)

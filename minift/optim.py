@@ -42,8 +42,10 @@ Conventions, each for a reason:
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -264,8 +266,15 @@ class Optimizer:
 
     # --- the loop every optimizer runs ----------------------------------------------------------
 
-    def step(self) -> None:
-        """Update every trainable Param that has a gradient, with its group's hyper-parameters."""
+    def step(self, run_tasks: Callable[[list], None] | None = None) -> None:
+        """Update every trainable Param that has a gradient, with its group's hyper-parameters.
+
+        ``run_tasks`` (optional) is handed the per-parameter updates as a list of (size,
+        zero-argument function) and runs them all: ``DataParallel.run_tasks`` spreads them over
+        its threads. Each update reads and writes its own parameter's arrays and state only, so
+        their order does not matter. Without it they run here, one after another.
+        """
+        tasks = []
         for i, group in enumerate(self.param_groups):
             # checked again here because a group's lr is meant to be edited between steps
             # (LRScheduler does it), and a bad value must fail loudly, not train on NaN
@@ -280,7 +289,12 @@ class Optimizer:
                     )
                 t = self.step_counts.get(name, 0) + 1
                 self.step_counts[name] = t
-                self._update(name, p, hyper, t)
+                tasks.append((p.size, functools.partial(self._update, name, p, hyper, t)))
+        if run_tasks is None:
+            for _, update in tasks:
+                update()
+        else:
+            run_tasks(tasks)
 
     def zero_grad(self) -> None:
         """Forget every accumulated gradient (grads accumulate until cleared, see param.py)."""
@@ -529,6 +543,7 @@ class AdamW(Optimizer):
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, trust_ratio=trust_ratio
         )
         super().__init__(params, defaults)
+        self._scratch_buffers: dict[tuple, np.ndarray] = {}  # (dtype, thread) -> flat array
 
     def _check_hyper(self, group: dict[str, Any], where: str) -> dict[str, Any]:
         group["lr"] = _check_lr(group["lr"], where)
@@ -562,16 +577,20 @@ class AdamW(Optimizer):
             self.state[name] = {"exp_avg": np.zeros_like(theta), "exp_avg_sq": np.zeros_like(theta)}
         m = self.state[name]["exp_avg"]  # [*]
         v = self.state[name]["exp_avg_sq"]  # [*]
+        # one scratch array of θ's shape, reused by every parameter and every step, so a step
+        # allocates nothing; the same operations in the same order as the formulas, bit for bit
+        tmp = self._scratch(theta)  # [*]
 
         m *= beta1
-        m += (1.0 - beta1) * g  # m ← β1 m + (1 − β1) g
+        m += np.multiply(g, 1.0 - beta1, out=tmp)  # m ← β1 m + (1 − β1) g
         v *= beta2
-        v += (1.0 - beta2) * np.square(g)  # v ← β2 v + (1 − β2) g²
+        np.multiply(g, g, out=tmp)
+        v += np.multiply(tmp, 1.0 - beta2, out=tmp)  # v ← β2 v + (1 − β2) g²
 
         bias_correction1 = 1.0 - beta1**t
         bias_correction2 = 1.0 - beta2**t
         # √v̂ + ε, written √v / √(1 − β2^t) + ε: the order of operations PyTorch uses
-        denom = np.sqrt(v)  # [*]
+        denom = np.sqrt(v, out=tmp)  # [*]
         denom /= math.sqrt(bias_correction2)
         denom += eps
 
@@ -586,7 +605,21 @@ class AdamW(Optimizer):
         else:
             if weight_decay != 0.0:
                 theta *= 1.0 - lr * weight_decay  # θ ← θ − α λ θ
-            theta -= (lr / bias_correction1) * (m / denom)  # θ ← θ − α m̂ / (√v̂ + ε)
+            step = np.divide(m, denom, out=denom)
+            step *= lr / bias_correction1
+            theta -= step  # θ ← θ − α m̂ / (√v̂ + ε)
+
+    def _scratch(self, like: np.ndarray) -> np.ndarray:
+        """A reusable work array shaped like ``like`` (a view into one flat buffer per dtype and
+        thread).
+
+        Not optimizer state: it is never saved and ``state_bytes`` does not count it.
+        """
+        key = (like.dtype, threading.get_ident())  # one per thread: updates may run in parallel
+        flat = self._scratch_buffers.get(key)
+        if flat is None or flat.size < like.size:
+            flat = self._scratch_buffers[key] = np.empty(like.size, dtype=like.dtype)
+        return flat[: like.size].reshape(like.shape)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -116,7 +116,11 @@ def test_layer_norm_output_is_normalised():
 @given(seeds, dim, dim, dim)
 def test_gelu_tanh_backward_matches_finite_differences(seed, a, b, c):
     rng = np.random.default_rng(seed)
-    check_pair(F.gelu_forward, F.gelu_backward, (3 * randn(rng, a, b, c),), rng)
+    # Not below −3.5: there u < −4.3, tanh(u) = −1 + 4e-4 and the forward's 1 + tanh(u) keeps
+    # only 12 of its 16 digits (at x = −5.2, 9), so central differences of the forward itself
+    # cannot reach 1e-7 relative where gelu′ is 1e-7 small (hypothesis found x = −5.21: 6e-6).
+    x = np.maximum(3 * randn(rng, a, b, c), -3.5)
+    check_pair(F.gelu_forward, F.gelu_backward, (x,), rng)
 
 
 @fast

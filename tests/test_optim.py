@@ -900,3 +900,37 @@ def test_layerwise_lr_groups_rejects_decay_outside_0_1(decay):
 def test_layerwise_decay_one_is_a_single_lr():
     groups = layerwise_lr_groups(gpt2_like_params(), 3e-4, 1.0)
     assert {g["lr"] for g in groups} == {3e-4}
+
+
+def adamw_with_temporaries(theta, m, v, g, t, lr, beta1, beta2, eps, wd):
+    """AdamW's step written as the formulas read, one new array per operation."""
+    theta = theta * (1.0 - lr * wd)
+    m = beta1 * m + (1.0 - beta1) * g
+    v = beta2 * v + (1.0 - beta2) * np.square(g)
+    denom = np.sqrt(v) / math.sqrt(1.0 - beta2**t) + eps
+    return theta - (lr / (1.0 - beta1**t)) * (m / denom), m, v
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adamw_in_place_step_is_bit_identical_to_the_formulas(dtype):
+    """The step reuses one scratch array for every parameter (so it allocates nothing); it must
+    still be the same operations in the same order: equal bit for bit, not just close."""
+    rng = np.random.default_rng(0)
+    shapes = [(7, 5), (3,), (40,), (2, 3, 4)]  # smaller and larger than the scratch in turn
+    params = {f"p{i}": Param(rng.standard_normal(s).astype(dtype)) for i, s in enumerate(shapes)}
+    hyper = dict(lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-8, wd=0.1)
+    opt = AdamW(params, lr=hyper["lr"], betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
+    expected = {
+        k: (p.value.copy(), np.zeros_like(p.value), np.zeros_like(p.value))
+        for k, p in params.items()
+    }
+    for t in range(1, 5):
+        for k, p in params.items():
+            p.grad = rng.standard_normal(p.shape).astype(dtype)
+            expected[k] = adamw_with_temporaries(*expected[k], p.grad, t, **hyper)
+        opt.step()
+        for k, p in params.items():
+            assert np.array_equal(p.value, expected[k][0]), (k, t)
+            assert np.array_equal(opt.state[k]["exp_avg"], expected[k][1]), (k, t)
+            assert np.array_equal(opt.state[k]["exp_avg_sq"], expected[k][2]), (k, t)
+    assert opt.state_bytes() == 2 * sum(p.value.nbytes for p in params.values())

@@ -101,9 +101,10 @@ def lora_forward(x, W0, b, A, B, scaling, x_lora=None):
     x [..., in], W0 [in, out], b [out] or None, A [r, in], B [out, r] -> y [..., out]
     """
     x_lora = x if x_lora is None else x_lora
-    base_out, base_cache = F.linear_forward(x, W0, b)
-    u = x_lora @ A.T  # (..., r)
-    y = base_out + scaling * (u @ B.T)
+    y, base_cache = F.linear_forward(x, W0, b)  # x·W₀ + b, (..., out)
+    u = x_lora.reshape(-1, A.shape[1]) @ A.T  # (N, r), every leading position a row
+    y2 = y.reshape(-1, B.shape[0])  # (N, out), a view of y (a fresh, contiguous array)
+    y2 += (scaling * u) @ B.T  # + s·u·Bᵀ, added into y in place
     return y, (base_cache, x_lora, u, A, B, scaling)
 
 
@@ -115,13 +116,12 @@ def lora_backward(dy, cache, need_base_grads=False):
     when ``need_base_grads`` (a frozen W₀ gets no gradient: that work is skipped).
     """
     base_cache, x_lora, u, A, B, scaling = cache
-    dx, dW0, db = F.linear_backward(dy, base_cache, need_dW=need_base_grads)
-    r = A.shape[0]
+    dx, dW0, db = F.linear_backward(dy, base_cache, need_base_grads, need_base_grads)
     dy2 = dy.reshape(-1, dy.shape[-1])  # (N, out)
-    du = scaling * (dy @ B)  # (..., r)
-    dB = scaling * (dy2.T @ u.reshape(-1, r))  # (out, r)
-    dA = du.reshape(-1, r).T @ x_lora.reshape(-1, x_lora.shape[-1])  # (r, in)
-    dx_lora = du @ A  # (..., in)
+    du = scaling * (dy2 @ B)  # (N, r)
+    dB = scaling * (dy2.T @ u)  # (out, r)
+    dA = du.T @ x_lora.reshape(-1, x_lora.shape[-1])  # (r, in)
+    dx_lora = (du @ A).reshape(x_lora.shape)  # (..., in)
     return dx, dx_lora, dA, dB, dW0, (db if need_base_grads else None)
 
 
@@ -197,7 +197,8 @@ class LoraLinear(Module):
             base.weight.accumulate_grad(dW0)
         if db is not None:
             base.bias.accumulate_grad(db)
-        return dx + self.lora_dropout.backward(dx_lora)
+        dx += self.lora_dropout.backward(dx_lora)  # dx is ours: add in place
+        return dx
 
     def merge(self) -> None:
         """W₀ ← W₀ + ΔW, refusing a non-finite result (PEFT's safe_merge)."""

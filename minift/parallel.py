@@ -1,0 +1,199 @@
+"""Data parallelism on one machine: each thread runs a slice of the batch on its own replica.
+
+An opt-in speed-up, never the default (every test and the training loop run single-threaded):
+
+    dp = DataParallel(model, n_threads=2)
+    opt.zero_grad()
+    loss = dp.forward_backward(idx, targets)   # fills model's Param.grad, as forward + backward
+    opt.step(dp.run_tasks)                     # the parameter updates shared out too
+
+Why it pays on a small CPU model: a [B·T, C] activation is too small for a multi-threaded BLAS
+to keep two cores busy, and NumPy's elementwise ops (LayerNorm, GELU, softmax) use one core
+whatever BLAS does. Two Python threads each running half the batch, with BLAS set to ONE thread
+per caller, keep both cores busy for the whole step: NumPy releases the GIL inside its loops and
+BLAS calls, so the threads overlap wherever the arrays are large enough.
+
+How. Thread i runs forward, loss and backward of batch rows ``shard_i`` on replica i, a copy of
+the module tree that
+
+- shares every parameter VALUE with the model (the same ndarray objects: an optimizer step on
+  the model is seen by every replica, nothing to synchronise), and
+- has its own Param objects, so its own ``grad`` (two threads never add into one array), and its
+  own caches (each module remembers ITS shard's forward).
+
+Replica 0 is the model itself. The mean loss over the batch is
+
+    L = (1/N) Σ_kept ℓ_t = Σ_i (N_i/N) · L_i,    N_i = kept targets of shard i,  N = Σ_i N_i
+
+so shard i's dlogits (the gradient of its own mean L_i) is scaled by N_i/N before its backward,
+and the model's gradient is the sum of the replicas' gradients. That is the single-thread
+gradient up to the order of summation (and the rounding of N_i/N): ``tests/test_parallel.py``
+checks it to 1e-12 relative in float64 and to float32 rounding in float32.
+
+Dropout: each replica draws from its own generator (spawned from the model's), so with dropout
+the masks differ from a single-thread run; the expectation is the same.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from concurrent.futures import ThreadPoolExecutor, wait
+
+import numpy as np
+
+from minift.functional import cross_entropy
+from minift.nn import Module
+from minift.param import Param
+
+__all__ = ["DataParallel", "replicate"]
+
+
+def replicate(model: Module) -> Module:
+    """A copy of the module tree with new Params that SHARE the model's value arrays.
+
+    Every other ndarray (masks, buffers, cached activations) is shared too, not copied; random
+    generators are replaced by generators spawned from them.
+    """
+    memo: dict[int, object] = {}
+    for _, module in model.named_modules():
+        for value in vars(module).values():
+            if isinstance(value, Param):
+                if id(value) not in memo:
+                    memo[id(value)] = Param(value.value, value.trainable)
+                    memo[id(value.value)] = value.value
+            elif isinstance(value, np.ndarray):
+                memo[id(value)] = value
+            elif isinstance(value, np.random.Generator) and id(value) not in memo:
+                memo[id(value)] = value.spawn(1)[0]
+    replica = copy.deepcopy(model, memo)
+    for _, module in replica.named_modules():  # no stale activations of the model's last pass
+        if "_cache" in vars(module):
+            module._cache = None
+    return replica
+
+
+def _blas_controller():
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        raise ImportError(
+            "DataParallel needs threadpoolctl to run BLAS single-threaded in each thread: "
+            "pip install threadpoolctl"
+        ) from None
+    return ThreadpoolController()
+
+
+class DataParallel:
+    """Run forward + loss + backward of a batch as ``n_threads`` shards in parallel threads.
+
+    ``model.forward(idx)`` must return logits whose first axis is the batch, and
+    ``model.backward(dlogits)`` must accumulate into ``Param.grad``: GPT and
+    GPTForSequenceClassification do, PEFT-wrapped or not.
+    """
+
+    def __init__(self, model: Module, n_threads: int = 2):
+        if isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1:
+            raise ValueError(f"n_threads: expected a positive integer, got {n_threads!r}")
+        self.model = model
+        self.n_threads = n_threads
+        self._blas = _blas_controller()
+        self._pool = ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="minift-dp")
+        self._build()
+
+    def _build(self):
+        self._names = list(self.model.named_parameters())
+        self.replicas = [self.model] + [replicate(self.model) for _ in range(self.n_threads - 1)]
+
+    def _sync(self) -> dict[str, Param]:
+        """Point every replica at the model's current arrays and flags (cheap: references)."""
+        params = self.model.named_parameters()
+        if list(params) != self._names:  # the tree changed (a PEFT wrap, a merge): rebuild
+            self._build()
+            return params
+        for replica in self.replicas[1:]:
+            for name, rp in replica.named_parameters().items():
+                p = params[name]
+                rp.value, rp.trainable, rp.grad = p.value, p.trainable, None
+        return params
+
+    def close(self) -> None:
+        self._pool.shutdown()
+
+    def forward_backward(self, idx, targets, ignore_index: int = -100) -> float:
+        """Mean cross-entropy of the whole batch; ADDS its gradient into the model's Param.grad.
+
+        idx int [B, ...] and targets int [B, ...] as ``model.forward`` and ``cross_entropy``
+        take them. Returns the loss (a float), the same as the single-thread
+        ``cross_entropy(model.forward(idx), targets)``.
+        """
+        idx, targets = np.asarray(idx), np.asarray(targets)
+        if idx.shape[0] != targets.shape[0]:
+            raise ValueError(
+                f"targets: expected the batch size of idx ({idx.shape[0]}), got {targets.shape[0]}"
+            )
+        params = self._sync()
+        rows = np.array_split(np.arange(idx.shape[0]), self.n_threads)
+        kept = [int((targets[r] != ignore_index).sum()) for r in rows]
+        n_kept = sum(kept)
+        if n_kept == 0:
+            raise ValueError(f"targets: every target equals ignore_index={ignore_index}; no loss")
+
+        def run(i):  # forward, loss and backward of shard i on replica i
+            if kept[i] == 0:  # nothing of this shard enters the loss
+                return 0.0
+            r = slice(int(rows[i][0]), int(rows[i][-1]) + 1)
+            replica = self.replicas[i]
+            loss, dlogits = cross_entropy(replica.forward(idx[r]), targets[r], ignore_index)
+            dlogits *= kept[i] / n_kept  # dL/dlogits of the batch mean, not the shard's
+            replica.backward(dlogits)
+            return loss * kept[i] / n_kept
+
+        with self._blas.limit(limits=1, user_api="blas"):
+            futures = [self._pool.submit(run, i) for i in range(1, self.n_threads)]
+            try:
+                losses = [run(0)]
+            finally:  # never leave a thread running past this call, even on an error
+                wait(futures)
+            losses += [f.result() for f in futures]
+
+        # the model's grad += each replica's, the parameters shared out between the threads
+        replica_params = [r.named_parameters() for r in self.replicas[1:]]
+
+        def add_replica_grads(name):
+            for rps in replica_params:
+                rp = rps[name]
+                if rp.grad is not None:
+                    params[name].accumulate_grad(rp.grad)
+                    rp.grad = None
+
+        self.run_tasks(
+            [(p.size, functools.partial(add_replica_grads, name)) for name, p in params.items()]
+        )
+        return float(sum(losses))
+
+    def run_tasks(self, tasks) -> None:
+        """Run (size, zero-argument function) tasks on the threads, each thread a share of about
+        equal total size (largest first, each to the least loaded thread).
+
+        For work whose tasks touch disjoint arrays, such as ``optimizer.step(dp.run_tasks)``:
+        every parameter's update reads and writes its own arrays only.
+        """
+        shares = [[] for _ in range(self.n_threads)]
+        loads = [0] * self.n_threads
+        for size, task in sorted(tasks, key=lambda t: -t[0]):
+            i = loads.index(min(loads))
+            shares[i].append(task)
+            loads[i] += size
+
+        def run_share(share):
+            for task in share:
+                task()
+
+        futures = [self._pool.submit(run_share, share) for share in shares[1:]]
+        try:
+            run_share(shares[0])
+        finally:
+            wait(futures)
+        for f in futures:
+            f.result()  # raises a thread's exception here

@@ -81,11 +81,13 @@ def numerical_gradient_array(op: Callable[[], np.ndarray], x, dout, h=DEFAULT_H)
 def randomize_params(params: Mapping[str, Param], seed=0, scale=0.3) -> None:
     """Set every Param to a random point: N(0, scale²), or 1 + N(0, scale²) for LayerNorm gains.
 
-    LayerNorm weights are recognised by name (``ln_*.weight``, ``*norm*.weight``).
+    LayerNorm weights are recognised by name, in any case (GPT-2's ``ln_1.weight``, BERT's
+    ``LayerNorm.weight``).
     """
     rng = np.random.default_rng(seed)
     for name, p in params.items():
-        base = 1.0 if ("ln" in name or "norm" in name) and name.endswith(".weight") else 0.0
+        lower = name.lower()
+        base = 1.0 if ("ln" in lower or "norm" in lower) and lower.endswith(".weight") else 0.0
         p.value[...] = base + scale * rng.standard_normal(p.shape)
 
 

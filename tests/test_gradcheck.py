@@ -83,8 +83,13 @@ def test_sampled_entries_are_checked_and_reported_by_index():
 
 
 def test_randomize_params_sets_layer_norm_gains_near_one():
-    params = {"ln_1.weight": Param(np.zeros(1000)), "c_fc.weight": Param(np.zeros(1000))}
+    params = {
+        "ln_1.weight": Param(np.zeros(1000)),  # GPT-2's spelling
+        "encoder.layer.0.output.LayerNorm.weight": Param(np.zeros(1000)),  # BERT's
+        "c_fc.weight": Param(np.zeros(1000)),
+    }
     randomize_params(params, seed=0, scale=0.3)
     assert abs(params["ln_1.weight"].value.mean() - 1) < 0.05
+    assert abs(params["encoder.layer.0.output.LayerNorm.weight"].value.mean() - 1) < 0.05
     assert abs(params["c_fc.weight"].value.mean()) < 0.05
     assert 0.25 < params["c_fc.weight"].value.std() < 0.35

@@ -15,6 +15,7 @@ import pytest
 from benchmarks.train_step import train_step_flops
 from minift.functional import cross_entropy
 from minift.model import GPT, GPTConfig
+from minift.peft import LoraConfig, get_peft_model
 
 # Every dimension distinct, so a formula that swaps two of them cannot pass by accident.
 CONFIGS = [
@@ -63,8 +64,12 @@ class _MatmulCounter(np.ndarray):
         return result.view(_MatmulCounter) if isinstance(result, np.ndarray) else result
 
 
-def flops_by_running(cfg, B, T):
+def flops_by_running(cfg, B, T, lora_r=0):
     model = GPT(cfg, seed=0, dtype=np.float64)
+    if lora_r:  # the benchmark's LoRA: c_attn and attn.c_proj, everything else frozen
+        model = get_peft_model(
+            model, LoraConfig(r=lora_r, target_modules=["c_attn", "attn.c_proj"])
+        )
     for p in model.parameters():
         p.value = p.value.view(_MatmulCounter)
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(B, T + 1))
@@ -88,3 +93,11 @@ def test_flops_match_the_matmuls_a_step_runs(cfg, B, T):
     counted = flops_by_running(cfg, B, T)
     got = train_step_flops(cfg, B, T)
     assert got == counted, f"{cfg}, B={B}, T={T}: counted {counted:,} in a step, formula {got:,}"
+
+
+@pytest.mark.parametrize("cfg, B, T", CONFIGS)
+@pytest.mark.parametrize("r", [1, 2])
+def test_lora_flops_match_the_matmuls_a_step_runs(cfg, B, T, r):
+    counted = flops_by_running(cfg, B, T, lora_r=r)
+    got = train_step_flops(cfg, B, T, lora_r=r)
+    assert got == counted, f"{cfg}, B={B}, T={T}, r={r}: counted {counted:,}, formula {got:,}"

@@ -1,0 +1,80 @@
+"""What the numbers were measured on: the BLAS numpy calls, its matmul peak, the load, memory."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def blas_info() -> dict:
+    """numpy's BLAS (the one ``@`` calls): internal_api, version, architecture (the kernel that
+    runs), num_threads, filepath; ``others`` lists any other BLAS loaded, such as scipy's own
+    OpenBLAS, which threadpoolctl may list first.
+    """
+    from threadpoolctl import threadpool_info
+
+    keys = ("internal_api", "version", "architecture", "num_threads", "filepath")
+    pools = [{k: p.get(k) for k in keys} for p in threadpool_info() if p.get("user_api") == "blas"]
+    if not pools:
+        return {"internal_api": "unknown", "others": []}
+    numpy_dir = Path(np.__file__).resolve().parent  # .../site-packages/numpy
+    ours = [
+        p
+        for p in pools
+        if Path(p["filepath"]).parent.name == "numpy.libs"  # a wheel's bundled library
+        or Path(p["filepath"]).resolve().is_relative_to(numpy_dir)
+    ]
+    main = (ours or pools)[0]
+    return {**main, "others": [p for p in pools if p is not main]}
+
+
+def blas_line(info: dict) -> str:
+    line = (
+        f"BLAS (numpy's): {info.get('internal_api')} {info.get('version')}, "
+        f"kernel {info.get('architecture')}, {info.get('num_threads')} threads"
+    )
+    for other in info.get("others", []):
+        line += (
+            f"; also loaded: {Path(other['filepath']).name} {other['version']} "
+            f"(kernel {other['architecture']})"
+        )
+    return line
+
+
+def matmul_peak(sizes=(1024, 2048), repeats=5) -> dict[int, float]:
+    """Best GFLOP/s of a float32 [n, n]·[n, n] matmul (2n³ FLOPs) for each n."""
+    rng = np.random.default_rng(0)
+    result = {}
+    for n in sizes:
+        a = rng.standard_normal((n, n), dtype=np.float32)
+        b = rng.standard_normal((n, n), dtype=np.float32)
+        a @ b  # warm-up: thread pool start, page faults
+        best = math.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t0)
+        result[n] = 2 * n**3 / best / 1e9
+    return result
+
+
+def rss_mb(field: str = "VmHWM") -> float:
+    """This process's resident memory from /proc/self/status, in MB (VmHWM: its peak so far;
+    VmRSS: now). NaN where /proc is absent (not Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024  # kB -> MB
+    except OSError:
+        pass
+    return math.nan
+
+
+def loadavg() -> float:
+    """The 1-minute load average: other work on the machine inflates every timing."""
+    return os.getloadavg()[0]

@@ -26,8 +26,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.machine import blas_info, blas_line, loadavg  # noqa: E402
-from minift.functional import cross_entropy  # noqa: E402
-from minift.gradcheck import check_gradients, randomize_params  # noqa: E402
+from minift.gradcheck import check_gradients, cross_entropy_loss, randomize_params  # noqa: E402
 from minift.model import GPT, GPTConfig  # noqa: E402
 
 TINY = GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=8)
@@ -44,15 +43,8 @@ def one_check(seed=0):
     targets = rng.integers(0, TINY.vocab_size, (2, 6))
     targets[0, :2] = -100
 
-    def loss(run_backward):
-        value, dlogits = cross_entropy(model.forward(idx), targets)
-        if run_backward:
-            model.zero_grad()
-            model.backward(dlogits)
-        return value
-
     t0 = time.perf_counter()
-    report = check_gradients(loss, model.named_parameters())
+    report = check_gradients(cross_entropy_loss(model, idx, targets), model.named_parameters())
     seconds = time.perf_counter() - t0
     name, err = report.worst
     return seconds, model.num_parameters(), name, err

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from minift.functional import cross_entropy
 from minift.param import Param
 
 DEFAULT_H = 1e-5
@@ -89,6 +90,24 @@ def randomize_params(params: Mapping[str, Param], seed=0, scale=0.3) -> None:
         lower = name.lower()
         base = 1.0 if ("ln" in lower or "norm" in lower) and lower.endswith(".weight") else 0.0
         p.value[...] = base + scale * rng.standard_normal(p.shape)
+
+
+def cross_entropy_loss(model, idx, targets):
+    """The ``loss_fn`` that check_gradients takes, for a model whose forward gives logits.
+
+    loss_fn(run_backward) -> mean cross-entropy of model.forward(idx) against targets; with
+    run_backward it also clears the gradients and runs model.backward, so every Param's grad is
+    the gradient of exactly this loss.
+    """
+
+    def loss_fn(run_backward):
+        value, dlogits = cross_entropy(model.forward(idx), targets)
+        if run_backward:
+            model.zero_grad()
+            model.backward(dlogits)
+        return value
+
+    return loss_fn
 
 
 @dataclass

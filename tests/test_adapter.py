@@ -6,9 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minift
-from minift.functional import cross_entropy
 from minift.gradcheck import (
     check_gradients,
+    cross_entropy_loss,
     numerical_gradient_array,
     randomize_params,
     rel_error,
@@ -32,17 +32,6 @@ def trainable(model):
     return {n: p for n, p in model.named_parameters().items() if p.trainable}
 
 
-def lm_loss(model, idx, targets):
-    def loss(run_backward):
-        value, dlogits = cross_entropy(model.forward(idx), targets)
-        if run_backward:
-            model.zero_grad()
-            model.backward(dlogits)
-        return value
-
-    return loss
-
-
 def batch(seed, B=2, T=6, V=11):
     rng = np.random.default_rng(seed)
     return rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
@@ -60,7 +49,9 @@ def test_every_adapter_param_matches_finite_differences(non_linearity, seed):
     peft_model = get_peft_model(tiny_model(seed), config, seed=seed)
     randomize_params(trainable(peft_model), seed)  # W_up = 0 would hide W_down's gradient
     idx, targets = batch(seed)
-    report = check_gradients(lm_loss(peft_model, idx, targets), peft_model.named_parameters())
+    report = check_gradients(
+        cross_entropy_loss(peft_model, idx, targets), peft_model.named_parameters()
+    )
     assert set(report.errors) == set(trainable(peft_model))
     assert len(report.errors) == 2 * 4 * TINY.n_layer  # 2 adapters × (2 weights + 2 biases)
     assert report.ok(TOL), str(report)
@@ -84,7 +75,7 @@ def test_adapter_backward_passes_dy_through_the_skip_and_the_branch(non_linearit
 def test_at_init_only_the_up_projection_gets_a_gradient():
     peft_model = get_peft_model(tiny_model(1), AdapterConfig(bottleneck_size=3))
     idx, targets = batch(1)
-    lm_loss(peft_model, idx, targets)(True)
+    cross_entropy_loss(peft_model, idx, targets)(True)
     for name, p in trainable(peft_model).items():
         if ".adapter_up." in name:
             assert np.abs(p.grad).max() > 0, name
@@ -135,7 +126,7 @@ def test_frozen_params_are_bit_identical_after_20_steps_of_training():
     adapters = {n: p.value.copy() for n, p in trainable(peft_model).items()}
     opt = AdamW(peft_model.named_parameters(), lr=1e-2)
     idx, targets = batch(3)
-    loss = lm_loss(peft_model, idx, targets)
+    loss = cross_entropy_loss(peft_model, idx, targets)
     for _ in range(20):
         loss(True)
         opt.step()
@@ -173,7 +164,7 @@ def test_a_short_training_run_lowers_the_loss():
     peft_model = get_peft_model(tiny_model(4, dtype=np.float32), AdapterConfig(bottleneck_size=4))
     opt = AdamW(peft_model.named_parameters(), lr=5e-2)
     idx, targets = batch(4, B=4, T=8)
-    loss = lm_loss(peft_model, idx, targets)
+    loss = cross_entropy_loss(peft_model, idx, targets)
     first = loss(True)
     for _ in range(40):
         opt.step()

@@ -6,8 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minift
-from minift.functional import cross_entropy
-from minift.gradcheck import check_gradients, randomize_params
+from minift.gradcheck import check_gradients, cross_entropy_loss, randomize_params
 from minift.optim import AdamW
 from minift.peft import PeftModel, count_parameters, get_peft_model
 from minift.peft.bitfit import BitFitConfig
@@ -27,17 +26,6 @@ def trainable(model):
     return {n: p for n, p in model.named_parameters().items() if p.trainable}
 
 
-def lm_loss(model, idx, targets):
-    def loss(run_backward):
-        value, dlogits = cross_entropy(model.forward(idx), targets)
-        if run_backward:
-            model.zero_grad()
-            model.backward(dlogits)
-        return value
-
-    return loss
-
-
 def batch(seed, B=2, T=6, V=11):
     rng = np.random.default_rng(seed)
     return rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
@@ -48,7 +36,9 @@ def batch(seed, B=2, T=6, V=11):
 def test_every_bias_matches_finite_differences(seed):
     peft_model = get_peft_model(tiny_model(seed), BitFitConfig())
     idx, targets = batch(seed)
-    report = check_gradients(lm_loss(peft_model, idx, targets), peft_model.named_parameters())
+    report = check_gradients(
+        cross_entropy_loss(peft_model, idx, targets), peft_model.named_parameters()
+    )
     assert set(report.errors) == set(trainable(peft_model))
     assert len(report.errors) == 6 * TINY.n_layer + 1  # 4 Linear + 2 LayerNorm biases, ln_f
     assert report.ok(TOL), str(report)
@@ -97,7 +87,7 @@ def test_frozen_params_are_bit_identical_after_20_steps_of_training():
     biases = {n: p.value.copy() for n, p in trainable(peft_model).items()}
     opt = AdamW(peft_model.named_parameters(), lr=1e-2)
     idx, targets = batch(3)
-    loss = lm_loss(peft_model, idx, targets)
+    loss = cross_entropy_loss(peft_model, idx, targets)
     for _ in range(20):
         loss(True)
         opt.step()
@@ -113,7 +103,7 @@ def test_merge_and_unload_returns_the_same_model_all_trainable():
     idx, targets = batch(2)
     opt = AdamW(peft_model.named_parameters(), lr=1e-2)
     for _ in range(3):
-        lm_loss(peft_model, idx, targets)(True)
+        cross_entropy_loss(peft_model, idx, targets)(True)
         opt.step()
     adapted = peft_model.forward(idx)
     merged = peft_model.merge_and_unload()
@@ -139,7 +129,7 @@ def test_a_short_training_run_lowers_the_loss():
     peft_model = get_peft_model(tiny_model(4, dtype=np.float32), BitFitConfig())
     opt = AdamW(peft_model.named_parameters(), lr=5e-2)
     idx, targets = batch(4, B=4, T=8)
-    loss = lm_loss(peft_model, idx, targets)
+    loss = cross_entropy_loss(peft_model, idx, targets)
     first = loss(True)
     for _ in range(40):
         opt.step()

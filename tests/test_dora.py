@@ -9,8 +9,13 @@ from hypothesis import strategies as st
 
 import minift
 from minift.checkpoint import load_tensors
-from minift.functional import cross_entropy
-from minift.gradcheck import check_gradients, numerical_gradient, randomize_params, rel_error
+from minift.gradcheck import (
+    check_gradients,
+    cross_entropy_loss,
+    numerical_gradient,
+    randomize_params,
+    rel_error,
+)
 from minift.nn import Linear
 from minift.optim import AdamW
 from minift.peft import LoraConfig, PeftModel, count_parameters, get_peft_model
@@ -50,17 +55,6 @@ def trainable(model):
 def batch(seed, B=2, T=6):
     rng = np.random.default_rng(seed)
     return rng.integers(0, 11, (B, T)), rng.integers(0, 11, (B, T))
-
-
-def lm_loss(model, idx, targets):
-    def loss(run_backward):
-        value, dlogits = cross_entropy(model.forward(idx), targets)
-        if run_backward:
-            model.zero_grad()
-            model.backward(dlogits)
-        return value
-
-    return loss
 
 
 def dora_layer(seed, d_in=5, d_out=4, r=2, dropout=0.0, **kw):
@@ -152,7 +146,7 @@ def test_every_dora_parameter_matches_finite_differences(seed, targets):
     idx, tgt = batch(seed)
     params = trainable(peft_model)
     assert len(params) == 3 * len(peft_model._tuner_layers())
-    report = check_gradients(lm_loss(peft_model, idx, tgt), params)
+    report = check_gradients(cross_entropy_loss(peft_model, idx, tgt), params)
     assert report.ok(TOL), str(report)
 
 
@@ -235,7 +229,7 @@ def test_frozen_parameters_are_bit_identical_after_20_adamw_steps():
     }
     optimizer = AdamW(peft_model.named_parameters(), lr=1e-2)
     idx, tgt = batch(1)
-    loss = lm_loss(peft_model, idx, tgt)
+    loss = cross_entropy_loss(peft_model, idx, tgt)
     for _ in range(20):
         loss(True)
         optimizer.step()
@@ -278,7 +272,7 @@ def test_a_few_dozen_adamw_steps_lower_the_loss():
     peft_model = dora_model(4, ["c_attn", "c_fc"], r=4, dtype=np.float32, randomize=False)
     optimizer = AdamW(peft_model.named_parameters(), lr=3e-2)
     idx, tgt = batch(4, B=4, T=8)
-    loss = lm_loss(peft_model, idx, tgt)
+    loss = cross_entropy_loss(peft_model, idx, tgt)
     first = loss(True)
     for _ in range(40):
         optimizer.step()

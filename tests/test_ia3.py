@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minift
-from minift.functional import cross_entropy, linear_forward
-from minift.gradcheck import check_gradients, randomize_params
+from minift.functional import linear_forward
+from minift.gradcheck import check_gradients, cross_entropy_loss, randomize_params
 from minift.optim import AdamW
 from minift.peft import PeftModel, count_parameters, get_peft_model
 from minift.peft.ia3 import IA3Config, IA3Linear, ia3_forward, ia3_merged_weights
@@ -38,17 +38,6 @@ def randomize_ia3(peft_model, seed):
         p.value += 1.0
 
 
-def lm_loss(model, idx, targets):
-    def loss(run_backward):
-        value, dlogits = cross_entropy(model.forward(idx), targets)
-        if run_backward:
-            model.zero_grad()
-            model.backward(dlogits)
-        return value
-
-    return loss
-
-
 def batch(seed, B=2, T=6, V=11):
     rng = np.random.default_rng(seed)
     return rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
@@ -69,7 +58,9 @@ def test_every_ia3_vector_matches_finite_differences(seed):
     peft_model = get_peft_model(tiny_model(seed), config)
     randomize_ia3(peft_model, seed)
     idx, targets = batch(seed)
-    report = check_gradients(lm_loss(peft_model, idx, targets), peft_model.named_parameters())
+    report = check_gradients(
+        cross_entropy_loss(peft_model, idx, targets), peft_model.named_parameters()
+    )
     assert set(report.errors) == set(trainable(peft_model))
     assert len(report.errors) == 4 * TINY.n_layer
     assert report.ok(TOL), str(report)
@@ -161,7 +152,7 @@ def test_frozen_params_are_bit_identical_after_20_steps_of_training():
     vectors = {n: p.value.copy() for n, p in trainable(peft_model).items()}
     opt = AdamW(peft_model.named_parameters(), lr=1e-2)
     idx, targets = batch(3)
-    loss = lm_loss(peft_model, idx, targets)
+    loss = cross_entropy_loss(peft_model, idx, targets)
     for _ in range(20):
         loss(True)
         opt.step()
@@ -191,7 +182,7 @@ def test_a_short_training_run_lowers_the_loss():
     peft_model = get_peft_model(tiny_model(4, dtype=np.float32), IA3Config())
     opt = AdamW(peft_model.named_parameters(), lr=5e-2)
     idx, targets = batch(4, B=4, T=8)
-    loss = lm_loss(peft_model, idx, targets)
+    loss = cross_entropy_loss(peft_model, idx, targets)
     first = loss(True)
     for _ in range(40):
         opt.step()

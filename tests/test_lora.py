@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 import minift
 from minift.checkpoint import load_tensors
-from minift.functional import cross_entropy
 from minift.gradcheck import (
     check_gradients,
+    cross_entropy_loss,
     numerical_gradient_array,
     randomize_params,
     rel_error,
@@ -47,17 +47,6 @@ def lora_params(peft_model):
 def batch(seed, B=2, T=6):
     rng = np.random.default_rng(seed)
     return rng.integers(0, 11, (B, T)), rng.integers(0, 11, (B, T))
-
-
-def loss_fn(model, idx, targets):
-    def loss(run_backward):
-        value, dlogits = cross_entropy(model.forward(idx), targets)
-        if run_backward:
-            model.zero_grad()
-            model.backward(dlogits)
-        return value
-
-    return loss
 
 
 # -- the pure functions ---------------------------------------------------------------------------
@@ -143,7 +132,7 @@ def test_every_lora_parameter_matches_finite_differences(seed, rslora):
     config = LoraConfig(r=2, lora_alpha=3, use_rslora=rslora, target_modules=["c_attn", "c_fc"])
     peft = get_peft_model(tiny_gpt(seed), config, seed=seed)
     randomize_params(lora_params(peft), seed + 1)  # B = 0 would leave A's gradient at 0
-    report = check_gradients(loss_fn(peft, *batch(seed)), peft.named_parameters())
+    report = check_gradients(cross_entropy_loss(peft, *batch(seed)), peft.named_parameters())
     assert len(report.errors) == 2 * 2 * TINY.n_layer  # A and B of 2 targets per block
     assert report.ok(TOL), str(report)
 
@@ -176,7 +165,7 @@ def test_a_is_kaiming_uniform_or_gaussian_and_b_is_zero():
 def test_first_step_moves_only_b():
     """B = 0 ⇒ ∂L/∂A = s·Bᵀ·G = 0 on the first step; ∂L/∂B = s·G·Aᵀ ≠ 0 gets it going."""
     peft = get_peft_model(tiny_gpt(1), LoraConfig(r=2, lora_alpha=2), seed=1)
-    loss_fn(peft, *batch(1))(True)
+    cross_entropy_loss(peft, *batch(1))(True)
     layer = peft.h[0].attn.c_attn
     assert np.all(layer.lora_A.grad == 0)
     assert np.abs(layer.lora_B.grad).max() > 1e-6
@@ -235,7 +224,7 @@ def test_frozen_params_bit_identical_after_training_and_loss_falls():
     idx, targets = batch(3, B=4, T=8)
     losses = []
     for _ in range(40):
-        losses.append(loss_fn(peft, idx, targets)(True))
+        losses.append(cross_entropy_loss(peft, idx, targets)(True))
         opt.step()
     assert losses[-1] < 0.8 * losses[0]
     for name, p in peft.named_parameters().items():

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import minift
 from minift.functional import cross_entropy, embedding_backward, embedding_forward
-from minift.gradcheck import check_gradients, randomize_params
+from minift.gradcheck import check_gradients, cross_entropy_loss, randomize_params
 
 TINY = minift.GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=8)
 TOL = 1e-7
@@ -21,17 +21,6 @@ def tiny_model(seed=0, config=TINY, cls=minift.GPT, **kw):
     return model
 
 
-def lm_loss(model, idx, targets):
-    def loss(run_backward):
-        value, dlogits = cross_entropy(model.forward(idx), targets)
-        if run_backward:
-            model.zero_grad()
-            model.backward(dlogits)
-        return value
-
-    return loss
-
-
 @settings(max_examples=4, deadline=None)
 @given(seeds)
 def test_every_gpt_parameter_matches_finite_differences(seed):
@@ -40,7 +29,7 @@ def test_every_gpt_parameter_matches_finite_differences(seed):
     idx = rng.integers(0, 11, (2, 6))
     targets = rng.integers(0, 11, (2, 6))
     targets[0, :2] = -100  # a masked prompt
-    report = check_gradients(lm_loss(model, idx, targets), model.named_parameters())
+    report = check_gradients(cross_entropy_loss(model, idx, targets), model.named_parameters())
     assert len(report.errors) == len(model.named_parameters()) == 2 + 2 * 12 + 2
     assert report.ok(TOL), str(report)
 
@@ -182,16 +171,9 @@ def test_classifier_gradients_match_finite_differences():
     idx[0, 4:] = 0  # right padding
     labels = rng.integers(0, 3, 3)
 
-    def loss(run_backward):
-        value, dlogits = cross_entropy(model.forward(idx), labels)
-        if run_backward:
-            model.zero_grad()
-            model.backward(dlogits)
-        return value
-
     params = model.named_parameters()
     assert "score.weight" in params and params["score.weight"].shape == (8, 3)
-    report = check_gradients(loss, params)
+    report = check_gradients(cross_entropy_loss(model, idx, labels), params)
     assert report.ok(TOL), str(report)
 
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import minift
 from minift.checkpoint import load_tensors, save_tensors
 from minift.functional import cross_entropy
-from minift.gradcheck import check_gradients, randomize_params
+from minift.gradcheck import check_gradients, cross_entropy_loss, randomize_params
 from minift.optim import AdamW
 from minift.peft import count_parameters, get_peft_model
 from minift.peft.base import PeftModel
@@ -50,17 +50,6 @@ def peft_of(model, config, seed=0):
     own = {n: p for n, p in peft.named_parameters().items() if n.startswith("prompt_encoder.")}
     randomize_params(own, seed + 1, scale=0.5)
     return peft
-
-
-def loss_fn(model, idx, targets):
-    def loss(run_backward):
-        value, dlogits = cross_entropy(model.forward(idx), targets)
-        if run_backward:
-            model.zero_grad()
-            model.backward(dlogits)
-        return value
-
-    return loss
 
 
 def method_model(peft):
@@ -144,7 +133,7 @@ def test_every_trainable_param_matches_finite_differences_through_the_gpt(seed, 
     T = 5 if method == "prompt" else 8
     idx, targets = rng.integers(0, 11, (2, T)), rng.integers(0, 11, (2, T))
     targets[0, :2] = -100
-    report = check_gradients(loss_fn(peft, idx, targets), peft.named_parameters())
+    report = check_gradients(cross_entropy_loss(peft, idx, targets), peft.named_parameters())
     trainable = {n for n, p in peft.named_parameters().items() if p.trainable}
     assert set(report.errors) == trainable and trainable
     assert all(n.startswith("prompt_encoder.") for n in trainable)
@@ -160,7 +149,7 @@ def test_classifier_params_and_score_match_finite_differences(method):
     peft = peft_of(tiny_model(2, minift.GPTForSequenceClassification, cfg), config)
     idx = np.array([[3, 4, 5, 0, 0], [6, 7, 8, 9, 10]])  # padding after the first sequence
     targets = np.array([1, 2])
-    report = check_gradients(loss_fn(peft, idx, targets), peft.named_parameters())
+    report = check_gradients(cross_entropy_loss(peft, idx, targets), peft.named_parameters())
     assert "score.weight" in report.errors and len(report.errors) >= 2
     assert report.ok(TOL), str(report)
 
@@ -169,7 +158,7 @@ def test_a_trainable_wte_gets_the_lookup_and_the_head_gradients_through_the_prom
     peft = peft_of(tiny_model(3), PromptTuningConfig(num_virtual_tokens=2, modules_to_save=["wte"]))
     rng = np.random.default_rng(3)
     idx, targets = rng.integers(0, 11, (2, 6)), rng.integers(0, 11, (2, 6))
-    report = check_gradients(loss_fn(peft, idx, targets), peft.named_parameters())
+    report = check_gradients(cross_entropy_loss(peft, idx, targets), peft.named_parameters())
     assert set(report.errors) == {"wte.weight", "prompt_encoder.embedding"}
     assert report.ok(TOL), str(report)
 

@@ -6,8 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minift
-from minift.functional import cross_entropy
-from minift.gradcheck import check_gradients, randomize_params
+from minift.gradcheck import check_gradients, cross_entropy_loss, randomize_params
 from minift.nn import MLP
 from minift.optim import AdamW
 from minift.peft.base import PeftModel, count_parameters, get_peft_model
@@ -75,17 +74,6 @@ def batch(seed, model, B=3, T=6):
     idx = rng.integers(0, 11, (B, T))
     target = rng.integers(0, K, B) if is_classifier(model) else rng.integers(0, 11, (B, T))
     return idx, target
-
-
-def loss_fn(model, idx, target):
-    def loss(run_backward):
-        value, dlogits = cross_entropy(model.forward(idx), target)
-        if run_backward:
-            model.zero_grad()
-            model.backward(dlogits)
-        return value
-
-    return loss
 
 
 def trainable_names(model):
@@ -261,14 +249,16 @@ def test_add_classification_head_needs_a_language_model():
 def test_every_trainable_parameter_matches_finite_differences(seed, kind, k):
     model = make(kind, seed)
     last_k_blocks(model, k)
-    report = check_gradients(loss_fn(model, *batch(seed, model)), model.named_parameters())
+    report = check_gradients(
+        cross_entropy_loss(model, *batch(seed, model)), model.named_parameters()
+    )
     assert sorted(report.errors) == trainable_names(model)  # the frozen ones have no gradient
     assert report.ok(TOL), str(report)
 
 
 def test_frozen_parameters_get_no_gradient_but_pass_dx_down():
     model = last_k_blocks(tiny_classifier(4), 1)
-    loss_fn(model, *batch(4, model))(True)
+    cross_entropy_loss(model, *batch(4, model))(True)
     for name, p in model.named_parameters().items():
         assert (p.grad is not None) == p.trainable, name
     assert np.abs(model.h[1].attn.c_attn.weight.grad).max() > 0
@@ -301,7 +291,7 @@ def test_frozen_parameters_are_bit_identical_after_training(seed, kind):
     peft = get_peft_model(model, LastKBlocksConfig(k=1))
     before = {n: p.value.copy() for n, p in peft.named_parameters().items()}
     opt = AdamW(peft.named_parameters(), lr=1e-2)
-    loss = loss_fn(peft, *batch(seed, peft))
+    loss = cross_entropy_loss(peft, *batch(seed, peft))
     for _ in range(20):
         loss(True)
         opt.step()
@@ -359,7 +349,7 @@ def test_a_few_dozen_steps_lower_the_classifier_loss(policy):
     rng = np.random.default_rng(7)
     idx, labels = rng.integers(0, 11, (8, 6)), rng.integers(0, K, 8)
     opt = AdamW(model.named_parameters(), lr=1e-2, weight_decay=0.0)
-    loss = loss_fn(model, idx, labels)
+    loss = cross_entropy_loss(model, idx, labels)
     first = loss(False)
     for _ in range(40):
         loss(True)
@@ -373,7 +363,7 @@ def test_gradual_unfreezing_trains_and_lowers_the_loss():
     idx, labels = rng.integers(0, 11, (8, 6)), rng.integers(0, K, 8)
     schedule = GradualUnfreezing(model)
     opt = AdamW(model.named_parameters(), lr=1e-2, weight_decay=0.0)
-    loss = loss_fn(model, idx, labels)
+    loss = cross_entropy_loss(model, idx, labels)
     first = loss(False)
     while True:
         for _ in range(15):

@@ -8,8 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minift
-from minift.functional import cross_entropy
-from minift.gradcheck import check_gradients, randomize_params
+from minift.gradcheck import check_gradients, cross_entropy_loss, randomize_params
 from minift.optim import AdamW
 from minift.peft.base import PeftModel, count_parameters, get_peft_model
 from minift.peft.sharing import MLP_SUFFIXES, SharingConfig, share_across_blocks, tie_parameters
@@ -30,17 +29,6 @@ def tiny_gpt(seed=0, cfg=TINY, dtype=np.float64):
 def batch(seed, B=2, T=6):
     rng = np.random.default_rng(seed)
     return rng.integers(0, 11, (B, T)), rng.integers(0, 11, (B, T))
-
-
-def loss_fn(model, idx, targets):
-    def loss(run_backward):
-        value, dlogits = cross_entropy(model.forward(idx), targets)
-        if run_backward:
-            model.zero_grad()
-            model.backward(dlogits)
-        return value
-
-    return loss
 
 
 def total_size(cfg):
@@ -79,7 +67,10 @@ def test_shared_grad_is_the_sum_of_the_grads_of_its_uses(seed):
             getattr(untied.h[i].get_submodule(mod), attr).value[...] = src
     tied = share_across_blocks(copy.deepcopy(untied))
     idx, targets = batch(seed)
-    loss_u, loss_t = loss_fn(untied, idx, targets), loss_fn(tied, idx, targets)
+    loss_u, loss_t = (
+        cross_entropy_loss(untied, idx, targets),
+        cross_entropy_loss(tied, idx, targets),
+    )
     assert loss_u(True) == loss_t(True)  # same values, same function
 
     grads_u = {n: p.grad for n, p in untied.named_parameters().items()}
@@ -98,7 +89,7 @@ def test_shared_grad_is_the_sum_of_the_grads_of_its_uses(seed):
 def test_every_parameter_of_the_tied_model_matches_finite_differences(seed):
     model = share_across_blocks(tiny_gpt(seed), MLP_SUFFIXES + ("ln_1.weight", "attn.c_attn.bias"))
     randomize_params(model.named_parameters(), seed + 1)
-    report = check_gradients(loss_fn(model, *batch(seed)), model.named_parameters())
+    report = check_gradients(cross_entropy_loss(model, *batch(seed)), model.named_parameters())
     assert len(report.errors) == 2 + 2 * 12 + 2 - 6  # six Params of block 1 are block 0's now
     assert report.ok(TOL), str(report)
 
@@ -119,7 +110,7 @@ def test_a_shared_weight_stays_shared_through_training(seed):
     shared = model.h[0].mlp.c_fc.weight
     start = shared.value.copy()
     opt = AdamW(model.named_parameters(), lr=1e-2)
-    loss = loss_fn(model, *batch(seed))
+    loss = cross_entropy_loss(model, *batch(seed))
     first = loss(False)
     for _ in range(30):
         loss(True)

@@ -6,9 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minift
-from minift.functional import cross_entropy
 from minift.gradcheck import (
     check_gradients,
+    cross_entropy_loss,
     numerical_gradient,
     numerical_gradient_array,
     randomize_params,
@@ -59,17 +59,6 @@ def tiny_gpt(seed=0, dtype=np.float64):
 def batch(seed, B=2, T=6):
     rng = np.random.default_rng(seed)
     return rng.integers(0, 11, (B, T)), rng.integers(0, 11, (B, T))
-
-
-def loss_fn(model, idx, targets):
-    def loss(run_backward):
-        value, dlogits = cross_entropy(model.forward(idx), targets)
-        if run_backward:
-            model.zero_grad()
-            model.backward(dlogits)
-        return value
-
-    return loss
 
 
 def random_mask(rng, shape, density=0.5):
@@ -267,7 +256,7 @@ def test_every_sparse_parameter_matches_finite_differences(seed, activation, mod
     peft = get_peft_model(tiny_gpt(seed), config, seed=seed)
     own = {n: p for n, p in peft.named_parameters().items() if p.trainable}
     randomize_params(own, seed + 1)  # δ = 0 would test the gradient at a single point
-    report = check_gradients(loss_fn(peft, *batch(seed)), peft.named_parameters())
+    report = check_gradients(cross_entropy_loss(peft, *batch(seed)), peft.named_parameters())
     assert len(report.errors) == 2 * TINY.n_layer
     assert report.ok(TOL), str(report)
 
@@ -321,7 +310,7 @@ def test_trainable_count_is_the_closed_form(density, targets):
 
 def train(peft, seed, steps, weight_decay=0.01, lr=1e-2):
     opt = AdamW(peft.named_parameters(), lr=lr, weight_decay=weight_decay)
-    loss = loss_fn(peft, *batch(seed))
+    loss = cross_entropy_loss(peft, *batch(seed))
     for _ in range(steps):
         loss(True)
         opt.step()
@@ -425,7 +414,7 @@ def test_a_few_dozen_steps_lower_the_loss(mode):
     # logit near 0, whatever the sparse weights do
     randomize_params(model.named_parameters(), 5)
     peft = get_peft_model(model, config)
-    loss = loss_fn(peft, *batch(5, B=4, T=8))
+    loss = cross_entropy_loss(peft, *batch(5, B=4, T=8))
     first = loss(False)
     opt = AdamW(peft.named_parameters(), lr=3e-2, weight_decay=0.0)
     for _ in range(40):

@@ -382,6 +382,8 @@ class BertModel(Module):
     attention_mask means every position is a real token, and missing token_type_ids are 0.
     """
 
+    hf_fan_in_fan_out = False  # BERT's files store Linear weights [out, in] (torch nn.Linear)
+
     def __init__(
         self, config: BertConfig, seed: int = 0, dtype=np.float32, add_pooling_layer=False
     ):

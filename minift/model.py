@@ -93,6 +93,8 @@ def _check_dtype(dtype):
 class GPT(Module):
     """The decoder. ``GPT(config, seed=0, dtype=np.float32)``; float64 for gradient checks."""
 
+    hf_fan_in_fan_out = True  # GPT-2's files store Linear weights [in, out], as minift does
+
     def __init__(self, config: GPTConfig, seed: int = 0, dtype=np.float32):
         if not isinstance(config, GPTConfig):
             raise TypeError(f"config: expected a GPTConfig, got {type(config).__name__}")

@@ -2,6 +2,8 @@
 invariants of padding and bidirectionality, fine-tuning methods on an encoder, and a float64
 gradient check of a block of the real all-MiniLM-L6-v2 (skipped when it is not installed)."""
 
+import json
+
 import bert_reference as ref
 import numpy as np
 import pytest
@@ -482,13 +484,10 @@ def test_a_block_of_the_real_minilm_passes_a_float64_gradient_check(minilm64):
 
 
 @pytest.mark.reference
-@pytest.mark.filterwarnings("ignore:fan_in_fan_out is set to True")
+@pytest.mark.filterwarnings("error:fan_in_fan_out")  # the config must say False for BERT itself
 def test_a_lora_adapter_on_bert_gives_the_same_output_in_hugging_face_peft(tmp_path):
-    """The adapter file (PEFT's keys, A [r, in], B [out, r]) means the same on a torch BertModel.
-
-    minift's LoraConfig writes fan_in_fan_out=True (GPT-2's Conv1D); on BERT's nn.Linear PEFT
-    says so in a warning and uses False, which is what the [out, in] file layout needs.
-    """
+    """The adapter file (PEFT's keys, A [r, in], B [out, r]) means the same on a torch BertModel,
+    and its config says fan_in_fan_out=False (nn.Linear's [out, in]), so PEFT corrects nothing."""
     torch = pytest.importorskip("torch", reason="PyTorch is an optional reference")
     transformers = pytest.importorskip("transformers", reason="transformers is optional")
     peft_lib = pytest.importorskip("peft", reason="Hugging Face PEFT is optional")
@@ -501,8 +500,23 @@ def test_a_lora_adapter_on_bert_gives_the_same_output_in_hugging_face_peft(tmp_p
     ids, mask, types = inputs(14)
     ours = peft.forward(ids, mask, types)
     peft.save_pretrained(tmp_path / "adapter")
+    assert (
+        json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["fan_in_fan_out"]
+        is False
+    )
     hf = transformers.BertModel.from_pretrained(tmp_path / "base", torch_dtype=torch.float64)
     hf = peft_lib.PeftModel.from_pretrained(hf.eval(), tmp_path / "adapter")
     with torch.no_grad():
         theirs = hf(torch.tensor(ids), torch.tensor(mask), torch.tensor(types)).last_hidden_state
     np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("given", [None, False, True])
+def test_fan_in_fan_out_follows_bert_whatever_the_config_says(given, recwarn):
+    """BERT's files store [out, in]: None is filled in silently, True is corrected with a
+    warning (as PEFT does), and the adapter's math is the same either way."""
+    config = LoraConfig(r=2, target_modules=["query"], fan_in_fan_out=given)
+    peft = get_peft_model(tiny_bert(3), config)
+    assert peft.peft_config.fan_in_fan_out is False
+    warned = [w for w in recwarn if "fan_in_fan_out is set to True" in str(w.message)]
+    assert len(warned) == (1 if given is True else 0)

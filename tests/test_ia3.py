@@ -327,9 +327,9 @@ def test_init_ia3_weights_not_a_bool_is_a_type_error():
         IA3Config(init_ia3_weights="ones")
 
 
-def test_fan_in_fan_out_false_is_a_value_error():
-    with pytest.raises(ValueError, match="fan_in_fan_out: .* must be True"):
-        IA3Config(fan_in_fan_out=False)
+def test_fan_in_fan_out_not_a_bool_is_a_type_error():
+    with pytest.raises(TypeError, match="fan_in_fan_out: expected True, False or None, got 'yes'"):
+        IA3Config(fan_in_fan_out="yes")
 
 
 def test_unmerge_with_a_zero_scale_is_a_value_error():

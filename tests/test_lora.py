@@ -291,7 +291,8 @@ def test_save_and_load_round_trip_in_peft_format(tmp_path):
 
     saved = json.loads((tmp_path / "adapter_config.json").read_text())
     assert saved["peft_type"] == "LORA" and saved["r"] == 2 and saved["lora_alpha"] == 4
-    assert saved["target_modules"] == ["c_attn", "attn.c_proj"] and saved["fan_in_fan_out"]
+    assert saved["target_modules"] == ["c_attn", "attn.c_proj"]
+    assert saved["fan_in_fan_out"] is True  # GPT-2's Conv1D layout, filled in from the model
     tensors, meta = load_tensors(tmp_path / "adapter_model.safetensors")
     assert meta["format"] == "pt" and len(meta["minift_sha256"]) == 64
     key = "base_model.model.transformer.h.1.attn.c_attn."
@@ -391,3 +392,10 @@ def test_adapter_trained_in_hugging_face_peft_loads_in_minift(tmp_path):
     hf.save_pretrained(tmp_path / "adapter")
     ours = PeftModel.from_pretrained(tiny_gpt(8), tmp_path / "adapter").forward(idx)
     np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-9)
+
+
+def test_fan_in_fan_out_false_on_a_gpt_is_corrected_with_a_warning_as_peft_does():
+    config = LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=False)
+    with pytest.warns(UserWarning, match=r"fan_in_fan_out is set to False.*\[in, out\]"):
+        peft = get_peft_model(tiny_gpt(0), config)
+    assert peft.peft_config.fan_in_fan_out is True

@@ -475,7 +475,7 @@ class AdaLoraConfig(PeftConfig):
     lora_alpha: float = 8
     lora_dropout: float = 0.0
     init_lora_weights: bool = True
-    fan_in_fan_out: bool = True  # GPT-2's Conv1D stores W [in, out]; a file-format field
+    fan_in_fan_out: bool | None = None  # the file's layout; None: the model's (hf_fan_in_fan_out)
     bias: str = "none"
     r: int = 8  # unused: AdaLoRA's rank is init_r
 
@@ -527,8 +527,10 @@ class AdaLoraConfig(PeftConfig):
             )
         if self.bias != "none":
             raise ValueError(f"bias: minift's AdaLoRA trains no biases, got {self.bias!r}")
-        if not self.fan_in_fan_out:
-            raise ValueError("fan_in_fan_out: minift's GPT stores weights [in, out]; must be True")
+        if self.fan_in_fan_out not in (None, True, False):
+            raise TypeError(
+                f"fan_in_fan_out: expected True, False or None, got {self.fan_in_fan_out!r}"
+            )
         if self.rank_pattern is not None and not isinstance(self.rank_pattern, dict):
             raise TypeError(f"rank_pattern: expected a dict or None, got {self.rank_pattern!r}")
 

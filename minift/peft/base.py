@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -404,6 +405,37 @@ class PeftModel(Module):
 # ------------------------------------------------------------------------------------------------
 
 
+def hf_fan_in_fan_out(model: Module) -> bool:
+    """How the Hugging Face model that an adapter file is for stores its linear weights.
+
+    True: [in, out], GPT-2's Conv1D; False: [out, in], torch's nn.Linear (BERT). PEFT writes it
+    to adapter_config.json as ``fan_in_fan_out``. It changes nothing in minift, whose layers are
+    [in, out] whatever the file says, and nothing in LoRA's A [r, in] and B [out, r]; it only
+    says what the file is for. Found on the first module of the tree that declares it (GPT,
+    BertModel); minift's own layout where none does.
+    """
+    for _, module in model.named_modules():
+        layout = getattr(type(module), "hf_fan_in_fan_out", None)
+        if layout is not None:
+            return bool(layout)
+    return True
+
+
+def _resolve_fan_in_fan_out(peft_config: PeftConfig, model: Module) -> None:
+    """Fill in ``fan_in_fan_out`` from the model, or correct it with a warning as PEFT does."""
+    if not hasattr(peft_config, "fan_in_fan_out"):
+        return
+    layout = hf_fan_in_fan_out(model)
+    if peft_config.fan_in_fan_out is not None and peft_config.fan_in_fan_out != layout:
+        warnings.warn(
+            f"fan_in_fan_out is set to {peft_config.fan_in_fan_out}, but this model's Hugging "
+            f"Face layers store their weights {'[in, out]' if layout else '[out, in]'}; "
+            f"setting it to {layout} (PEFT corrects it the same way)",
+            stacklevel=3,
+        )
+    peft_config.fan_in_fan_out = layout
+
+
 def get_peft_model(model: Module, peft_config: PeftConfig, seed: int = 0) -> PeftModel:
     """Freeze ``model``, apply the method, unfreeze ``modules_to_save``; see the module docstring.
 
@@ -414,6 +446,7 @@ def get_peft_model(model: Module, peft_config: PeftConfig, seed: int = 0) -> Pef
         raise TypeError(f"peft_config: expected a PeftConfig, got {type(peft_config).__name__}")
     if isinstance(model, PeftModel):
         raise TypeError("model: already a PeftModel; merge_and_unload() it first")
+    _resolve_fan_in_fan_out(peft_config, model)
     for p in model.parameters():
         p.trainable = False
     peft_config.apply(model, np.random.default_rng(seed))

@@ -246,14 +246,15 @@ class IA3Config(PeftConfig):
                          entry matches a name that ENDS WITH it (a plain suffix, unlike
                          target_modules' dotted one)
     init_ia3_weights     ones (True; the adapted model starts as the base) or random normal
-    fan_in_fan_out       GPT-2 stores W [in, out]; a file-format field, must be True
+    fan_in_fan_out       the file's layout: True for GPT-2's [in, out], False for BERT's [out, in];
+                         None (the default): the model's, see base.hf_fan_in_fan_out
 
     Trainable count: Σ over non-feed-forward targets of d_out + Σ over feed-forward targets of
     d_in; 7·L·C with the defaults (3C per c_attn, 4C per mlp.c_proj).
     """
 
     feedforward_modules: list[str] | str | None = None
-    fan_in_fan_out: bool = True
+    fan_in_fan_out: bool | None = None  # the file's layout; None: the model's (hf_fan_in_fan_out)
     init_ia3_weights: bool = True
 
     peft_type = "IA3"
@@ -279,8 +280,10 @@ class IA3Config(PeftConfig):
             raise TypeError(
                 f"init_ia3_weights: expected True or False, got {self.init_ia3_weights!r}"
             )
-        if not self.fan_in_fan_out:
-            raise ValueError("fan_in_fan_out: minift's GPT stores weights [in, out]; must be True")
+        if self.fan_in_fan_out not in (None, True, False):
+            raise TypeError(
+                f"fan_in_fan_out: expected True, False or None, got {self.fan_in_fan_out!r}"
+            )
 
     def is_feedforward(self, module_name: str) -> bool:
         """Is this target's INPUT scaled? PEFT's ``_check_target_module_feedforward`` rule."""

@@ -259,7 +259,7 @@ class LoraConfig(PeftConfig):
     use_rslora: bool = False
     use_dora: bool = False
     init_lora_weights: bool | str = True
-    fan_in_fan_out: bool = True  # GPT-2's Conv1D stores W [in, out]; a file-format field
+    fan_in_fan_out: bool | None = None  # the file's layout; None: the model's (hf_fan_in_fan_out)
     bias: str = "none"
 
     peft_type = "LORA"
@@ -281,8 +281,10 @@ class LoraConfig(PeftConfig):
             raise ValueError(
                 f"bias: minift's LoRA trains no biases (use BitFit), got {self.bias!r}"
             )
-        if not self.fan_in_fan_out:
-            raise ValueError("fan_in_fan_out: minift's GPT stores weights [in, out]; must be True")
+        if self.fan_in_fan_out not in (None, True, False):
+            raise TypeError(
+                f"fan_in_fan_out: expected True, False or None, got {self.fan_in_fan_out!r}"
+            )
 
     def wrap(self, name, layer, rng):
         if self.use_dora:

@@ -120,8 +120,11 @@ class DataParallel:
     def close(self) -> None:
         self._pool.shutdown()
 
-    def forward_backward(self, idx, targets, ignore_index: int = -100) -> float:
+    def forward_backward(self, idx, targets, ignore_index: int = -100, grad_scale=1.0) -> float:
         """Mean cross-entropy of the whole batch; ADDS its gradient into the model's Param.grad.
+
+        ``grad_scale`` multiplies the gradient that is added (1/grad_accum when accumulating
+        micro-batches), never the loss returned.
 
         idx int [B, ...] and targets int [B, ...] as ``model.forward`` and ``cross_entropy``
         take them. Returns the loss (a float), the same as the single-thread
@@ -145,7 +148,9 @@ class DataParallel:
             r = slice(int(rows[i][0]), int(rows[i][-1]) + 1)
             replica = self.replicas[i]
             loss, dlogits = cross_entropy(replica.forward(idx[r]), targets[r], ignore_index)
-            dlogits *= kept[i] / n_kept  # dL/dlogits of the batch mean, not the shard's
+            dlogits *= (
+                kept[i] / n_kept * grad_scale
+            )  # dL/dlogits of the batch mean, not the shard's
             replica.backward(dlogits)
             return loss * kept[i] / n_kept
 

@@ -13,6 +13,10 @@ SFT policy); the loop never asks which method it runs. Each step:
 A method that needs such hooks provides them itself (``peft_config.train_hooks(model, steps)``),
 so the loop stays the same for every method.
 
+``TrainConfig(threads=2)`` runs each batch as two shares in two threads on replicas of the model
+(``minift.parallel``): the same gradient up to the order of summation, and faster on two cores
+(``python -m benchmarks.train_step`` measures by how much). One thread is the default.
+
 A non-finite loss or gradient norm stops training at once with a message, before the optimizer
 can write NaN into the weights. Progress shows as a bar (loss, tokens/s, ETA); every step is also
 a line of ``log.jsonl`` when a log path is given.
@@ -72,9 +76,10 @@ class TrainConfig:
     eval_every: int = 0  # evaluate every N steps (0: only at the end)
     checkpoint_every: int = 0  # save every N steps (0: only at the end, if a directory is set)
     seed: int = 0  # the data sampler's RNG
+    threads: int = 1  # > 1: minift.parallel.DataParallel, each thread a share of every batch
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "grad_accum"):
+        for name in ("steps", "batch_size", "grad_accum", "threads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {value!r}")
@@ -202,6 +207,20 @@ class Trainer:
         )
         self.data_rng = np.random.default_rng(config.seed)
         self.step = 0  # optimizer steps done
+        self._parallel = None  # the DataParallel of config.threads > 1, made on first use
+
+    def _data_parallel(self):
+        if self._parallel is None and self.config.threads > 1:
+            from minift.parallel import DataParallel
+
+            self._parallel = DataParallel(self.model, n_threads=self.config.threads)
+        return self._parallel
+
+    def _generators(self) -> list[np.random.Generator]:
+        """The model's dropout RNGs, then each thread's replica's (their masks are their own)."""
+        dp = self._data_parallel()
+        replicas = dp.replicas[1:] if dp is not None else []
+        return [g for m in [self.model, *replicas] for g in _generators(m)]
 
     # -- one step ----------------------------------------------------------------------------
 
@@ -213,10 +232,15 @@ class Trainer:
         loss_sum, tokens = 0.0, 0
         for _ in range(cfg.grad_accum):
             idx, targets = self.sample_batch(self.data_rng, cfg.batch_size)
-            loss, dlogits = cross_entropy(self.model.forward(idx), targets)
+            dp = self._data_parallel()
+            if dp is not None:  # forward, loss and backward of each share in its own thread
+                loss = dp.forward_backward(idx, targets, grad_scale=1.0 / cfg.grad_accum)
+            else:
+                loss, dlogits = cross_entropy(self.model.forward(idx), targets)
             if not math.isfinite(loss):
                 self._diverged(f"the loss became {loss}")
-            self.model.backward(dlogits / cfg.grad_accum)
+            if dp is None:
+                self.model.backward(dlogits / cfg.grad_accum)
             loss_sum += loss
             tokens += int(np.asarray(idx).size)
         loss = loss_sum / cfg.grad_accum
@@ -226,7 +250,8 @@ class Trainer:
         if not math.isfinite(norm):
             self._diverged(f"the gradient norm became {norm}")
         self.scheduler.step()
-        self.optimizer.step()
+        dp = self._data_parallel()
+        self.optimizer.step(dp.run_tasks if dp is not None else None)
         self.step += 1
         for hook in self.hooks:  # before zero_grad: AdaLoRA's importance reads the gradients
             hook.after_step(self.step, self.model)
@@ -332,7 +357,7 @@ class Trainer:
                     "optimizer": opt_meta,
                     "scheduler": self.scheduler.state_dict(),
                     "data_rng": self.data_rng.bit_generator.state,
-                    "dropout_rngs": [g.bit_generator.state for g in _generators(self.model)],
+                    "dropout_rngs": [g.bit_generator.state for g in self._generators()],
                     "trainable": sorted(
                         n for n, p in self.model.named_parameters().items() if p.trainable
                     ),
@@ -367,7 +392,14 @@ class Trainer:
                 f"(checkpoint {len(state.get('trainable') or [])}, model {len(trainable)}): "
                 "was it made with another method or options?"
             )
-        generators = _generators(self.model)
+        saved_threads = state.get("train_config", {}).get("threads", 1)
+        if saved_threads != self.config.threads:
+            raise ValueError(
+                f"{path}: saved with threads={saved_threads}, resumed with threads="
+                f"{self.config.threads}; each thread's dropout draws its own masks, so an exact "
+                "resume needs the same number"
+            )
+        generators = self._generators()
         if len(state["dropout_rngs"]) != len(generators):
             raise ValueError(f"{path}: dropout RNG count differs from the model's")
         weights, _ = load_tensors(path / "model.safetensors")

@@ -193,6 +193,7 @@ def test_a_model_with_nothing_to_train_is_refused():
         ({"lr": float("nan")}, "lr: expected a finite"),
         ({"steps": 0}, "steps: expected a positive integer, got 0"),
         ({"grad_accum": 0}, "grad_accum: expected a positive integer"),
+        ({"threads": 0}, "threads: expected a positive integer, got 0"),
         ({"optimizer": "adam"}, r"optimizer: expected one of \('adamw', 'sgd'\), got 'adam'"),
         ({"grad_clip": 0}, "grad_clip: expected > 0 or None"),
         ({"layerwise_lr_decay": 1.5}, r"layerwise_lr_decay: expected a factor in \(0, 1\]"),
@@ -226,3 +227,50 @@ def test_adalora_trains_through_the_one_loop_and_ends_at_its_budget():
     assert kept == 2 * len(layers)  # target_r per target, as a whole budget
     with pytest.raises(ValueError, match="total_step: the budget schedule was set for 10 steps"):
         Trainer(model, TrainConfig(steps=20, batch_size=4), sample_batch, progress=False)
+
+
+# -- two threads (minift.parallel.DataParallel through TrainConfig.threads) ------------------------
+
+
+def test_two_threads_train_to_the_one_thread_weights_up_to_rounding():
+    """Without dropout, threads=2 is the same training, the sums in another order: float64
+    weights after 3 steps of AdamW with accumulation agree to 1e-10."""
+    pytest.importorskip("threadpoolctl")
+    no_dropout = CFG.__class__(**{**CFG.to_dict(), "dropout": 0.0})
+
+    def run(threads):
+        model = minift.GPT(no_dropout, seed=0, dtype=np.float64)
+        config = TrainConfig(steps=3, batch_size=5, grad_accum=2, lr=1e-2, threads=threads)
+        Trainer(model, config, sample_batch, progress=False).train()
+        return params_of(model)
+
+    start = params_of(minift.GPT(no_dropout, seed=0, dtype=np.float64))
+    one, two = run(1), run(2)
+    assert any(not np.array_equal(one[n], start[n]) for n in one)
+    for name in one:
+        np.testing.assert_allclose(two[name], one[name], rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def test_two_threads_with_dropout_resume_bit_exactly(tmp_path):
+    """Each thread's replica draws its own dropout masks; the checkpoint keeps their RNGs too."""
+    pytest.importorskip("threadpoolctl")
+    config = TrainConfig(steps=6, batch_size=4, lr=1e-2, warmup_steps=2, seed=2, threads=2)
+    straight = Trainer(lora_model(), config, sample_batch, progress=False)
+    straight.train()
+    first = Trainer(lora_model(), config, sample_batch, checkpoint_dir=tmp_path, progress=False)
+    first.train(stop_at=3)
+    resumed = Trainer(lora_model(), config, sample_batch, checkpoint_dir=tmp_path, progress=False)
+    resumed.train(resume=True)
+    a, b = params_of(straight.model), params_of(resumed.model)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_resuming_with_another_thread_count_is_refused(tmp_path):
+    pytest.importorskip("threadpoolctl")
+    config = TrainConfig(steps=2, batch_size=4, threads=2)
+    Trainer(lora_model(), config, sample_batch, checkpoint_dir=tmp_path, progress=False).train()
+    one = TrainConfig(steps=4, batch_size=4)
+    again = Trainer(lora_model(), one, sample_batch, checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="saved with threads=2, resumed with threads=1"):
+        again.train(resume=True)

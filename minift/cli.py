@@ -64,7 +64,11 @@ def _settings(args) -> pipeline.RunSettings:
     if args.lr is not None and not args.lr >= 0:
         raise ValueError(f"--lr: expected a learning rate >= 0, got {args.lr}")
     return pipeline.RunSettings(
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_examples=args.eval_examples
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        eval_examples=args.eval_examples,
+        threads=args.threads,
     )
 
 
@@ -94,6 +98,12 @@ def _add_run_options(p, steps):
     )
     p.add_argument("--batch-size", type=_positive_int, default=16)
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's)")
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        help="train each batch as shares in this many threads (needs threadpoolctl; default 1)",
+    )
     p.add_argument(
         "--eval-examples",
         type=_positive_int,
@@ -208,7 +218,13 @@ def cmd_compare(args, methods_default=COMPARE_METHODS):
     methods = args.methods or methods_default
     seeds = list(range(args.seeds))
     records, curves = pipeline.compare(
-        tasks, methods, seeds, _settings(args), _base_spec(args), isolate=not args.in_process
+        tasks,
+        methods,
+        seeds,
+        _settings(args),
+        _base_spec(args),
+        isolate=not args.in_process,
+        workers=getattr(args, "workers", 1),
     )
     command = (
         "minift " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -295,7 +311,13 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+", default=None)
     p.add_argument("--seeds", type=_positive_int, default=3)
     p.add_argument("--in-process", action="store_true")
-    _add_run_options(p, steps=200)
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="runs at a time, each process with one BLAS thread (default 1)",
+    )
+    _add_run_options(p, steps=300)
 
     p = sub.add_parser("count", help="trainable parameters of every method")
     p.add_argument("--d-model", type=_positive_int, default=pipeline.BaseSpec.d_model)

@@ -57,10 +57,26 @@ from minift.train import TrainConfig, Trainer, TrainingDivergedError  # noqa: F4
 
 @dataclass(frozen=True)
 class Method:
+    """A fine-tuning method as the command line names it, with its learning rates.
+
+    The learning rates are the best on the validation split of ``python -m benchmarks.lr_sweep``
+    (benchmarks/results/lr_sweep.md; a test holds them to it), one per kind of task: the same
+    method wants a smaller step to re-aim a classifier than to learn a new output language.
+    Swept for both kinds: full, lora, sparse, bitfit; for classification only: head, dora, ia3,
+    adapter, prompt, prefix, whose generation lr is set by hand, as is adalora's.
+    """
+
     name: str
     summary: str  # one line, with the article's section or the paper
-    lr: float  # a learning rate that works for it on minift's tasks
+    lr: float  # for generation tasks (and classification, unless classification_lr is set)
     build: Callable[[str, int], Any] | None  # (task kind, steps) -> PeftConfig; None: no training
+    classification_lr: float | None = None
+
+    def lr_for(self, kind: str) -> float:
+        """The learning rate for a task of this kind ("classification" or "generation")."""
+        if kind == "classification" and self.classification_lr is not None:
+            return self.classification_lr
+        return self.lr
 
 
 def _lora(kind, steps, **kw):
@@ -97,27 +113,31 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in [
         Method("base", "the pretrained model, not fine-tuned (a new head: random)", 0, None),
-        Method("full", "full fine-tuning: every weight trains (§2.1)", 1e-3,
-               _from("sft", "FullFinetuneConfig")),
+        Method("full", "full fine-tuning: every weight trains (§2.1)", 3e-3,
+               _from("sft", "FullFinetuneConfig"), classification_lr=3e-4),
         Method("head", "only the task head trains; the body is frozen (§3.2.1)", 1e-2,
-               _from("sft", "HeadOnlyConfig")),
-        Method("lora", "LoRA r=8 on c_attn and attn.c_proj (§2.3; Hu et al. 2021)", 1e-2, _lora),
+               _from("sft", "HeadOnlyConfig"), classification_lr=3e-2),
+        Method("lora", "LoRA r=8 on c_attn and attn.c_proj (§2.3; Hu et al. 2021)", 1e-2, _lora,
+               classification_lr=3e-3),
         Method("dora", "DoRA: LoRA with a learned magnitude (Liu et al. 2024)", 1e-2,
-               lambda kind, steps: _lora(kind, steps, use_dora=True)),
+               lambda kind, steps: _lora(kind, steps, use_dora=True), classification_lr=3e-3),
         Method("adalora", "AdaLoRA: rank 12 -> 8 by importance (Zhang et al. 2023)", 1e-2,
                lambda kind, steps: _adalora(steps)),
-        Method("bitfit", "biases only (Ben Zaken et al. 2022)", 1e-2,
-               _from("bitfit", "BitFitConfig")),
-        Method("sparse", "the article's sparse connections, 5 % of each matrix (§2.2, A4)", 1e-2,
-               _from("sparse", "SparseConfig", density=0.05, target_modules=_ALL_LINEARS)),
+        Method("bitfit", "biases only (Ben Zaken et al. 2022)", 1e-1,
+               _from("bitfit", "BitFitConfig"), classification_lr=3e-2),
+        Method("sparse", "the article's sparse connections, 5 % of each matrix (§2.2, A4)", 3e-2,
+               _from("sparse", "SparseConfig", density=0.05, target_modules=_ALL_LINEARS),
+               classification_lr=1e-2),
         Method("ia3", "IA3: learned rescaling of k, v and the MLP (Liu et al. 2022)", 3e-2,
-               _from("ia3", "IA3Config")),
+               _from("ia3", "IA3Config"), classification_lr=3e-2),
         Method("adapter", "Houlsby adapters, bottleneck 16 (Houlsby et al. 2019)", 1e-2,
-               _from("adapter", "AdapterConfig", bottleneck_size=16)),
+               _from("adapter", "AdapterConfig", bottleneck_size=16), classification_lr=3e-3),
         Method("prompt", "prompt tuning, 8 virtual tokens (Lester et al. 2021)", 3e-2,
-               _from("prompt", "PromptTuningConfig", num_virtual_tokens=8)),
+               _from("prompt", "PromptTuningConfig", num_virtual_tokens=8),
+               classification_lr=1e-1),
         Method("prefix", "prefix tuning, 8 key/value rows per layer (Li & Liang 2021)", 1e-2,
-               _from("prompt", "PrefixTuningConfig", num_virtual_tokens=8)),
+               _from("prompt", "PrefixTuningConfig", num_virtual_tokens=8),
+               classification_lr=1e-2),
     ]
 }  # fmt: skip
 
@@ -239,7 +259,13 @@ class RunSettings:
     steps: int = 200
     batch_size: int = 16
     lr: float | None = None  # None: the method's own
-    eval_examples: int | None = None  # None: the whole test split
+    eval_examples: int | None = None  # None: the whole split
+    eval_split: str = "test"  # "val" to choose settings (benchmarks/lr_sweep.py), never "test"
+    threads: int = 1  # TrainConfig.threads: > 1 trains each batch in shares, in parallel threads
+
+    def __post_init__(self):
+        if self.eval_split not in ("val", "test"):
+            raise ValueError(f"eval_split: expected 'val' or 'test', got {self.eval_split!r}")
 
 
 def _copy_of(base: GPT) -> GPT:
@@ -274,9 +300,10 @@ def finetune(
     config = TrainConfig(
         steps=settings.steps,
         batch_size=settings.batch_size,
-        lr=settings.lr if settings.lr is not None else spec.lr,
+        lr=settings.lr if settings.lr is not None else spec.lr_for(task.kind),
         warmup_steps=max(1, settings.steps // 10),
         seed=seed,
+        threads=settings.threads,
     )
     sampler = example_sampler(tok, task.train, max_sequence(model), task.kind)
     trainer = Trainer(
@@ -387,7 +414,7 @@ def run_one(task_name, method, seed, settings: RunSettings, base_spec: BaseSpec,
     if method in BASELINES.values():
         if BASELINES[task.kind] != method:
             raise ValueError(f"method: {method!r} is no baseline for a {task.kind} task")
-        values = baseline_metrics(task, limit=settings.eval_examples)
+        values = baseline_metrics(task, settings.eval_split, settings.eval_examples)
         return RunResult([{**common, "trainable_params": 0, "total_params": 0, "train_seconds": 0.0,
                            "peak_rss_mb": _peak_rss_mb(), "optimizer_state_bytes": 0,
                            "metric": k, "value": v} for k, v in values.items()])  # fmt: skip
@@ -398,7 +425,7 @@ def run_one(task_name, method, seed, settings: RunSettings, base_spec: BaseSpec,
         result, trainer = finetune(model, task, method, seed, tok, settings, progress=progress)
         losses, seconds = result.losses, result.seconds
         state_bytes = trainer.optimizer.state_bytes()
-    values = evaluate(model, task, tok, limit=settings.eval_examples)
+    values = evaluate(model, task, tok, settings.eval_split, settings.eval_examples)
     record = {
         **common,
         "trainable_params": counts.trainable if get_method(method).build else 0,
@@ -415,9 +442,23 @@ def _run_in_child(args):
 
 
 def compare(
-    tasks, methods, seeds, settings: RunSettings, base_spec=None, isolate=True, out=sys.stderr
+    tasks,
+    methods,
+    seeds,
+    settings: RunSettings,
+    base_spec=None,
+    isolate=True,
+    out=sys.stderr,
+    workers: int = 1,
 ):
-    """Every (task, method, seed): records, loss curves; each run in a fresh process if isolate."""
+    """Every (task, method, seed): records, loss curves; each run in a fresh process if isolate.
+
+    ``workers`` > 1 (with isolate) runs that many at a time, each process with ONE BLAS thread
+    (two runs with two threads each on two cores slow each other down many times over); their
+    train_seconds are then those of runs sharing the machine (results.md shows the command).
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers: expected a positive integer, got {workers!r}")
     base_spec = base_spec or BaseSpec()
     for name in tasks:
         check_task(name)
@@ -434,19 +475,41 @@ def compare(
         for s in (seeds[:1] if m in BASELINES.values() else seeds)  # a baseline has no seed
     ]
     records, curves = [], {}
-    ctx = multiprocessing.get_context("spawn")
-    for i, (t, m, s) in enumerate(runs, 1):
+    jobs = [(t, m, s, settings, base_spec, False) for t, m, s in runs]
+    if isolate and workers > 1:
+        results = _in_parallel_children(jobs, workers)
+    else:
+        results = (_run_isolated(job) if isolate else run_one(*job) for job in jobs)
+    for i, ((t, m, s), result) in enumerate(zip(runs, results, strict=True), 1):
         print(f"[{i}/{len(runs)}] {t} / {m} / seed {s}", file=out, flush=True)
-        args = (t, m, s, settings, base_spec, False)
-        if isolate:
-            with ctx.Pool(1, maxtasksperchild=1) as pool:
-                result = pool.apply(_run_in_child, (args,))
-        else:
-            result = run_one(*args)
         records.extend(result.records)
         if result.losses:
             curves.setdefault(t, {}).setdefault(m, []).append(result.losses)
     return records, curves
+
+
+def _run_isolated(job) -> RunResult:
+    """One run in a fresh process of its own (so its peak memory is its own)."""
+    with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        return pool.apply(_run_in_child, (job,))
+
+
+def _in_parallel_children(jobs, workers):
+    """The runs' results in order, ``workers`` fresh processes at a time, one BLAS thread each."""
+    saved = {k: os.environ.get(k) for k in _BLAS_THREAD_VARS}
+    os.environ.update(dict.fromkeys(_BLAS_THREAD_VARS, "1"))  # read by each child's numpy
+    try:
+        with multiprocessing.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
+            yield from pool.imap(_run_in_child, jobs)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+_BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -487,6 +550,35 @@ def summarize(records: list[dict]) -> list[dict]:
     return rows
 
 
+def overview_markdown(rows: list[dict]) -> str:
+    """One table: a row per method, a column per task with its main metric, mean ± 95 % CI, and
+    in brackets that mean as a share of full fine-tuning's. The README shows this table."""
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    kind_metric = {t: {r["metric"] for r in rows if r["task"] == t} for t in tasks}
+    metric = {t: next(m for m in MAIN_METRIC.values() if m in kind_metric[t]) for t in tasks}
+    main = {(r["task"], r["method"]): r for r in rows if r["metric"] == metric[r["task"]]}
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    header = " | ".join(f"{t} ({metric[t].replace('_', ' ')})" for t in tasks)
+    lines = [
+        f"| method | trainable | {header} |",
+        "| --- | ---: |" + " --- |" * len(tasks),
+    ]
+    for method in methods:
+        cells, share = [], ""
+        for t in tasks:
+            r, full = main.get((t, method)), main.get((t, "full"))
+            if r is None:
+                cells.append("")
+                continue
+            if r["total_params"] and r["trainable_params"]:
+                share = f"{100 * r['trainable_params'] / r['total_params']:.2f} %"
+            of_full = f" ({100 * r['mean'] / full['mean']:.0f} %)" if full and full["mean"] else ""
+            spread = f" ± {r['half_width']:.3f}" if r["n"] > 1 else ""  # one run: no interval
+            cells.append(f"{r['mean']:.3f}{spread}{of_full}")
+        lines.append(f"| {method} | {share} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def results_markdown(rows: list[dict], command: str) -> str:
     lines = [
         "# minift compare: measured results",
@@ -495,21 +587,29 @@ def results_markdown(rows: list[dict], command: str) -> str:
         "Student-t confidence interval (n = number of seeds). Trainable parameters are counted by "
         "`minift.peft.count_parameters`; times are wall-clock seconds of training on this machine.",
         "",
+        "## Overview: each task's main metric (in brackets: as a share of full fine-tuning's)",
+        "",
+        overview_markdown(rows),
     ]
     for task in dict.fromkeys(r["task"] for r in rows):
         lines += [
             f"## {task}",
             "",
-            "| method | metric | value | trainable params | % of total | train s "
+            "| method | metric | value | of full's | trainable params | % of total | train s "
             "| optimizer state | peak RSS MB |",
-            "| --- | --- | --- | ---: | ---: | --- | ---: | ---: |",
+            "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: |",
         ]
+        full = {r["metric"]: r["mean"] for r in rows if r["task"] == task and r["method"] == "full"}
         for r in (r for r in rows if r["task"] == task):
             share = 100 * r["trainable_params"] / r["total_params"] if r["total_params"] else 0.0
+            # the mean as a share of full fine-tuning's mean on the same metric (seeds' CIs apart)
+            of_full = (
+                f"{100 * r['mean'] / full[r['metric']]:.0f} %" if full.get(r["metric"]) else ""
+            )
             lines.append(
-                f"| {r['method']} | {r['metric']} | {r['value']} | {r['trainable_params']:,} | "
-                f"{share:.2f} % | {r['train_seconds']} | {r['optimizer_state_bytes']:,} B | "
-                f"{r['peak_rss_mb']:.0f} |"
+                f"| {r['method']} | {r['metric']} | {r['value']} | {of_full} | "
+                f"{r['trainable_params']:,} | {share:.2f} % | {r['train_seconds']} | "
+                f"{r['optimizer_state_bytes']:,} B | {r['peak_rss_mb']:.0f} |"
             )
         lines.append("")
     lines += ["## What the article claims", "", ARTICLE_CLAIMS]

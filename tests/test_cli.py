@@ -97,6 +97,13 @@ def test_count_prints_every_method(capsys):
         assert f"| {label} |" in stdout
 
 
+def test_finetune_in_two_threads(tmp_path, capsys):
+    pytest.importorskip("threadpoolctl")
+    code, stdout, _ = run(capsys, "finetune", "--task", "stdlib-modules", "--method", "full",
+                          "--threads", "2", *FAST)  # fmt: skip
+    assert code == 0 and "stdlib-modules / full: accuracy = " in stdout
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

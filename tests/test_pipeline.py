@@ -1,6 +1,7 @@
 """minift.pipeline: baselines, the confidence table, saving a fine-tuned model of every method."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,7 +55,8 @@ def test_summary_is_mean_and_student_t_interval_over_seeds():
     assert row["half_width"] == pytest.approx(4.302652729749464 * 0.1 / np.sqrt(3), rel=1e-9)
     assert row["value"] == "0.600 ± 0.248 (n=3)"
     table = pipeline.results_markdown([row], "minift compare --out x")
-    assert "| lora | accuracy | 0.600 ± 0.248 (n=3) | 10 | 10.00 % |" in table
+    # no "full" row, so the "of full's" column stays empty
+    assert "| lora | accuracy | 0.600 ± 0.248 (n=3) |  | 10 | 10.00 % |" in table
     assert "`minift compare --out x`" in table and "20 minutes, accuracy 90.00 %" in table
 
 
@@ -126,3 +128,64 @@ def test_every_default_task_fits_the_default_base():
         task = pipeline.get_task(name)
         for split in (task.train, task.val, task.test):
             example_sampler(tok, split, pipeline.BaseSpec().block_size, task.kind)  # raises if not
+
+
+# -- learning rates: chosen on the validation split, per kind of task -----------------------------
+
+SWEEP = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "lr_sweep.json"
+
+
+def test_method_learning_rates_are_the_ones_the_validation_sweep_chose():
+    """METHODS' learning rates are not typed in from memory: they are lr_sweep.json's choices."""
+    chosen = json.loads(SWEEP.read_text())["chosen"]
+    assert {"full/classification", "lora/classification", "lora/generation"} <= set(chosen)
+    for key, lr in chosen.items():
+        method, kind = key.split("/")
+        assert pipeline.get_method(method).lr_for(kind) == lr, key
+
+
+def test_the_sweep_picks_the_best_mean_validation_score_per_kind():
+    from benchmarks.lr_sweep import choose
+
+    records = [  # stdlib-modules and kjv-books are classification, en-fr-numbers generation
+        {"task": "stdlib-modules", "method": "lora", "lr": 1e-2, "accuracy": 0.9},
+        {"task": "kjv-books", "method": "lora", "lr": 1e-2, "accuracy": 0.1},
+        {"task": "stdlib-modules", "method": "lora", "lr": 3e-3, "accuracy": 0.6},
+        {"task": "kjv-books", "method": "lora", "lr": 3e-3, "accuracy": 0.5},
+        {"task": "en-fr-numbers", "method": "lora", "lr": 1e-2, "exact_match": 0.2, "chrf": 0.6},
+        {"task": "en-fr-numbers", "method": "lora", "lr": 3e-2, "exact_match": 0.2, "chrf": 0.7},
+    ]
+    chosen = choose(records)
+    assert chosen == {"lora/classification": 3e-3, "lora/generation": 3e-2}  # mean; chrF tie-break
+
+
+def test_a_method_without_a_classification_lr_uses_its_one_lr_for_both_kinds():
+    adalora = pipeline.get_method("adalora")  # not swept: one hand-set lr
+    assert adalora.classification_lr is None
+    assert adalora.lr_for("classification") == adalora.lr_for("generation") == adalora.lr
+
+
+def test_settings_refuse_a_split_other_than_val_or_test():
+    with pytest.raises(ValueError, match="eval_split: expected 'val' or 'test', got 'train'"):
+        pipeline.RunSettings(eval_split="train")
+
+
+def test_overview_puts_each_method_beside_full_fine_tuning():
+    def record(task, method, seed, value, trainable):
+        return dict(task=task, method=method, seed=seed, metric="accuracy", value=value,
+                    trainable_params=trainable, total_params=200, train_seconds=1.0,
+                    peak_rss_mb=1.0, optimizer_state_bytes=0)  # fmt: skip
+
+    records = [
+        record("t", "full", 0, 0.5, 200),
+        record("t", "full", 1, 0.7, 200),
+        record("t", "lora", 0, 0.57, 6),
+        record("t", "lora", 1, 0.57, 6),
+        record("t", "majority", 0, 0.3, 0),
+    ]
+    table = pipeline.overview_markdown(pipeline.summarize(records)).splitlines()
+    assert table[0] == "| method | trainable | t (accuracy) |"
+    half_width = 12.706 * 0.1 / np.sqrt(2) * np.sqrt(2)  # t(0.975, 1) · s / √n, s = 0.1·√2
+    assert table[2] == f"| full | 100.00 % | 0.600 ± {half_width:.3f} (100 %) |"
+    assert table[3] == "| lora | 3.00 % | 0.570 ± 0.000 (95 %) |"
+    assert table[4] == "| majority |  | 0.300 (50 %) |"  # one run, so no interval

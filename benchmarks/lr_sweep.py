@@ -1,0 +1,172 @@
+"""The learning rates ``minift compare`` uses, chosen on the validation split.
+
+For each swept method and each kind of task (classification, generation), every learning rate of
+the grid fine-tunes the cached base on every task of that kind (one seed, ``--steps`` steps) and
+is scored on the VALIDATION split (never the test split, which the compare table reports). The
+kind's learning rate is the one with the best mean of the tasks' main metric (accuracy; exact
+match, ties broken by chrF). Run from the repo root:
+
+    python -m benchmarks.lr_sweep                  # the grid below, about 15 minutes on 2 cores
+    python -m benchmarks.lr_sweep --methods lora --tasks stdlib-modules --lrs 3e-3 1e-2
+
+It prints and writes (``--out``, default ``benchmarks/results``):
+
+    lr_sweep.md     one row per (task, method, lr) with the validation metrics, and the chosen
+                    learning rate per method and kind next to what minift.pipeline.METHODS says
+    lr_sweep.json   the same, as records; tests/test_pipeline.py holds METHODS to its choices
+
+Runs already in lr_sweep.json are not run again, and a new sweep's runs join the file's, so the
+grid can grow (or a method be added) without redoing what is there.
+
+Runs go two at a time, each in a fresh process with one BLAS thread (two runs with two threads
+each on two cores would slow both). Not a speed benchmark: no timing is compared here.
+"""
+
+import sys
+
+from benchmarks._reexec import reexec_without_openblas_pins
+
+if __name__ == "__main__":
+    reexec_without_openblas_pins("benchmarks.lr_sweep")  # before anything imports numpy
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import multiprocessing  # noqa: E402
+import os  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+GRID = {  # about 3x apart, around each method's working range, widened where the best was an end
+    "full": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2],
+    "lora": [1e-3, 3e-3, 1e-2, 3e-2],
+    "sparse": [3e-3, 1e-2, 3e-2, 1e-1],
+    "bitfit": [3e-3, 1e-2, 3e-2, 1e-1, 3e-1],
+    # swept on the classification tasks only (--tasks stdlib-modules kjv-books)
+    "head": [3e-3, 1e-2, 3e-2],
+    "dora": [1e-3, 3e-3, 1e-2],
+    "ia3": [1e-2, 3e-2, 1e-1],
+    "adapter": [1e-3, 3e-3, 1e-2],
+    "prompt": [1e-2, 3e-2, 1e-1],
+    "prefix": [1e-3, 3e-3, 1e-2],
+}
+DEFAULT_METHODS = ["full", "lora", "sparse", "bitfit"]
+TASKS = {
+    "classification": ["stdlib-modules", "kjv-books"],
+    "generation": ["en-fr-numbers", "babi-qa"],
+}
+
+
+def _run(job):
+    from minift import pipeline
+
+    task, method, lr, steps, seed = job
+    settings = pipeline.RunSettings(steps=steps, lr=lr, eval_split="val")
+    result = pipeline.run_one(task, method, seed, settings, pipeline.BaseSpec())
+    values = {r["metric"]: r["value"] for r in result.records}
+    return {"task": task, "method": method, "lr": lr, "steps": steps, "seed": seed, **values}
+
+
+def _key(record) -> tuple:
+    return (record["task"], record["method"], record["lr"], record["steps"], record["seed"])
+
+
+def score(record) -> tuple:
+    """What 'best' means: accuracy, or exact match with chrF as the tie-break."""
+    if "accuracy" in record:
+        return (record["accuracy"],)
+    return (record["exact_match"], record["chrf"])
+
+
+def choose(records) -> dict:
+    """(method, kind) -> the learning rate with the best mean score over the kind's tasks."""
+    from minift.pipeline import get_task
+
+    kinds = {r["task"]: get_task(r["task"]).kind for r in records}
+    chosen = {}
+    for method in sorted({r["method"] for r in records}):
+        for kind in ("classification", "generation"):
+            rows = [r for r in records if r["method"] == method and kinds[r["task"]] == kind]
+            if not rows:
+                continue
+            by_lr = {}
+            for r in rows:
+                by_lr.setdefault(r["lr"], []).append(score(r))
+            mean = {
+                lr: tuple(sum(x) / len(x) for x in zip(*s, strict=True)) for lr, s in by_lr.items()
+            }
+            chosen[f"{method}/{kind}"] = max(mean, key=lambda lr: mean[lr])
+    return chosen
+
+
+def markdown(records, chosen, commands) -> str:
+    from minift.pipeline import get_method
+
+    made_by = " and ".join(f"`{c}`" for c in commands)
+    lines = [
+        "# Learning rates, chosen on the validation split",
+        "",
+        f"Made by {made_by}; one seed per run; {datetime.now(timezone.utc):%Y-%m-%d}.",
+        "",
+        "| task | method | lr | validation metrics |",
+        "|---|---|--:|---|",
+    ]
+    for r in records:
+        metrics = ", ".join(
+            f"{k} {r[k]:.3f}" for k in ("accuracy", "exact_match", "chrf") if k in r
+        )
+        lines.append(f"| {r['task']} | {r['method']} | {r['lr']:g} | {metrics} |")
+    lines += ["", "| method | kind | chosen lr | minift.pipeline.METHODS |", "|---|---|--:|--:|"]
+    for key, lr in chosen.items():
+        method, kind = key.split("/")
+        lines.append(f"| {method} | {kind} | {lr:g} | {get_method(method).lr_for(kind):g} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(GRID))
+    parser.add_argument("--tasks", nargs="+", default=[t for ts in TASKS.values() for t in ts])
+    parser.add_argument("--lrs", nargs="+", type=float, default=None, help="instead of GRID's")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args(argv)
+
+    from minift import pipeline
+
+    pipeline.load_base(pipeline.BaseSpec())  # pretrain once, before the workers need it
+    jobs = [
+        (task, method, lr, args.steps, args.seed)
+        for task in args.tasks
+        for method in args.methods
+        for lr in (args.lrs or GRID[method])
+    ]
+    path = args.out / "lr_sweep.json"
+    previous = json.loads(path.read_text()) if path.exists() else {"commands": [], "records": []}
+    done = {_key(r) for r in previous["records"]}
+    jobs = [job for job in jobs if job not in done]  # a run already in the file is not redone
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"  # for the workers, which start after this
+    records = []
+    with multiprocessing.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
+        for i, record in enumerate(pool.imap(_run, jobs), 1):
+            records.append(record)
+            print(f"[{i}/{len(jobs)}] {json.dumps(record)}", flush=True)
+    command = ("python -m benchmarks.lr_sweep " + " ".join(sys.argv[1:])).strip()
+    args.out.mkdir(parents=True, exist_ok=True)
+    from minift.checkpoint import atomic_write_bytes, atomic_write_json
+
+    # an earlier sweep's runs of other (task, method, lr) are kept: one file holds every choice
+    new_keys = {_key(r) for r in records}
+    records = [r for r in previous["records"] if _key(r) not in new_keys] + records
+    commands = [c for c in previous["commands"] if c != command] + [command]
+    chosen = choose(records)
+    atomic_write_json(path, {"commands": commands, "records": records, "chosen": chosen})
+    text = markdown(records, chosen, commands)
+    atomic_write_bytes(args.out / "lr_sweep.md", text.encode())
+    print(text)
+    return records, chosen
+
+
+if __name__ == "__main__":
+    main()

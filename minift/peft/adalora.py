@@ -118,7 +118,7 @@ import numpy as np
 
 from minift.nn import Dropout, Linear, Module
 from minift.param import Param
-from minift.peft.base import PeftConfig, register
+from minift.peft.base import AdaptedLinear, PeftConfig, register
 from minift.peft.lora import _check_rank, lora_backward, lora_delta_weight, lora_forward
 
 # ------------------------------------------------------------------------------------------------
@@ -190,13 +190,15 @@ def budget_schedule(step, init_bgt, target_bgt, tinit, tfinal, total_step, delta
 # The layer
 
 
-class SVDLinear(Module):
+class SVDLinear(AdaptedLinear):
     """A frozen Linear plus s·P·Λ·Q (PEFT's name for it): ``lora_A`` = Q [r, in],
     ``lora_E`` = λ [r], ``lora_B`` = P [out, r].
 
     ``merge()`` folds ΔW into W₀ (masked λᵢ = 0 add nothing), ``unmerge()`` takes it out again;
     the ``merged`` flag guards both.
     """
+
+    kind = "AdaLoRA"
 
     def __init__(
         self,
@@ -219,14 +221,6 @@ class SVDLinear(Module):
         self.lora_dropout = Dropout(lora_dropout, rng=rng)
         self.merged = False
         self._cache = None
-
-    @property
-    def in_features(self):
-        return self.base_layer.in_features
-
-    @property
-    def out_features(self):
-        return self.base_layer.out_features
 
     def delta_weight(self) -> np.ndarray:  # [in, out]
         return adalora_delta_weight(
@@ -264,28 +258,16 @@ class SVDLinear(Module):
             base.bias.accumulate_grad(db)
         return dx + self.lora_dropout.backward(dx_lora)
 
-    def merge(self) -> None:
+    def _merge(self) -> None:
         """W₀ ← W₀ + ΔW, refusing a non-finite result (PEFT's safe_merge)."""
-        if self.merged:
-            raise RuntimeError("merge: this AdaLoRA layer is already merged")
         merged = self.base_layer.weight.value + self.delta_weight()
         if not np.isfinite(merged).all():
             raise ValueError("merge: W₀ + ΔW has non-finite entries; the adapter is broken")
         self.base_layer.weight.value[...] = merged
-        self.merged = True
 
-    def unmerge(self) -> None:
+    def _unmerge(self) -> None:
         """W₀ ← W₀ − ΔW."""
-        if not self.merged:
-            raise RuntimeError("unmerge: this AdaLoRA layer is not merged")
         self.base_layer.weight.value -= self.delta_weight()
-        self.merged = False
-
-    def merged_layer(self) -> Linear:
-        """The base Linear with ΔW folded in (what merge_and_unload puts in this layer's place)."""
-        if not self.merged:
-            self.merge()
-        return self.base_layer
 
 
 def svd_layers(peft_model: Module) -> dict[str, SVDLinear]:

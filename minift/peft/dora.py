@@ -211,6 +211,8 @@ class DoraLinear(LoraLinear):
     recovers W₀; the ``merged`` flag guards both.
     """
 
+    kind = "DoRA"
+
     dora_detach_norm: bool = False
 
     def __init__(
@@ -283,22 +285,17 @@ class DoraLinear(LoraLinear):
             base.bias.accumulate_grad(db)
         return dx + self.lora_dropout.backward(dx_lora)
 
-    def merge(self) -> None:
+    def _merge(self) -> None:
         """W₀ ← m ⊙ V/n, refusing a non-finite result (PEFT's safe_merge); keeps n for unmerge."""
-        if self.merged:
-            raise RuntimeError("merge: this DoRA layer is already merged")
         V = self.base_layer.weight.value + self.delta_weight()
         W, (_, n, _) = dora_weight_forward(V, self.lora_magnitude_vector.value)
         if not np.isfinite(W).all():
             raise ValueError("merge: m ⊙ V/‖V‖ has non-finite entries; the adapter is broken")
         self.base_layer.weight.value[...] = W
         self._merged_norm = n
-        self.merged = True
 
-    def unmerge(self) -> None:
+    def _unmerge(self) -> None:
         """W₀ ← W ⊙ (n/m) − ΔW: V from the merged W and the norms kept at merge time."""
-        if not self.merged:
-            raise RuntimeError("unmerge: this DoRA layer is not merged")
         m = self.lora_magnitude_vector.value
         if np.any(m == 0):
             raise ValueError(
@@ -308,4 +305,3 @@ class DoraLinear(LoraLinear):
         W = self.base_layer.weight.value
         W[...] = W * (self._merged_norm / m) - self.delta_weight()
         self._merged_norm = None
-        self.merged = False

@@ -80,9 +80,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from minift import functional as F
-from minift.nn import Linear, Module
+from minift.nn import Linear
 from minift.param import Param
-from minift.peft.base import PeftConfig, hf_layout, register
+from minift.peft.base import AdaptedLinear, PeftConfig, hf_layout, register
 
 # ------------------------------------------------------------------------------------------------
 # The math, as pure functions
@@ -129,7 +129,7 @@ def ia3_merged_weights(W, b, l, is_feedforward):
 # The layer
 
 
-class IA3Linear(Module):
+class IA3Linear(AdaptedLinear):
     """A frozen Linear whose output (or, feed-forward, input) is scaled by ``ia3_l``.
 
     ``base_layer`` keeps the original weights; ``ia3_l`` is a vector, [out] or [in] when
@@ -137,6 +137,8 @@ class IA3Linear(Module):
     only to test that a method really moved the output). ``merge()`` folds the scale into the
     base weights and ``unmerge()`` divides it out again, guarded by the ``merged`` flag.
     """
+
+    kind = "IA3"
 
     def __init__(
         self,
@@ -154,14 +156,6 @@ class IA3Linear(Module):
         self.ia3_l = Param(init.astype(dtype))
         self.merged = False
         self._cache = None
-
-    @property
-    def in_features(self):
-        return self.base_layer.in_features
-
-    @property
-    def out_features(self):
-        return self.base_layer.out_features
 
     def forward(self, x):  # [..., in] -> [..., out]
         if self.merged:
@@ -188,10 +182,8 @@ class IA3Linear(Module):
             base.bias.accumulate_grad(db)  # a frozen bias ignores it
         return dx
 
-    def merge(self) -> None:
+    def _merge(self) -> None:
         """W₀ ← W₀ scaled by l (columns and bias, or rows); refuses a non-finite result."""
-        if self.merged:
-            raise RuntimeError("merge: this IA3 layer is already merged")
         base = self.base_layer
         b = None if base.bias is None else base.bias.value
         W, b = ia3_merged_weights(base.weight.value, b, self.ia3_l.value, self.is_feedforward)
@@ -200,12 +192,9 @@ class IA3Linear(Module):
         base.weight.value[...] = W
         if b is not None:
             base.bias.value[...] = b
-        self.merged = True
 
-    def unmerge(self) -> None:
+    def _unmerge(self) -> None:
         """W₀ ← W₀ divided by l again; refuses if an entry of l is 0 (W₀ is then lost)."""
-        if not self.merged:
-            raise RuntimeError("unmerge: this IA3 layer is not merged")
         l = self.ia3_l.value
         zeros = np.flatnonzero(l == 0)
         if zeros.size:
@@ -221,13 +210,6 @@ class IA3Linear(Module):
             base.weight.value /= l[None, :]
             if base.bias is not None:
                 base.bias.value /= l
-        self.merged = False
-
-    def merged_layer(self) -> Linear:
-        """The base Linear with the scale folded in (what merge_and_unload puts here)."""
-        if not self.merged:
-            self.merge()
-        return self.base_layer
 
 
 # ------------------------------------------------------------------------------------------------

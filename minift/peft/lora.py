@@ -64,9 +64,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from minift import functional as F
-from minift.nn import Dropout, Linear, Module
+from minift.nn import Dropout, Linear
 from minift.param import Param
-from minift.peft.base import PeftConfig, register
+from minift.peft.base import AdaptedLinear, PeftConfig, register
 
 # ------------------------------------------------------------------------------------------------
 # The math, as pure functions
@@ -129,12 +129,14 @@ def lora_backward(dy, cache, need_base_grads=False):
 # The layer
 
 
-class LoraLinear(Module):
+class LoraLinear(AdaptedLinear):
     """A frozen Linear plus s·B·A: ``base_layer`` (W₀, b), ``lora_A`` [r, in], ``lora_B`` [out, r].
 
     ``merge()`` folds ΔW into W₀ (then forward is the base layer's alone), ``unmerge()`` takes
     it out again; the ``merged`` flag guards both, as in loralib.
     """
+
+    kind = "LoRA"
 
     def __init__(
         self,
@@ -158,14 +160,6 @@ class LoraLinear(Module):
         self.lora_dropout = Dropout(lora_dropout, rng=rng)
         self.merged = False
         self._cache = None
-
-    @property
-    def in_features(self):
-        return self.base_layer.in_features
-
-    @property
-    def out_features(self):
-        return self.base_layer.out_features
 
     def delta_weight(self) -> np.ndarray:  # [in, out]
         return lora_delta_weight(self.lora_A.value, self.lora_B.value, self.scaling)
@@ -200,28 +194,16 @@ class LoraLinear(Module):
         dx += self.lora_dropout.backward(dx_lora)  # dx is ours: add in place
         return dx
 
-    def merge(self) -> None:
+    def _merge(self) -> None:
         """W₀ ← W₀ + ΔW, refusing a non-finite result (PEFT's safe_merge)."""
-        if self.merged:
-            raise RuntimeError("merge: this LoRA layer is already merged")
         merged = self.base_layer.weight.value + self.delta_weight()
         if not np.isfinite(merged).all():
             raise ValueError("merge: W₀ + ΔW has non-finite entries; the adapter is broken")
         self.base_layer.weight.value[...] = merged
-        self.merged = True
 
-    def unmerge(self) -> None:
+    def _unmerge(self) -> None:
         """W₀ ← W₀ − ΔW."""
-        if not self.merged:
-            raise RuntimeError("unmerge: this LoRA layer is not merged")
         self.base_layer.weight.value -= self.delta_weight()
-        self.merged = False
-
-    def merged_layer(self) -> Linear:
-        """The base Linear with ΔW folded in (what merge_and_unload puts in this layer's place)."""
-        if not self.merged:
-            self.merge()
-        return self.base_layer
 
 
 def _check_rank(r, d_in, d_out):

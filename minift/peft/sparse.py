@@ -111,9 +111,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from minift import functional as F
-from minift.nn import Linear, Module
+from minift.nn import Linear
 from minift.param import Param
-from minift.peft.base import PeftConfig, register
+from minift.peft.base import AdaptedLinear, PeftConfig, register
 
 __all__ = [
     "ACTIVATIONS",
@@ -280,7 +280,7 @@ def sparse_delta_backward(dy, cache, need_dW0=False):
 # The layers
 
 
-class MaskedLinear(Module):
+class MaskedLinear(AdaptedLinear):
     """The literal A4 layer: y = x·σ(W₁ ⊙ D) + b, with W₁ = ``base_layer.weight`` and D = ``mask``.
 
     W₁ trains if its Param is trainable (``SparseConfig(mode="literal")`` makes it so); the bias
@@ -288,6 +288,8 @@ class MaskedLinear(Module):
     ``unmerge()`` restores it exactly (σ is not invertible on the cut entries, so it must).
     Since W₁ IS the base weight, ``PeftModel.unload()`` returns the trained, unmasked W₁, not W₀.
     """
+
+    kind = "masked"
 
     def __init__(self, base_layer: Linear, mask, activation: str = "identity"):
         _check_choice(activation, ACTIVATIONS, "activation")
@@ -302,14 +304,6 @@ class MaskedLinear(Module):
         self.merged = False
         self._W1 = None  # W₁, kept aside while merged
         self._cache = None
-
-    @property
-    def in_features(self):
-        return self.base_layer.in_features
-
-    @property
-    def out_features(self):
-        return self.base_layer.out_features
 
     def effective_weight(self) -> np.ndarray:  # [in, out]
         """σ(W₁ ⊙ D), the weight the layer multiplies by."""
@@ -341,24 +335,18 @@ class MaskedLinear(Module):
             base.bias.accumulate_grad(db)
         return dx
 
-    def merge(self) -> None:
+    def _merge(self) -> None:
         """weight ← σ(W₁ ⊙ D), refusing a non-finite result; W₁ is kept for ``unmerge``."""
-        if self.merged:
-            raise RuntimeError("merge: this masked layer is already merged")
         W = self.effective_weight()
         if not np.isfinite(W).all():
             raise ValueError("merge: σ(W₁ ⊙ D) has non-finite entries; the weight is broken")
         self._W1 = self.base_layer.weight.value.copy()
         self.base_layer.weight.value[...] = W
-        self.merged = True
 
-    def unmerge(self) -> None:
+    def _unmerge(self) -> None:
         """weight ← W₁ (the copy merge kept: exact)."""
-        if not self.merged:
-            raise RuntimeError("unmerge: this masked layer is not merged")
         self.base_layer.weight.value[...] = self._W1
         self._W1 = None
-        self.merged = False
 
     def merged_layer(self) -> Linear:
         """The base Linear holding σ(W₁ ⊙ D) (what merge_and_unload puts in this layer's place)."""
@@ -368,13 +356,15 @@ class MaskedLinear(Module):
         return self.base_layer
 
 
-class SparseDeltaLinear(Module):
+class SparseDeltaLinear(AdaptedLinear):
     """Sparse fine-tuning: W = W₀ + σ(Δ ⊙ D), W₀ = ``base_layer.weight`` frozen, Δ stored as
     ``sparse_delta`` [k] at the fixed flat positions ``indices`` [k] (zero at init).
 
     ``merge()`` adds σ(δ) to W₀'s k kept entries and remembers their old values, so
     ``unmerge()`` puts them back bit for bit; the ``merged`` flag guards both.
     """
+
+    kind = "sparse"
 
     def __init__(self, base_layer: Linear, indices, activation: str = "identity"):
         _check_choice(activation, ACTIVATIONS, "activation")
@@ -397,14 +387,6 @@ class SparseDeltaLinear(Module):
         self.merged = False
         self._kept_W0 = None  # W₀.flat[indices] before merging
         self._cache = None
-
-    @property
-    def in_features(self):
-        return self.base_layer.in_features
-
-    @property
-    def out_features(self):
-        return self.base_layer.out_features
 
     @property
     def mask(self) -> np.ndarray:  # bool [in, out]
@@ -449,10 +431,8 @@ class SparseDeltaLinear(Module):
             base.bias.accumulate_grad(db)
         return dx
 
-    def merge(self) -> None:
+    def _merge(self) -> None:
         """W₀.flat[indices] ← W₀.flat[indices] + σ(δ), refusing a non-finite result."""
-        if self.merged:
-            raise RuntimeError("merge: this sparse layer is already merged")
         W0 = self.base_layer.weight.value
         kept = W0.flat[self.indices]  # a copy: the k values unmerge restores
         new = kept + activation_forward(self.sparse_delta.value, self.activation)[0]
@@ -460,15 +440,11 @@ class SparseDeltaLinear(Module):
             raise ValueError("merge: W₀ + σ(Δ ⊙ D) has non-finite entries; the delta is broken")
         W0.flat[self.indices] = new
         self._kept_W0 = kept
-        self.merged = True
 
-    def unmerge(self) -> None:
+    def _unmerge(self) -> None:
         """W₀.flat[indices] ← the values merge replaced (bit for bit)."""
-        if not self.merged:
-            raise RuntimeError("unmerge: this sparse layer is not merged")
         self.base_layer.weight.value.flat[self.indices] = self._kept_W0
         self._kept_W0 = None
-        self.merged = False
 
     def merged_layer(self) -> Linear:
         """The base Linear with σ(Δ ⊙ D) folded in."""

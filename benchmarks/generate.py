@@ -103,18 +103,28 @@ def bench_latency(repeats) -> list[dict]:
     err = float(
         np.abs(models["LoRA merged"].forward(idx) - models["LoRA unmerged"].forward(idx)).max()
     )
-    rows = []
-    for name, model in models.items():
-        med, best, _ = timed(lambda m=model: m.forward(idx), repeats)
-        rows.append(
-            {
-                "model": name,
-                "batch": [B, cfg.block_size],
-                "ms_median": 1e3 * med,
-                "ms_min": 1e3 * best,
-                "loadavg_1min": loadavg(),
-            }
-        )
+    # interleaved, in a rotating order, so that a slow moment of the machine (or a warm cache)
+    # falls on every model alike instead of on whichever ran first
+    names = list(models)
+    times = {name: [] for name in names}
+    for name in names:
+        models[name].forward(idx)  # warm-up
+    for round_ in range(4 * repeats):
+        for name in names[round_ % 3 :] + names[: round_ % 3]:
+            t0 = time.perf_counter()
+            models[name].forward(idx)
+            times[name].append(time.perf_counter() - t0)
+    rows = [
+        {
+            "model": name,
+            "batch": [B, cfg.block_size],
+            "ms_median": 1e3 * float(np.median(times[name])),
+            "ms_min": 1e3 * min(times[name]),
+            "rounds": len(times[name]),
+            "loadavg_1min": loadavg(),
+        }
+        for name in names
+    ]
     for r in rows:
         r["vs_base"] = r["ms_median"] / rows[0]["ms_median"]
     rows[2]["max_abs_logit_diff_merged_vs_unmerged"] = err

@@ -552,7 +552,9 @@ def summarize(records: list[dict]) -> list[dict]:
 
 def overview_markdown(rows: list[dict]) -> str:
     """One table: a row per method, a column per task with its main metric, mean ± 95 % CI, and
-    in brackets that mean as a share of full fine-tuning's. The README shows this table."""
+    in brackets that mean as a share of full fine-tuning's; "trainable" is the method's largest
+    share of the model's parameters over the tasks (a classifier's new head adds to it). The
+    README shows this table."""
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     kind_metric = {t: {r["metric"] for r in rows if r["task"] == t} for t in tasks}
     metric = {t: next(m for m in MAIN_METRIC.values() if m in kind_metric[t]) for t in tasks}
@@ -560,21 +562,22 @@ def overview_markdown(rows: list[dict]) -> str:
     methods = list(dict.fromkeys(r["method"] for r in rows))
     header = " | ".join(f"{t} ({metric[t].replace('_', ' ')})" for t in tasks)
     lines = [
-        f"| method | trainable | {header} |",
+        f"| method | trainable (most) | {header} |",
         "| --- | ---: |" + " --- |" * len(tasks),
     ]
     for method in methods:
-        cells, share = [], ""
+        cells, shares = [], []
         for t in tasks:
             r, full = main.get((t, method)), main.get((t, "full"))
             if r is None:
                 cells.append("")
                 continue
             if r["total_params"] and r["trainable_params"]:
-                share = f"{100 * r['trainable_params'] / r['total_params']:.2f} %"
+                shares.append(r["trainable_params"] / r["total_params"])
             of_full = f" ({100 * r['mean'] / full['mean']:.0f} %)" if full and full["mean"] else ""
             spread = f" ± {r['half_width']:.3f}" if r["n"] > 1 else ""  # one run: no interval
             cells.append(f"{r['mean']:.3f}{spread}{of_full}")
+        share = f"{100 * max(shares):.2f} %" if shares else ""  # the most over the tasks
         lines.append(f"| {method} | {share} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

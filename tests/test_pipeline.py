@@ -1,6 +1,7 @@
 """minift.pipeline: baselines, the confidence table, saving a fine-tuned model of every method."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,22 @@ def test_a_run_in_its_own_process_reports_its_own_memory(tmp_path):
     assert len(curves["stdlib-modules"]["bitfit"][0]) == SETTINGS.steps
 
 
+def test_two_workers_give_the_records_of_one_in_the_same_order(monkeypatch):
+    """Runs in parallel children, each with one BLAS thread: the same runs and the same metrics
+    (the training is the same arithmetic; only the seconds and memory are the machine's)."""
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    runs = (["stdlib-modules"], ["majority", "bitfit"], [0, 1], SETTINGS, TINY)
+    one, _ = pipeline.compare(*runs, isolate=True, workers=1)
+    two, _ = pipeline.compare(*runs, isolate=True, workers=2)
+    keys = ("task", "method", "seed", "metric", "trainable_params")
+    assert [tuple(r[k] for k in keys) for r in two] == [tuple(r[k] for k in keys) for r in one]
+    for a, b in zip(one, two, strict=True):
+        assert b["value"] == pytest.approx(a["value"], abs=1e-9)
+    assert "OPENBLAS_NUM_THREADS" not in os.environ  # the parent's is restored
+    with pytest.raises(ValueError, match="workers: expected a positive integer, got 0"):
+        pipeline.compare(*runs, workers=0)
+
+
 def test_unknown_names_list_the_valid_ones():
     with pytest.raises(ValueError, match="method: unknown 'qlora'; choose one of base, full"):
         pipeline.get_method("qlora")
@@ -184,7 +201,7 @@ def test_overview_puts_each_method_beside_full_fine_tuning():
         record("t", "majority", 0, 0.3, 0),
     ]
     table = pipeline.overview_markdown(pipeline.summarize(records)).splitlines()
-    assert table[0] == "| method | trainable | t (accuracy) |"
+    assert table[0] == "| method | trainable (most) | t (accuracy) |"
     half_width = 12.706 * 0.1 / np.sqrt(2) * np.sqrt(2)  # t(0.975, 1) · s / √n, s = 0.1·√2
     assert table[2] == f"| full | 100.00 % | 0.600 ± {half_width:.3f} (100 %) |"
     assert table[3] == "| lora | 3.00 % | 0.570 ± 0.000 (95 %) |"

@@ -29,3 +29,18 @@ def test_readme_keeps_two_setup_commands():
     commands = re.findall(r"```bash\n(.*?)```", setup, flags=re.S)
     assert len(commands) == 2
     assert "minift demo" in commands[0] and commands[1].strip().endswith("pytest")
+
+
+def test_readme_results_table_is_the_committed_compare_run():
+    """The numbers in the README are not typed in: they are the overview of the committed
+    benchmarks/results/compare/results.json, which `minift compare` wrote."""
+    import json
+
+    from minift import pipeline
+
+    results = README.parent / "benchmarks" / "results" / "compare" / "results.json"
+    table = pipeline.overview_markdown(pipeline.summarize(json.loads(results.read_text())))
+    assert table in README.read_text()
+    command = (README.parent / "benchmarks/results/compare/results.md").read_text()
+    command = command.split("Made by `", 1)[1].split("`", 1)[0]
+    assert command in README.read_text()

@@ -49,7 +49,16 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from minift import functional as F
-from minift.nn import GELU, Dropout, Embedding, LayerNorm, Linear, Module, ModuleList
+from minift.nn import (
+    GELU,
+    Dropout,
+    Embedding,
+    LayerNorm,
+    Linear,
+    Module,
+    ModuleList,
+    check_model_dtype,
+)
 
 __all__ = [
     "BertConfig",
@@ -367,13 +376,6 @@ class BertPooler(Module):
         return dh
 
 
-def _check_dtype(dtype):
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise TypeError(f"dtype: expected float32 (training) or float64 (checks), got {dtype}")
-    return dtype
-
-
 class BertModel(Module):
     """The encoder. ``BertModel(config, seed=0, dtype=np.float32, add_pooling_layer=False)``.
 
@@ -390,7 +392,7 @@ class BertModel(Module):
         if not isinstance(config, BertConfig):
             raise TypeError(f"config: expected a BertConfig, got {type(config).__name__}")
         self.config = config
-        self.dtype = _check_dtype(dtype)
+        self.dtype = check_model_dtype(dtype)
         rng = np.random.default_rng(seed)
         self.embeddings = BertEmbeddings(config, rng=rng, dtype=self.dtype)
         self.encoder = BertEncoder(config, rng=rng, dtype=self.dtype)

@@ -34,6 +34,7 @@ from minift.nn import (
     Module,
     ModuleList,
     add_fresh_grad,
+    check_model_dtype,
 )
 
 __all__ = ["GPTConfig", "GPT", "GPTForSequenceClassification", "KVCache"]
@@ -83,13 +84,6 @@ class KVCache:
         return self.layers[0].length
 
 
-def _check_dtype(dtype):
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise TypeError(f"dtype: expected float32 (training) or float64 (checks), got {dtype}")
-    return dtype
-
-
 class GPT(Module):
     """The decoder. ``GPT(config, seed=0, dtype=np.float32)``; float64 for gradient checks."""
 
@@ -99,7 +93,7 @@ class GPT(Module):
         if not isinstance(config, GPTConfig):
             raise TypeError(f"config: expected a GPTConfig, got {type(config).__name__}")
         self.config = config
-        self.dtype = _check_dtype(dtype)
+        self.dtype = check_model_dtype(dtype)
         rng = np.random.default_rng(seed)
         C = config.d_model
         # GPT-2 scales the init of the projections that write into the residual stream by

@@ -42,6 +42,7 @@ __all__ = [
     "Attention",
     "Block",
     "add_fresh_grad",
+    "check_model_dtype",
 ]
 
 
@@ -196,6 +197,14 @@ class ModuleList(Module):
 
 
 # ------------------------------------------------------------------------------------------------
+
+
+def check_model_dtype(dtype) -> np.dtype:
+    """A whole model's dtype: float32 to train, float64 for the gradient checks; nothing else."""
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"dtype: expected float32 (training) or float64 (checks), got {dtype}")
+    return dtype
 
 
 def add_fresh_grad(p: Param, g: np.ndarray) -> None:

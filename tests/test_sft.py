@@ -62,7 +62,12 @@ def tiny_gpt(seed=0, cfg=TINY, dtype=np.float64):
 
 
 def tiny_classifier(seed=0, cfg=TINY, dtype=np.float64):
-    return add_classification_head(tiny_gpt(seed, cfg, dtype), K, seed=seed)
+    model = add_classification_head(tiny_gpt(seed, cfg, dtype), K, seed=seed)
+    if dtype == np.float64:  # the new head at a random point too, not at its small init: there
+        # ln_f's gradients are ~1e-5, at the finite differences' noise floor (hypothesis found one)
+        head = {n: p for n, p in model.named_parameters().items() if n.startswith("score.")}
+        randomize_params(head, seed + 1)
+    return model
 
 
 def is_classifier(model):

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minift import bert as B
+from minift.checkpoint import load_tensors
 from minift.gradcheck import (
     check_gradients,
     numerical_gradient,
@@ -25,6 +26,7 @@ from minift.peft import (
     BitFitConfig,
     IA3Config,
     LoraConfig,
+    PeftModel,
     count_parameters,
     get_peft_model,
 )
@@ -520,3 +522,23 @@ def test_fan_in_fan_out_follows_bert_whatever_the_config_says(given, recwarn):
     assert peft.peft_config.fan_in_fan_out is False
     warned = [w for w in recwarn if "fan_in_fan_out is set to True" in str(w.message)]
     assert len(warned) == (1 if given is True else 0)
+
+
+def test_a_saved_bert_adapter_keeps_an_embedding_table_in_its_own_layout(tmp_path):
+    """modules_to_save may hold an embedding table: [vocab, hidden] in the file as in minift
+    (only Linear weights are transposed to torch's [out, in]); it loads back exactly."""
+    ids, _, _ = inputs(15)
+    config = LoraConfig(r=2, target_modules=["query"])
+    config.modules_to_save = ["classifier", "bert.embeddings.word_embeddings"]
+    clf = B.BertSentenceClassifier(tiny_bert(15), num_labels=2, seed=15)
+    peft = get_peft_model(clf, config)
+    randomize_params({n: p for n, p in peft.named_parameters().items() if p.trainable}, 15)
+    expected = peft.forward(ids)
+    peft.save_pretrained(tmp_path)
+    tensors, _ = load_tensors(tmp_path / "adapter_model.safetensors")
+    table = next(v for k, v in tensors.items() if k.endswith("word_embeddings.weight"))
+    head = next(v for k, v in tensors.items() if k.endswith("classifier.weight"))
+    assert table.shape == (TINY.vocab_size, TINY.hidden_size) and head.shape == (2, 8)
+    fresh = B.BertSentenceClassifier(tiny_bert(15), num_labels=2, seed=15)
+    loaded = PeftModel.from_pretrained(fresh, tmp_path)
+    np.testing.assert_array_equal(loaded.forward(ids), expected)

@@ -158,10 +158,12 @@ def hf_layout(name: str, value: np.ndarray) -> np.ndarray:
     """A tensor in Hugging Face's layout (and back: it is its own inverse).
 
     GPT-2's own Linears are Conv1D, [in, out] like minift's; a head outside ``transformer``
-    (``score``) is a torch nn.Linear, [out, in]: its weight is transposed.
+    (``score``) is a torch nn.Linear, [out, in]: its weight is transposed, as is every Linear
+    weight of a BERT. An embedding table ([vocab, hidden] in both) is never transposed.
     """
     outside = name.split(".", 1)[0] not in _HF_TRANSFORMER_MODULES
-    if outside and name.endswith(".weight") and value.ndim == 2:
+    embedding = "embeddings." in name  # BERT's word/position/token_type tables
+    if outside and not embedding and name.endswith(".weight") and value.ndim == 2:
         return value.T
     return value
 

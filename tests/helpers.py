@@ -16,3 +16,29 @@ def as_if_written_elsewhere(weights_path):
     tensors, metadata = load_tensors(weights_path)
     metadata.pop(CONFIG_DIGEST_KEY, None)
     save_tensors(weights_path, tensors, metadata)
+
+
+# -- the optional references of the tests marked `reference` ---------------------------------------
+# (PyTorch, transformers, PEFT: never minift's dependencies; CI gives them a venv of their own)
+
+
+def import_references():
+    """(torch, transformers, peft), or skip the calling test with the reason."""
+    import pytest
+
+    torch = pytest.importorskip("torch", reason="PyTorch is an optional reference")
+    transformers = pytest.importorskip("transformers", reason="transformers is optional")
+    peft = pytest.importorskip("peft", reason="Hugging Face PEFT is optional")
+    return torch, transformers, peft
+
+
+def hf_gpt2(model, folder):
+    """``model`` saved to ``folder`` and read back by transformers' GPT2LMHeadModel, in float64.
+
+    Call it before get_peft_model wraps ``model``: the folder must hold the base weights.
+    """
+    from minift.checkpoint import save_model
+
+    torch, transformers, _ = import_references()
+    save_model(model, folder)
+    return transformers.GPT2LMHeadModel.from_pretrained(folder, torch_dtype=torch.float64)

@@ -7,7 +7,7 @@ import json
 import bert_reference as ref
 import numpy as np
 import pytest
-from helpers import well_spread_rows
+from helpers import import_references, well_spread_rows
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -490,9 +490,7 @@ def test_a_block_of_the_real_minilm_passes_a_float64_gradient_check(minilm64):
 def test_a_lora_adapter_on_bert_gives_the_same_output_in_hugging_face_peft(tmp_path):
     """The adapter file (PEFT's keys, A [r, in], B [out, r]) means the same on a torch BertModel,
     and its config says fan_in_fan_out=False (nn.Linear's [out, in]), so PEFT corrects nothing."""
-    torch = pytest.importorskip("torch", reason="PyTorch is an optional reference")
-    transformers = pytest.importorskip("transformers", reason="transformers is optional")
-    peft_lib = pytest.importorskip("peft", reason="Hugging Face PEFT is optional")
+    torch, transformers, peft_lib = import_references()
     from minift import hub
 
     model = tiny_bert(14, pooler=True)

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import hf_gpt2, import_references
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -315,18 +316,14 @@ def test_a_rank_larger_than_the_layer_is_refused():
 @pytest.mark.parametrize("direction", ["minift_to_peft", "peft_to_minift"])
 def test_dora_adapter_loads_in_hugging_face_peft_both_ways(tmp_path, direction):
     """A DoRA adapter saved by minift gives PEFT's logits on the same GPT-2 weights, and back."""
-    torch = pytest.importorskip("torch", reason="PyTorch is an optional reference")
-    transformers = pytest.importorskip("transformers", reason="transformers is optional")
-    peft_lib = pytest.importorskip("peft", reason="Hugging Face PEFT is optional")
-    from minift.checkpoint import save_model
+    torch, transformers, peft_lib = import_references()
     from minift.peft import LoraConfig, PeftModel, get_peft_model
 
     config = minift.GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=8)
     model = minift.GPT(config, seed=3, dtype=np.float64)
     randomize_params(model.named_parameters(), 3)
-    save_model(model, tmp_path / "base")
+    hf = hf_gpt2(model, tmp_path / "base")
     idx = np.random.default_rng(3).integers(0, 11, (2, 6))
-    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "base", torch_dtype=torch.float64)
     if direction == "minift_to_peft":
         ours = LoraConfig(r=2, lora_alpha=4, use_dora=True, target_modules=["c_attn", "c_fc"])
         peft = get_peft_model(model, ours)

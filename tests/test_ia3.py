@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import as_if_written_elsewhere
+from helpers import as_if_written_elsewhere, hf_gpt2, import_references
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -226,19 +226,15 @@ def test_a_classifier_head_in_modules_to_save_is_stored_as_torch_stores_it():
 @pytest.mark.reference
 def test_ia3_file_loads_in_hugging_face_peft_and_gives_the_same_output(tmp_path):
     """The independent reference: PEFT itself, on a GPT2LMHeadModel with the same weights."""
-    torch = pytest.importorskip("torch", reason="PyTorch is an optional reference")
-    transformers = pytest.importorskip("transformers", reason="transformers is optional")
-    peft_lib = pytest.importorskip("peft", reason="Hugging Face PEFT is optional")
-    from minift.checkpoint import save_model
+    torch, transformers, peft_lib = import_references()
 
     model = tiny_model(6)
-    save_model(model, tmp_path / "base")
+    hf = hf_gpt2(model, tmp_path / "base")
     peft_model = get_peft_model(model, IA3Config())
     randomize_ia3(peft_model, 6)
     idx, _ = batch(6)
     ours = peft_model.forward(idx)
     peft_model.save_pretrained(tmp_path / "adapter")
-    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "base", torch_dtype=torch.float64)
     hf = peft_lib.PeftModel.from_pretrained(hf, tmp_path / "adapter")
     with torch.no_grad():
         theirs = hf(torch.tensor(idx)).logits.numpy()
@@ -248,14 +244,10 @@ def test_ia3_file_loads_in_hugging_face_peft_and_gives_the_same_output(tmp_path)
 @pytest.mark.reference
 def test_ia3_trained_in_hugging_face_peft_loads_in_minift(tmp_path):
     """The other way round: PEFT picks GPT-2's targets, writes the file, minift reads it."""
-    torch = pytest.importorskip("torch", reason="PyTorch is an optional reference")
-    transformers = pytest.importorskip("transformers", reason="transformers is optional")
-    peft_lib = pytest.importorskip("peft", reason="Hugging Face PEFT is optional")
-    from minift.checkpoint import save_model
+    torch, transformers, peft_lib = import_references()
 
     model = tiny_model(9)
-    save_model(model, tmp_path / "base")
-    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "base", torch_dtype=torch.float64)
+    hf = hf_gpt2(model, tmp_path / "base")
     hf = peft_lib.get_peft_model(hf, peft_lib.IA3Config(task_type="CAUSAL_LM"))
     with torch.no_grad():
         for name, p in hf.named_parameters():
@@ -272,9 +264,7 @@ def test_ia3_trained_in_hugging_face_peft_loads_in_minift(tmp_path):
 @pytest.mark.reference
 def test_ia3_with_a_classifier_head_loads_in_hugging_face_peft(tmp_path):
     """modules_to_save=["score"]: the head's key and [num_labels, C] layout are torch's."""
-    torch = pytest.importorskip("torch", reason="PyTorch is an optional reference")
-    transformers = pytest.importorskip("transformers", reason="transformers is optional")
-    peft_lib = pytest.importorskip("peft", reason="Hugging Face PEFT is optional")
+    torch, transformers, peft_lib = import_references()
     model = minift.GPTForSequenceClassification(TINY, num_labels=3, dtype=np.float64)
     randomize_params(model.named_parameters(), 10)
     hf_config = transformers.GPT2Config(

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers import hf_gpt2, import_references
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -317,19 +318,15 @@ def test_loading_an_adapter_into_another_shape_names_the_mismatch(tmp_path):
 @pytest.mark.reference
 def test_adapter_matches_hugging_face_peft_when_installed(tmp_path):
     """An adapter trained in minift gives the same logits in PEFT on the same GPT-2 weights."""
-    torch = pytest.importorskip("torch", reason="PyTorch is an optional reference")
-    transformers = pytest.importorskip("transformers", reason="transformers is optional")
-    peft_lib = pytest.importorskip("peft", reason="Hugging Face PEFT is optional")
-    from minift.checkpoint import save_model
+    torch, transformers, peft_lib = import_references()
 
     model = tiny_gpt(7)
-    save_model(model, tmp_path / "base")
+    hf = hf_gpt2(model, tmp_path / "base")
     peft = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn", "c_fc"]))
     randomize_params(lora_params(peft), 7)
     idx, _ = batch(7)
     ours = peft.forward(idx)
     peft.save_pretrained(tmp_path / "adapter")
-    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "base", torch_dtype=torch.float64)
     hf = peft_lib.PeftModel.from_pretrained(hf, tmp_path / "adapter")
     with torch.no_grad():
         theirs = hf(torch.tensor(idx)).logits.numpy()
@@ -370,14 +367,10 @@ def test_unknown_target_module_lists_what_exists():
 @pytest.mark.reference
 def test_adapter_trained_in_hugging_face_peft_loads_in_minift(tmp_path):
     """The other way round: PEFT writes the adapter, minift reads it and computes the same."""
-    torch = pytest.importorskip("torch", reason="PyTorch is an optional reference")
-    transformers = pytest.importorskip("transformers", reason="transformers is optional")
-    peft_lib = pytest.importorskip("peft", reason="Hugging Face PEFT is optional")
-    from minift.checkpoint import save_model
+    torch, transformers, peft_lib = import_references()
 
     model = tiny_gpt(8)
-    save_model(model, tmp_path / "base")
-    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "base", torch_dtype=torch.float64)
+    hf = hf_gpt2(model, tmp_path / "base")
     config = peft_lib.LoraConfig(
         r=2, lora_alpha=6, target_modules=["c_attn", "mlp.c_proj"], fan_in_fan_out=True
     )

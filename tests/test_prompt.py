@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import reference as ref
+from helpers import hf_gpt2, import_references
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -538,20 +539,16 @@ def test_backward_checks_its_upstream_gradient():
 @pytest.mark.parametrize("direction", ["minift_to_peft", "peft_to_minift"])
 def test_prompt_tuning_adapter_loads_in_hugging_face_peft_both_ways(tmp_path, direction):
     """Prompt embeddings saved by minift give PEFT's logits on the same GPT-2, and back."""
-    torch = pytest.importorskip("torch", reason="PyTorch is an optional reference")
-    transformers = pytest.importorskip("transformers", reason="transformers is optional")
-    peft_lib = pytest.importorskip("peft", reason="Hugging Face PEFT is optional")
-    from minift.checkpoint import save_model
+    torch, transformers, peft_lib = import_references()
     from minift.gradcheck import randomize_params
     from minift.peft import PeftModel, PromptTuningConfig, get_peft_model
 
     config = minift.GPTConfig(vocab_size=11, block_size=16, n_layer=2, n_head=2, d_model=8)
     model = minift.GPT(config, seed=5, dtype=np.float64)
     randomize_params(model.named_parameters(), 5)
-    save_model(model, tmp_path / "base")
+    hf = hf_gpt2(model, tmp_path / "base")
     idx = np.random.default_rng(5).integers(0, 11, (2, 6))
     n = 4
-    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "base", torch_dtype=torch.float64)
     if direction == "minift_to_peft":
         peft = get_peft_model(model, PromptTuningConfig(num_virtual_tokens=n))
         randomize_params({n_: p for n_, p in peft.named_parameters().items() if p.trainable}, 6)

@@ -74,6 +74,8 @@ class Method:
 
     def lr_for(self, kind: str) -> float:
         """The learning rate for a task of this kind ("classification" or "generation")."""
+        if kind not in ("classification", "generation"):
+            raise ValueError(f"kind: expected 'classification' or 'generation', got {kind!r}")
         if kind == "classification" and self.classification_lr is not None:
             return self.classification_lr
         return self.lr

@@ -180,6 +180,8 @@ def test_a_method_without_a_classification_lr_uses_its_one_lr_for_both_kinds():
     adalora = pipeline.get_method("adalora")  # not swept: one hand-set lr
     assert adalora.classification_lr is None
     assert adalora.lr_for("classification") == adalora.lr_for("generation") == adalora.lr
+    with pytest.raises(ValueError, match="kind: expected 'classification' or 'generation'"):
+        adalora.lr_for("regression")
 
 
 def test_settings_refuse_a_split_other_than_val_or_test():

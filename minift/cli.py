@@ -9,6 +9,8 @@
     minift generate --model DIR --prompt TEXT         let a saved model write
     minift compare --out DIR        methods × tasks × seeds → results.json, results.md, plots
     minift count                    the trainable-parameter table of every method
+    minift bench NAME [options]     run benchmarks/NAME.py of a source checkout (train_step,
+                                    generate, gradcheck_time, param_counts, lr_sweep)
 
 Every error is one line naming what was wrong, and a non-zero exit status.
 """
@@ -249,6 +251,29 @@ def cmd_count(args):
     print(counts.markdown(counts.measure(config), config), end="")
 
 
+BENCHMARKS = ["train_step", "generate", "gradcheck_time", "param_counts", "lr_sweep"]
+
+
+def cmd_bench(args) -> int:
+    """``python -m benchmarks.NAME`` in a process of its own, from the checkout minift lives in.
+
+    A child process, because a benchmark removes the OpenBLAS pins before numpy loads
+    (benchmarks/_reexec.py) and this process has loaded numpy already.
+    """
+    import subprocess
+
+    import minift
+
+    root = Path(minift.__file__).resolve().parent.parent
+    if not (root / "benchmarks" / f"{args.name}.py").is_file():
+        raise FileNotFoundError(
+            f"name: the benchmarks live in a source checkout (git clone, then pip install -e .); "
+            f"there is no benchmarks/{args.name}.py next to minift in {root}"
+        )
+    argv = [sys.executable, "-m", f"benchmarks.{args.name}", *args.options]
+    return subprocess.run(argv, cwd=root).returncode
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="minift", description="LLM fine-tuning from scratch in NumPy."
@@ -324,9 +349,20 @@ def main(argv=None) -> int:
     p.add_argument("--n-layer", type=_positive_int, default=pipeline.BaseSpec.n_layer)
     p.add_argument("--n-head", type=_positive_int, default=pipeline.BaseSpec.n_head)
 
+    p = sub.add_parser(
+        "bench",
+        help="run a benchmark of a source checkout (python -m benchmarks.NAME)",
+        description="Runs python -m benchmarks.NAME with the options that follow; "
+        "`minift bench NAME --help` lists them.",
+    )
+    p.add_argument("name", choices=BENCHMARKS)
+    p.add_argument("options", nargs=argparse.REMAINDER, help="passed to the benchmark")
+
     args = parser.parse_args(argv)
     try:
-        if args.command == "demo":
+        if args.command == "bench":
+            return cmd_bench(args)
+        elif args.command == "demo":
             args.tasks = [args.task or "en-fr-numbers"]
             args.methods = DEMO_METHODS
             cmd_compare(args)

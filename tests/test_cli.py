@@ -97,6 +97,25 @@ def test_count_prints_every_method(capsys):
         assert f"| {label} |" in stdout
 
 
+def test_bench_runs_a_benchmark_of_the_checkout(tmp_path):
+    # a child process prints, so check its files rather than capsys
+    code = cli.main(
+        ["bench", "param_counts", "--out", str(tmp_path), "--d-model", "32", "--n-layer", "2"]
+        + ["--n-head", "2", "--vocab-size", "40", "--block-size", "32"]
+    )
+    assert code == 0
+    table = (tmp_path / "param_counts.md").read_text()
+    assert "| full fine-tuning |" in table and (tmp_path / "param_counts.png").stat().st_size > 0
+
+
+def test_bench_outside_a_checkout_says_where_the_benchmarks_are(tmp_path, monkeypatch, capsys):
+    import minift
+
+    monkeypatch.setattr(minift, "__file__", str(tmp_path / "site-packages" / "minift" / "x.py"))
+    code, _, err = run(capsys, "bench", "train_step")
+    assert code == 2 and "benchmarks/train_step.py" in err and "source checkout" in err
+
+
 def test_finetune_in_two_threads(tmp_path, capsys):
     pytest.importorskip("threadpoolctl")
     code, stdout, _ = run(capsys, "finetune", "--task", "stdlib-modules", "--method", "full",

@@ -211,6 +211,7 @@ def plot_loss_curves(
     _nonempty_mapping("curves", curves)
     fig = Figure(figsize=(7.0, 4.5), layout="constrained")
     ax = fig.subplots()
+    any_band = False
     for m, (method, runs) in enumerate(curves.items()):
         name = f"curves[{method!r}]"
         if isinstance(runs, (str, bytes)) or not isinstance(runs, Sequence) or len(runs) == 0:
@@ -234,13 +235,17 @@ def plot_loss_curves(
         )
         if L.shape[0] > 1:
             ax.fill_between(steps, L.min(axis=0), L.max(axis=0), color=color, alpha=0.2, lw=0)
+            any_band = True
     if log_y:
         ax.set_yscale("log")
     ax.set_title(title)
     ax.set_xlabel("step (optimizer updates)")
     ax.set_ylabel(ylabel + (", log scale" if log_y else ""))
     ax.grid(True, alpha=0.3)
-    ax.legend(title="shaded: min–max over seeds", fontsize=8, title_fontsize=8)
+    # a single seed has no band, so its legend must not promise one
+    ax.legend(
+        title="shaded: min–max over seeds" if any_band else None, fontsize=8, title_fontsize=8
+    )
     _save(fig, path)
     return fig
 

@@ -107,6 +107,7 @@ def test_loss_curves(tmp_path):
         "lora (mean of 3 seeds)",
         "full (mean of 1 seed)",
     ]
+    assert ax.get_legend().get_title().get_text() == "shaded: min–max over seeds"
 
 
 def test_bars(tmp_path):
@@ -264,3 +265,9 @@ def test_bad_input(tmp_path, call, match):
     with pytest.raises(ValueError, match=match):
         call(path)
     assert not path.parent.exists()  # checked before anything is drawn or written
+
+
+def test_loss_curves_of_single_seeds_promise_no_band(tmp_path):
+    fig = plot_loss_curves({"full": [[2.0, 1.0, 0.5]]}, tmp_path / "loss.png")
+    ax = fig.axes[0]
+    assert len(ax.collections) == 0 and ax.get_legend().get_title().get_text() == ""

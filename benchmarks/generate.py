@@ -35,7 +35,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from benchmarks.machine import blas_info, blas_line, loadavg  # noqa: E402
+from benchmarks.machine import blas_info, blas_line, loadavg, source_line  # noqa: E402
 from benchmarks.train_step import LORA, SIZES  # noqa: E402
 from minift.model import GPT  # noqa: E402
 from minift.peft import LoraConfig, get_peft_model  # noqa: E402
@@ -142,6 +142,7 @@ def main(argv=None):
     blas = blas_info()
     date = datetime.now(timezone.utc).isoformat(timespec="seconds")
     header = [
+        source_line(),
         blas_line(blas),
         f"numpy {np.__version__}, {os.cpu_count()} CPUs, OPENBLAS pins in env: "
         f"{pins_in_env() or 'none'}, load average (1 min) at start: {loadavg():.2f}",

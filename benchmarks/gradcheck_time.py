@@ -25,7 +25,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from benchmarks.machine import blas_info, blas_line, loadavg  # noqa: E402
+from benchmarks.machine import blas_info, blas_line, loadavg, source_line  # noqa: E402
 from minift.gradcheck import check_gradients, cross_entropy_loss, randomize_params  # noqa: E402
 from minift.model import GPT, GPTConfig  # noqa: E402
 
@@ -73,6 +73,7 @@ def main(argv=None):
         "worst_parameter": worst[2],
         "target_seconds": TARGET_SECONDS,
         "met": seconds < TARGET_SECONDS,
+        "source": source_line(),
         "blas": blas_line(blas_info()),
         "openblas_pins_in_env": pins_in_env(),
         "loadavg_1min": loadavg(),
@@ -82,6 +83,7 @@ def main(argv=None):
         [
             "# Whole-model gradient check, float64, tiny config",
             "",
+            f"- {record['source']}",
             f"- {record['blas']}; load average (1 min): {record['loadavg_1min']:.2f}; "
             f"date (UTC): {record['date']}",
             "",

@@ -1,9 +1,11 @@
-"""What the numbers were measured on: the BLAS numpy calls, its matmul peak, the load, memory."""
+"""What the numbers were measured on: the code, the BLAS numpy calls, its matmul peak, the load,
+memory."""
 
 from __future__ import annotations
 
 import math
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -78,3 +80,22 @@ def rss_mb(field: str = "VmHWM") -> float:
 def loadavg() -> float:
     """The 1-minute load average: other work on the machine inflates every timing."""
     return os.getloadavg()[0]
+
+
+def source_line() -> str:
+    """The commit the numbers belong to, and whether the work tree differed from it: a result
+    measured before a change on the timed path says so. "unknown" outside a git checkout."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args):
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "minift", "benchmarks")
+    except (OSError, subprocess.CalledProcessError):
+        return "code: unknown (not a git checkout)"
+    state = "with uncommitted changes to minift/ or benchmarks/" if dirty else "clean"
+    return f"code: commit {commit}, {state}"

@@ -58,7 +58,14 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from benchmarks.machine import blas_info, blas_line, loadavg, matmul_peak, rss_mb  # noqa: E402
+from benchmarks.machine import (  # noqa: E402
+    blas_info,
+    blas_line,
+    loadavg,
+    matmul_peak,
+    rss_mb,
+    source_line,
+)
 from minift.functional import cross_entropy  # noqa: E402
 from minift.model import GPT, GPTConfig  # noqa: E402
 
@@ -503,6 +510,7 @@ def main(argv=None) -> list[dict]:
     engines = list(args.engines)
     have_torch = importlib.util.find_spec("torch") is not None
     header = [
+        source_line(),
         blas_line(blas),
         f"numpy {np.__version__}, {os.cpu_count()} CPUs, "
         f"OPENBLAS pins in env: {pins_in_env() or 'none'}",

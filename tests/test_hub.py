@@ -5,6 +5,7 @@ scripts/make_minilm_reference.py); and, where installed, transformers itself bot
 import json
 import shutil
 
+import bert_reference as ref
 import numpy as np
 import pytest
 
@@ -13,6 +14,7 @@ from minift import hub
 from minift.bert import BertConfig, BertModel
 from minift.checkpoint import load_tensors, save_model, save_tensors
 from minift.gradcheck import randomize_params
+from minift.nn import LayerNorm
 
 REFERENCE = __import__("pathlib").Path(__file__).parent / "data" / "minilm_reference.safetensors"
 
@@ -131,6 +133,28 @@ def test_dropout_and_dtype_can_be_chosen(tmp_path):
     assert hub.from_pretrained(tmp_path).config.hidden_dropout_prob == 0.1
     model = hub.from_pretrained(tmp_path, dropout=0.0)
     assert model.config.hidden_dropout_prob == 0.0 and model.dtype == np.float32
+
+
+def test_the_configs_layer_norm_eps_reaches_every_layer_norm_and_the_math(tmp_path):
+    """A file's layer_norm_eps (here 0.5, so large that it moves every output) is the eps of all
+    2·L + 1 LayerNorms, and the output is the loop reference's at that eps, not at BERT's 1e-12."""
+    eps = 0.5
+    model = tiny_bert(12)
+    hf_bert_folder(model, tmp_path, layer_norm_eps=eps)
+    loaded = hub.from_pretrained(tmp_path, dtype=np.float64)
+    assert loaded.config.layer_norm_eps == eps
+    norms = {n: m.eps for n, m in loaded.named_modules() if isinstance(m, LayerNorm)}
+    assert len(norms) == 2 * TINY_BERT.num_hidden_layers + 1
+    assert set(norms.values()) == {eps}, norms
+    ids, mask, types = bert_inputs()
+    ours = loaded.forward(ids, mask, types)
+    state = hub.hf_state_dict(loaded)
+    L, nh = TINY_BERT.num_hidden_layers, TINY_BERT.num_attention_heads
+    at_eps = ref.naive_bert_hidden(state, ids, mask, types, L, nh, eps)
+    np.testing.assert_allclose(ours, at_eps, rtol=1e-12, atol=1e-12)
+    # the eps matters at this size: the reference at the default eps is far from both
+    at_default = ref.naive_bert_hidden(state, ids, mask, types, L, nh, TINY_BERT.layer_norm_eps)
+    assert np.abs(at_default - ours).max() > 1e-2
 
 
 # ------------------------------------------------------------------------------------------------

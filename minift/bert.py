@@ -469,9 +469,9 @@ class BertSentenceClassifier(Module):
 
     Not Hugging Face's BertForSequenceClassification, which reads the pooler's tanh([CLS]): a
     sentence-transformers model was trained to put the sentence's meaning in the MEAN of its
-    tokens, so that is what the head reads here (and what a linear probe on the frozen model
-    reads, minift.probe). Parameter names: ``bert.…`` and ``classifier.weight`` / ``.bias``,
-    Hugging Face's for the two parts.
+    tokens, so that is what the head reads here (and what the linear probe on the frozen model,
+    ``minift.classify.fit_linear_probe``, reads: ``embed`` gives that vector). Parameter names:
+    ``bert.…`` and ``classifier.weight`` / ``.bias``, Hugging Face's for the two parts.
 
     ``forward(input_ids, attention_mask=None, token_type_ids=None)``: with no attention_mask,
     the mask is ``input_ids != config.pad_token_id`` (not all ones as BertModel's): the training

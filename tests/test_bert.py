@@ -22,11 +22,13 @@ from minift.gradcheck import (
 )
 from minift.hub import hf_state_dict
 from minift.peft import (
+    AdaLoraConfig,
     AdapterConfig,
     BitFitConfig,
     IA3Config,
     LoraConfig,
     PeftModel,
+    SparseConfig,
     count_parameters,
     get_peft_model,
 )
@@ -400,6 +402,13 @@ ENCODER_METHODS = {
         bottleneck_size=3, target_modules=["attention.output.dense", "layer.0.output.dense"]
     ),
     "bitfit": lambda: BitFitConfig(),
+    "adalora": lambda: AdaLoraConfig(
+        init_r=3, target_r=2, total_step=10, target_modules=["query", "value", "dense"]
+    ),
+    # the article's A4 as sparse fine-tuning: W = W₀ + σ(Δ ⊙ D), Δ = 0 at the start
+    "sparse": lambda: SparseConfig(
+        density=0.3, activation="tanh", target_modules=["query", "intermediate.dense"]
+    ),
 }
 
 
@@ -414,6 +423,7 @@ def test_methods_start_at_the_base_model_and_their_gradients_check(method):
     np.testing.assert_allclose(peft.forward(ids), expected, rtol=1e-12, atol=1e-12)
     trainable = {n: p for n, p in peft.named_parameters().items() if p.trainable}
     assert "classifier.weight" in trainable and 0 < count_parameters(peft).trainable
+    assert any(not n.startswith("classifier.") for n in trainable), "the method trains nothing"
     randomize_params(trainable, 12)  # off the start, so that every path carries a gradient
     dout = np.random.default_rng(11).standard_normal(expected.shape)
     report = check_gradients(

@@ -478,6 +478,12 @@ class BertSentenceClassifier(Module):
     loop passes padded ids alone, and the WordPiece tokenizer never puts [PAD] inside a text.
     """
 
+    # where minift.peft.sft's head_only / last_k_blocks find the parts they train (a GPT's are
+    # score or wte, h and ln_f); post-LN, every block ends in its own LayerNorm: no final norm
+    sft_head = "classifier"
+    sft_blocks = "bert.encoder.layer"
+    sft_final_norm = None
+
     def __init__(self, bert: BertModel, num_labels: int, seed: int = 0, normalize: bool = False):
         if not isinstance(bert, BertModel):
             raise TypeError(f"bert: expected a BertModel, got {type(bert).__name__}")

@@ -25,7 +25,10 @@ from minift.peft import (
     AdaLoraConfig,
     AdapterConfig,
     BitFitConfig,
+    GradualUnfreezing,
+    HeadOnlyConfig,
     IA3Config,
+    LastKBlocksConfig,
     LoraConfig,
     PeftModel,
     SparseConfig,
@@ -409,6 +412,7 @@ ENCODER_METHODS = {
     "sparse": lambda: SparseConfig(
         density=0.3, activation="tanh", target_modules=["query", "intermediate.dense"]
     ),
+    "last-k-blocks": lambda: LastKBlocksConfig(k=1),  # gradients through a frozen block below
 }
 
 
@@ -430,6 +434,50 @@ def test_methods_start_at_the_base_model_and_their_gradients_check(method):
         scalar_loss(lambda: peft.forward(ids), peft.backward, trainable, dout), trainable
     )
     assert_ok(report)
+
+
+def test_head_only_and_last_k_blocks_find_the_classifier_and_the_encoder_layers():
+    """The SFT policies read BertSentenceClassifier's declared parts: head-only trains exactly
+    the classifier, H·K + K; last-k the top k encoder layers and the classifier, k·(4H² + 2H·I +
+    9H + I) + H·K + K (no ln_f: BERT is post-LN); the embeddings never."""
+    H, I, K, L = TINY.hidden_size, TINY.intermediate_size, 3, TINY.num_hidden_layers
+    block = 4 * H * H + 2 * H * I + 9 * H + I
+    head = H * K + K
+    for config, expected_prefixes, expected_count in [
+        (HeadOnlyConfig(), ("classifier.",), head),
+        (LastKBlocksConfig(k=1), ("classifier.", f"bert.encoder.layer.{L - 1}."), block + head),
+        (LastKBlocksConfig(k=L), ("classifier.", "bert.encoder.layer."), L * block + head),
+    ]:
+        clf = B.BertSentenceClassifier(tiny_bert(16), num_labels=K, seed=16)
+        peft = get_peft_model(clf, config)
+        params = peft.named_parameters()
+        trainable = {n for n, p in params.items() if p.trainable}
+        assert trainable == {n for n in params if n.startswith(expected_prefixes)}, config
+        assert count_parameters(peft).trainable == expected_count, config
+    assert len(clf.bert.encoder.layer[0].named_parameters()) == 16  # every part of a block counted
+
+
+def test_gradual_unfreezing_on_bert_goes_head_then_top_down_then_everything():
+    clf = B.BertSentenceClassifier(tiny_bert(17), num_labels=2, seed=17)
+    schedule = GradualUnfreezing(clf)
+
+    def trainable_prefixes():
+        names = [n for n, p in clf.named_parameters().items() if p.trainable]
+        return sorted({".".join(n.split(".")[:4]) if n.startswith("bert.") else n for n in names})
+
+    assert trainable_prefixes() == ["classifier.bias", "classifier.weight"]
+    schedule.step_epoch()
+    assert trainable_prefixes() == ["bert.encoder.layer.1", "classifier.bias", "classifier.weight"]
+    schedule.step_epoch()
+    assert trainable_prefixes()[:2] == ["bert.encoder.layer.0", "bert.encoder.layer.1"]
+    assert not any(n.startswith("bert.embeddings") for n in trainable_prefixes())
+    schedule.step_epoch()
+    assert schedule.done and all(p.trainable for p in clf.parameters())
+
+
+def test_the_sft_policies_on_a_bare_bert_model_say_it_has_no_head():
+    with pytest.raises(TypeError, match="model: BertModel has no head to train: expected a task"):
+        get_peft_model(tiny_bert(), HeadOnlyConfig())
 
 
 def test_lora_on_bert_merges_exactly_and_counts_r_times_in_plus_out():

@@ -40,6 +40,14 @@ The policies, "adjust some layers"
   while the general features below are protected from the large, noisy gradients of a fresh head.
   (ULMFiT pairs it with per-layer learning rates, ``minift.optim.layerwise_lr_groups``.)
 
+Which modules are the head, the blocks and ``ln_f`` is read from the model's class, as
+``hf_fan_in_fan_out`` is (class attributes ``sft_head``, ``sft_blocks``, ``sft_final_norm``);
+a class that declares none is read as a GPT, with the names above. ``BertSentenceClassifier``
+declares ``classifier``, ``bert.encoder.layer`` and no final norm: BERT is post-LN, every block
+ends in its own LayerNorm, so there is no ``ln_f`` outside the blocks. On it ``last_k_blocks``
+trains the top k encoder layers and the classifier; k = L is everything but the embeddings (and
+the pooler, which the classifier does not read).
+
 "Add extra layers"
 ------------------
 ``add_classification_head(lm, num_labels)`` puts a new head ``score`` [C, K] on a pretrained
@@ -70,6 +78,14 @@ With C = d_model, V = vocab_size, P = block_size (positions), L = n_layer, K = n
     full           V·C + P·C + L·(12C² + 13C) + 2C  (+ C·K for a classifier)
     head_only      head
     last_k_blocks  k·(12C² + 13C) + 2C + head
+
+For BertSentenceClassifier, with H = hidden_size, I = intermediate_size:
+
+    one block      4H² + 2H·I + 9H + I   (query, key, value, attention.output.dense 4H² + 4H,
+                                          two LayerNorms 4H, intermediate H·I + I, output I·H + H;
+                                          12H² + 13H when I = 4H, as in all-MiniLM-L6-v2)
+    head           H·K + K              (``classifier``, with a bias)
+    last_k_blocks  k·(4H² + 2H·I + 9H + I) + H·K + K
 """
 
 from __future__ import annotations
@@ -109,28 +125,41 @@ def _top_level(model: Module) -> list[str]:
     return [name for name, _ in model._children()]
 
 
+def _declared(model: Module, attribute: str, default):
+    """A part's name as the model's class declares it (``sft_head``, ``sft_blocks``,
+    ``sft_final_norm``), or GPT-2's when it declares none."""
+    return getattr(type(model), attribute, default)
+
+
 def _head_name(model: Module) -> str:
-    """``score`` for a classifier, ``wte`` (the tied LM head) for a GPT."""
-    for name in ("score", "wte"):
+    """``score`` for a classifier, ``wte`` (the tied LM head) for a GPT, or the declared one."""
+    declared = _declared(model, "sft_head", None)
+    for name in (declared,) if declared else ("score", "wte"):
         try:
             model.get_submodule(name)
             return name
         except KeyError:
             continue
+    expected = (
+        f"its declared sft_head {declared!r}"
+        if declared
+        else "a task head 'score' (GPTForSequenceClassification) or the tied LM head 'wte' (GPT), "
+        "or a class attribute sft_head naming it (BertSentenceClassifier's 'classifier')"
+    )
     raise TypeError(
-        f"model: {type(model).__name__} has no head to train: expected a task head 'score' "
-        f"(GPTForSequenceClassification) or the tied LM head 'wte' (GPT); its top-level modules "
-        f"are {_top_level(model)}"
+        f"model: {type(model).__name__} has no head to train: expected {expected}; its top-level "
+        f"modules are {_top_level(model)}"
     )
 
 
 def _blocks(model: Module):
+    name = _declared(model, "sft_blocks", "h")
     try:
-        return model.get_submodule("h")
+        return model.get_submodule(name)
     except KeyError:
         raise TypeError(
-            f"model: {type(model).__name__} has no transformer blocks 'h'; its top-level modules "
-            f"are {_top_level(model)}"
+            f"model: {type(model).__name__} has no transformer blocks {name!r}; its top-level "
+            f"modules are {_top_level(model)}"
         ) from None
 
 
@@ -155,7 +184,8 @@ def full_finetune(model: Module) -> Module:
 
 
 def head_only(model: Module) -> Module:
-    """𝒯 = the head: ``score`` for a classifier, the tied ``wte`` for a GPT. The rest is frozen.
+    """𝒯 = the head: ``score`` for a classifier, the tied ``wte`` for a GPT, or the class's
+    ``sft_head`` (``classifier`` for BertSentenceClassifier). The rest is frozen.
 
     On a GPT, training wte also changes the input embeddings: the LM head IS the embedding
     table (logits = h·wteᵀ). ``ln_f`` stays frozen (it trains with ``last_k_blocks``).
@@ -168,7 +198,8 @@ def head_only(model: Module) -> Module:
 
 def last_k_blocks(model: Module, k: int) -> Module:
     """𝒯 = blocks h.{L−k} … h.{L−1}, ``ln_f`` and the head; frozen: the embeddings and the
-    L − k blocks below. k must lie in [0, L]."""
+    L − k blocks below. k must lie in [0, L]. (A class may name its own blocks, final norm and
+    head: the module docstring.)"""
     blocks = _blocks(model)
     L = len(blocks)
     k = _check_k(k, L)
@@ -176,7 +207,9 @@ def last_k_blocks(model: Module, k: int) -> Module:
     _set_trainable(model, False)
     for i in range(L - k, L):
         _set_trainable(blocks[i], True)
-    _set_trainable(model.get_submodule("ln_f"), True)
+    final_norm = _declared(model, "sft_final_norm", "ln_f")
+    if final_norm is not None:
+        _set_trainable(model.get_submodule(final_norm), True)
     _set_trainable(model.get_submodule(head), True)
     return model
 
@@ -322,7 +355,8 @@ class FullFinetuneConfig(_SftConfig):
 @register
 @dataclass
 class HeadOnlyConfig(_SftConfig):
-    """The head alone. Trainable count: C·K for a classifier, V·C for a GPT (the tied wte)."""
+    """The head alone. Trainable count: C·K for a classifier, V·C for a GPT (the tied wte),
+    H·K + K for BertSentenceClassifier."""
 
     peft_type = "MINIFT_HEAD_ONLY"
 
@@ -333,7 +367,8 @@ class HeadOnlyConfig(_SftConfig):
 @register
 @dataclass
 class LastKBlocksConfig(_SftConfig):
-    """The top k blocks, ln_f and the head. Trainable count: k·(12C² + 13C) + 2C + head."""
+    """The top k blocks, ln_f and the head. Trainable count: k·(12C² + 13C) + 2C + head (a GPT);
+    k·(4H² + 2H·I + 9H + I) + H·K + K (BertSentenceClassifier, which has no ln_f)."""
 
     k: int = 1
 

@@ -334,7 +334,12 @@ def _class_name(model) -> str:
         return "GPTForSequenceClassification"
     if isinstance(model, GPT):
         return "GPT"
-    raise TypeError(f"model: expected a GPT or GPTForSequenceClassification, got {type(model)}")
+    raise TypeError(
+        f"model: expected a GPT or GPTForSequenceClassification (this format is GPT-2's), got "
+        f"{type(model).__name__}. A BERT is saved by minift.hub.save_pretrained(bert, folder), "
+        "the encoder as a Hugging Face folder, and a fine-tuned BertSentenceClassifier as that "
+        "folder plus its PeftModel's save_pretrained (modules_to_save=['classifier'] for the head)"
+    )
 
 
 def _minift_section(model) -> dict:
@@ -381,6 +386,9 @@ def _config_json(model) -> dict:
 def save_model(model: GPT, directory) -> None:
     """Save ``model`` to ``directory`` (created if needed): model.safetensors and config.json.
 
+    ``model``: a GPT or a GPTForSequenceClassification; anything else (a BERT: see
+    minift.hub.save_pretrained) is a TypeError that writes nothing.
+
     The weights are ``model.state_dict()``, under GPT-2's names, the tied LM head stored once as
     ``wte.weight`` (a Param shared between modules is stored once, under its first name). What is
     NOT saved: the dropout generator ``model.rng`` (the training loop saves RNG state itself), the
@@ -392,6 +400,7 @@ def save_model(model: GPT, directory) -> None:
     and names", which GPT-2's [in, out] Conv1D weights are). For the classifier only the config is
     Hugging Face's: minift's ``score.weight`` is [C, K], Hugging Face's is [K, C].
     """
+    _class_name(model)  # a model this format cannot describe is refused, and nothing is written
     config = _config_json(model)  # built first: a model that cannot be described writes nothing
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -11,10 +11,11 @@ import pytest
 
 import minift
 from minift import hub
-from minift.bert import BertConfig, BertModel
+from minift.bert import BertConfig, BertModel, BertSentenceClassifier
 from minift.checkpoint import load_tensors, save_model, save_tensors
 from minift.gradcheck import randomize_params
 from minift.nn import LayerNorm
+from minift.peft import LoraConfig, PeftModel, get_peft_model
 
 REFERENCE = __import__("pathlib").Path(__file__).parent / "data" / "minilm_reference.safetensors"
 
@@ -192,6 +193,36 @@ def test_save_pretrained_of_a_gpt_is_checkpoint_save_model(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "gpt2"
     idx = np.array([[1, 2, 3]])
     np.testing.assert_array_equal(hub.from_pretrained(tmp_path).forward(idx), model.forward(idx))
+
+
+def test_save_model_refuses_a_bert_classifier_and_names_the_way_that_saves_it(tmp_path):
+    """checkpoint.save_model writes GPT-2 checkpoints only: a BertSentenceClassifier is a
+    TypeError that writes nothing, and the way it names (the encoder's Hugging Face folder, then
+    the PeftModel's adapter with the head in modules_to_save) loads back exactly."""
+    clf = BertSentenceClassifier(tiny_bert(13), num_labels=3, seed=13)
+    with pytest.raises(
+        TypeError,
+        match=r"model: expected a GPT or GPTForSequenceClassification \(this format is GPT-2's\), "
+        r"got BertSentenceClassifier\. A BERT is saved by minift\.hub\.save_pretrained",
+    ):
+        save_model(clf, tmp_path / "checkpoint")
+    assert not (tmp_path / "checkpoint").exists()
+    with pytest.raises(
+        TypeError, match="expected a GPT or a BertModel, got BertSentenceClassifier"
+    ):
+        hub.save_pretrained(clf, tmp_path / "folder")
+
+    hub.save_pretrained(clf.bert, tmp_path / "base")
+    config = LoraConfig(r=2, target_modules=["query", "value"], modules_to_save=["classifier"])
+    peft = get_peft_model(clf, config, seed=13)
+    randomize_params({n: p for n, p in peft.named_parameters().items() if p.trainable}, 13)
+    ids, mask, _ = bert_inputs()
+    expected = peft.forward(ids, mask)
+    peft.save_pretrained(tmp_path / "adapter")
+    base = hub.from_pretrained(tmp_path / "base", dtype=np.float64)
+    fresh = BertSentenceClassifier(base, num_labels=3, seed=99)  # another head, overwritten
+    loaded = PeftModel.from_pretrained(fresh, tmp_path / "adapter")
+    np.testing.assert_array_equal(loaded.forward(ids, mask), expected)
 
 
 def test_an_untied_lm_head_is_refused(tmp_path):

@@ -76,3 +76,11 @@ def test_committed_comparison_meets_the_bars_issue_4_sets():
             lora, full = ours["lora"], ours["full"]
             assert lora["mean"] >= 0.95 * full["mean"], (task, lora["mean"], full["mean"])
             assert lora["trainable_params"] < 0.05 * full["trainable_params"], task
+
+
+def test_readme_benchmark_summary_is_the_committed_results():
+    """The README's speed, memory and target lines are what `python -m benchmarks.summary` writes
+    from benchmarks/results/*.json, so re-running a benchmark without updating them fails here."""
+    from benchmarks.summary import summary
+
+    assert summary() in README.read_text()

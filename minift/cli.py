@@ -18,6 +18,8 @@ Every error is one line naming what was wrong, and a non-zero exit status.
 from __future__ import annotations
 
 import argparse
+import copy
+import math
 import shlex
 import sys
 import tempfile
@@ -63,8 +65,8 @@ def _positive_int(text):
 
 
 def _settings(args) -> pipeline.RunSettings:
-    if args.lr is not None and not args.lr >= 0:
-        raise ValueError(f"--lr: expected a learning rate >= 0, got {args.lr}")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr >= 0):
+        raise ValueError(f"--lr: expected a finite learning rate >= 0, got {args.lr}")
     return pipeline.RunSettings(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -136,25 +138,25 @@ def cmd_pretrain(args):
 
 
 def cmd_finetune(args):
-    pipeline.check_task(args.task)
-    method = pipeline.get_method(args.method)
-    out = _writable_dir(args.out) if args.out else None
-    overrides = {
-        f: getattr(args, o) for o, f in METHOD_OPTIONS.items() if getattr(args, o) is not None
-    }
-    if overrides and method.build is None:
-        raise ValueError(
-            f"--{next(iter(overrides)).replace('_', '-')}: method {args.method} has no options"
-        )
-    tok = pipeline.standard_tokenizer()
+    # every input is checked, and the method's config built, before the base is loaded (which may
+    # pretrain it first) and before anything is written
     task = pipeline.get_task(args.task)
-    base = pipeline.load_base(_base_spec(args))
-    if overrides:
-        model = _rebuild_with(base, task, args, tok, overrides)
-    else:
-        model = pipeline.prepare_model(base, task, args.method, args.seed, tok, args.steps)
+    method = pipeline.get_method(args.method)
+    settings = _settings(args)
+    config = _method_config(args, task.kind)
+    tok = pipeline.standard_tokenizer()
+    spec = _base_spec(args)
+    # the config must also fit the base's modules (--target-modules): tried on an untrained
+    # model of the base's shape, which takes milliseconds where loading the base may pretrain it
+    untrained = pipeline.GPT(spec.model_config(tok.vocab_size))
+    pipeline.prepare_model(untrained, task, args.method, 0, tok, args.steps, copy.deepcopy(config))
+    out = _writable_dir(args.out) if args.out else None
+    base = pipeline.load_base(spec)
+    model = pipeline.prepare_model(
+        base, task, args.method, args.seed, tok, args.steps, config=config
+    )
     if method.build is not None:
-        pipeline.finetune(model, task, args.method, args.seed, tok, _settings(args))
+        pipeline.finetune(model, task, args.method, args.seed, tok, settings)
     metrics = pipeline.evaluate(model, task, tok, limit=args.eval_examples)
     for name, value in metrics.items():
         print(f"{args.task} / {args.method}: {name} = {value:.4f}")
@@ -163,23 +165,23 @@ def cmd_finetune(args):
         print(f"saved to {out}")
 
 
-def _rebuild_with(base, task, args, tok, overrides):
-    """prepare_model, with command-line options replacing fields of the method's config."""
-    from minift.peft import get_peft_model
-
-    config = pipeline.get_method(args.method).build(task.kind, args.steps)
-    names = {f.name for f in fields(config)}
-    for field_name, value in overrides.items():
+def _method_config(args, kind: str):
+    """The method's config with the command-line options replacing its fields (None: "base")."""
+    overrides = {
+        f: getattr(args, o) for o, f in METHOD_OPTIONS.items() if getattr(args, o) is not None
+    }
+    method = pipeline.get_method(args.method)
+    if overrides and method.build is None:
+        raise ValueError(f"--{_option(next(iter(overrides)))}: method {args.method} has no options")
+    names = {f.name for f in fields(method.build(kind, args.steps))} if overrides else set()
+    for field_name in overrides:
         if field_name not in names:
-            raise ValueError(
-                f"--{field_name.replace('_', '-')}: method {args.method} has no such option"
-            )
-        setattr(config, field_name, value)
-    config.__post_init__()  # validate the new values
-    model = pipeline.prepare_model(base, task, "base", args.seed, tok)
-    if task.kind == "classification":
-        config.modules_to_save = sorted({*(config.modules_to_save or []), "score"})
-    return get_peft_model(model, config, seed=args.seed)
+            raise ValueError(f"--{_option(field_name)}: method {args.method} has no such option")
+    return pipeline.method_config(args.method, kind, args.steps, **overrides)
+
+
+def _option(field_name: str) -> str:
+    return field_name.replace("_", "-")
 
 
 def cmd_evaluate(args):
@@ -251,7 +253,7 @@ def cmd_count(args):
     print(counts.markdown(counts.measure(config), config), end="")
 
 
-BENCHMARKS = ["train_step", "generate", "gradcheck_time", "param_counts", "lr_sweep"]
+BENCHMARKS = ["train_step", "generate", "gradcheck_time", "param_counts", "lr_sweep", "summary"]
 
 
 def cmd_bench(args) -> int:

@@ -18,6 +18,7 @@ Every run of ``compare`` happens in a fresh process (unless ``isolate=False``), 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -276,21 +277,53 @@ def _copy_of(base: GPT) -> GPT:
     return model
 
 
-def prepare_model(
-    base: GPT, task: Task, method: str, seed: int, tok: CharTokenizer, steps: int = 200
-) -> Module:
-    """A fresh copy of the base (with a new head for a classifier), the method applied."""
+def method_config(method: str, kind: str, steps: int, **overrides):
+    """The method's config for a task of this kind, ``overrides`` replacing its fields (the
+    command line's ``--r 4`` is ``r=4``); None for a method that does not train ("base").
+
+    Built and validated (the config's ``__post_init__``) without touching any model, so bad
+    options fail before a base is loaded or pretrained. A classifier's new head ``score`` trains
+    with every method (PEFT's ``modules_to_save``).
+    """
     spec = get_method(method)
+    if spec.build is None:
+        if overrides:
+            raise ValueError(f"{next(iter(overrides))}: method {method} has no options")
+        return None
+    config = spec.build(kind, steps)
+    names = {f.name for f in dataclasses.fields(config) if f.init}
+    unknown = [name for name in overrides if name not in names]
+    if unknown:
+        raise ValueError(f"{unknown[0]}: method {method} has no such option")
+    if kind == "classification":
+        saved = overrides.get("modules_to_save", config.modules_to_save) or []
+        overrides["modules_to_save"] = sorted({*saved, "score"})
+    return dataclasses.replace(config, **overrides)  # runs __post_init__ on the new values
+
+
+def prepare_model(
+    base: GPT,
+    task: Task,
+    method: str,
+    seed: int,
+    tok: CharTokenizer,
+    steps: int = 200,
+    config=None,
+) -> Module:
+    """A fresh copy of the base (with a new head for a classifier), the method applied.
+
+    ``config``: the method's config from ``method_config`` (with options); None: its defaults.
+    """
+    get_method(method)
     model: Module = _copy_of(base)
     if task.kind == "classification":
         model = GPTForSequenceClassification.from_lm(
             model, task.num_labels, seed=seed, pad_token_id=tok.pad_id
         )
-    if spec.build is None:
+    if config is None:
+        config = method_config(method, task.kind, steps)
+    if config is None:
         return model
-    config = spec.build(task.kind, steps)
-    if task.kind == "classification":
-        config.modules_to_save = sorted({*(config.modules_to_save or []), "score"})
     return get_peft_model(model, config, seed=seed)
 
 

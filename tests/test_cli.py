@@ -136,19 +136,43 @@ def test_finetune_in_two_threads(tmp_path, capsys):
         ),
         (
             ["finetune", "--task", "babi-qa", "--method", "lora", "--lr", "-1"],
-            "--lr: expected a learning rate >= 0",
+            "--lr: expected a finite learning rate >= 0, got -1.0",
+        ),
+        (
+            ["finetune", "--task", "babi-qa", "--method", "lora", "--lr", "inf"],
+            "--lr: expected a finite learning rate >= 0, got inf",
         ),
         (
             ["finetune", "--task", "babi-qa", "--method", "bitfit", "--r", "4"],
             "--r: method bitfit has no such option",
         ),
+        (
+            ["finetune", "--task", "babi-qa", "--method", "base", "--r", "4"],
+            "--r: method base has no options",
+        ),
+        (
+            ["finetune", "--task", "babi-qa", "--method", "lora", "--r", "-1"],
+            "r: expected a positive integer rank, got -1",
+        ),
+        (
+            ["finetune", "--task", "babi-qa", "--method", "lora", "--target-modules", "nope"],
+            "target_modules: ['nope'] matched no Linear module",
+        ),
         (["generate", "--prompt", "日本"], "--prompt: text: character '日' (U+65E5) at position 0"),
     ],
 )
-def test_bad_input_is_one_line_and_a_non_zero_exit(argv, message, capsys):
-    code, _, err = run(capsys, *argv, *(TINY_BASE if argv[0] == "generate" else FAST))
+def test_bad_input_is_one_line_and_a_non_zero_exit(argv, message, tmp_path, monkeypatch, capsys):
+    """Checked before any work: a cold cache stays empty (no base was pretrained, no progress
+    bar was printed) and no --out directory appears."""
+    cold = tmp_path / "cold-cache"
+    cold.mkdir()
+    monkeypatch.setenv("MINIFT_CACHE", str(cold))
+    out = ["--out", str(tmp_path / "out")] if argv[0] == "finetune" else []
+    code, _, err = run(capsys, *argv, *out, *(TINY_BASE if argv[0] == "generate" else FAST))
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1
+    assert list(cold.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cold-cache"]
 
 
 def test_an_output_directory_that_cannot_be_written(tmp_path, capsys):

@@ -208,3 +208,16 @@ def test_overview_puts_each_method_beside_full_fine_tuning():
     assert table[2] == f"| full | 100.00 % | 0.600 ± {half_width:.3f} (100 %) |"
     assert table[3] == "| lora | 3.00 % | 0.570 ± 0.000 (95 %) |"
     assert table[4] == "| majority |  | 0.300 (50 %) |"  # one run, so no interval
+
+
+def test_method_config_applies_options_and_validates_them_without_a_model():
+    lora = pipeline.method_config("lora", "classification", 10, r=2, lora_alpha=4.0)
+    assert (lora.r, lora.lora_alpha, lora.modules_to_save) == (2, 4.0, ["score"])
+    assert pipeline.method_config("lora", "generation", 10).modules_to_save is None
+    assert pipeline.method_config("base", "generation", 10) is None
+    with pytest.raises(ValueError, match="r: expected a positive integer rank, got 0"):
+        pipeline.method_config("lora", "generation", 10, r=0)
+    with pytest.raises(ValueError, match="r: method bitfit has no such option"):
+        pipeline.method_config("bitfit", "generation", 10, r=4)
+    with pytest.raises(ValueError, match="r: method base has no options"):
+        pipeline.method_config("base", "generation", 10, r=4)

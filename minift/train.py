@@ -21,19 +21,34 @@ A non-finite loss or gradient norm stops training at once with a message, before
 can write NaN into the weights. Progress shows as a bar (loss, tokens/s, ETA); every step is also
 a line of ``log.jsonl`` when a log path is given.
 
-Checkpoints (``checkpoint_dir``) hold everything needed to continue EXACTLY: the weights
-(safetensors), the optimizer state (safetensors), and a JSON file with the step, the scheduler,
-the data sampler's RNG state and every dropout RNG's state. Each is written to a temporary
-directory that is renamed into place only when complete, then ``latest.json`` is replaced
-atomically; a crash at any moment leaves the previous checkpoint intact. ``train(resume=True)``
-continues from the latest one, and N steps in one go equal N/2 + resume + N/2 bit for bit.
+Checkpoints (``checkpoint_dir``) hold everything needed to continue EXACTLY:
+
+    step-0000042/model.safetensors       every weight (minift.checkpoint's format)
+    step-0000042/optimizer.safetensors   the optimizer's state arrays ("exp_avg/<param>" …)
+    step-0000042/trainer.json            step, train_config, optimizer (hyper-parameters, step
+                                         counts), scheduler, data_rng, dropout_rngs, trainable,
+                                         and the caller's extra_state
+    step-0000042/manifest.json           {"sha256": {file: SHA-256 of its bytes}} for the 3 above
+    latest.json                          {"checkpoint": "step-0000042",
+                                          "manifest_sha256": SHA-256 of that manifest's bytes}
+
+Each step directory is written under a temporary name and renamed into place only when complete
+(the manifest last), then ``latest.json`` is replaced atomically; a crash at any moment leaves the
+previous checkpoint intact. Loading checks the chain latest.json → manifest.json → every file's
+bytes BEFORE it parses anything, so a truncated or bit-flipped file, or a latest.json pointing to
+another or a missing checkpoint, is a ValueError naming the file: never a crash, never a resume
+that silently differs. A field of the wrong type (a hand-edited file) is a ValueError naming the
+file and the field. A failed load changes nothing. ``train(resume=True)`` continues from the
+latest checkpoint, and N steps in one go equal N/2 + resume + N/2 bit for bit.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -53,6 +68,24 @@ from minift.optim import SGD, AdamW, LRScheduler, clip_grad_norm, layerwise_lr_g
 __all__ = ["TrainConfig", "Trainer", "TrainHook", "TrainingDivergedError", "TrainResult"]
 
 OPTIMIZERS = ("adamw", "sgd")
+
+# A training checkpoint: a step directory holding these files, each verified by MANIFEST, which
+# latest.json verifies in turn.
+CHECKPOINT_FILES = ("model.safetensors", "optimizer.safetensors", "trainer.json")
+MANIFEST = "manifest.json"
+LATEST = "latest.json"
+_STEP_DIR = re.compile(r"step-[0-9]{7}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# trainer.json's own fields; extra_state may not reuse them
+_TRAINER_FIELDS = (
+    "step",
+    "train_config",
+    "optimizer",
+    "scheduler",
+    "data_rng",
+    "dropout_rngs",
+    "trainable",
+)
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -193,6 +226,11 @@ class Trainer:
         self.log_path = Path(log_path) if log_path is not None else None
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.extra_state = dict(extra_state or {})
+        clash = sorted(self.extra_state.keys() & set(_TRAINER_FIELDS))
+        if clash:
+            raise ValueError(
+                f"extra_state: the keys {clash} are trainer.json's own fields; choose other names"
+            )
         self.progress = progress
         self.desc = desc
         self.optimizer = build_optimizer(model, config)
@@ -364,6 +402,9 @@ class Trainer:
                     **self.extra_state,
                 },
             )
+            # Last, and of the bytes as they landed on the disk: the manifest vouches for them.
+            digests = {f: _sha256(tmp / f) for f in CHECKPOINT_FILES}
+            atomic_write_json(tmp / MANIFEST, {"sha256": digests})
             final = root / name
             if final.exists():
                 shutil.rmtree(final)
@@ -371,28 +412,38 @@ class Trainer:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        atomic_write_json(root / "latest.json", {"checkpoint": name})
+        manifest_sha256 = _sha256(final / MANIFEST)
+        atomic_write_json(root / LATEST, {"checkpoint": name, "manifest_sha256": manifest_sha256})
         for old in sorted(root.glob("step-*"))[:-2]:  # keep the last two
             shutil.rmtree(old, ignore_errors=True)
         return final
 
     def load_checkpoint(self, path: str | os.PathLike | None = None) -> None:
-        """Restore weights, optimizer, scheduler, step and RNG states; strict, all-or-nothing."""
+        """Restore weights, optimizer, scheduler, step and RNG states; strict, all-or-nothing.
+
+        ``path`` is a step directory; by default the one latest.json names. Everything is checked
+        before the first change: the checksums (latest.json → manifest.json → each file's bytes),
+        the type of every field of trainer.json, and that the checkpoint fits this Trainer (the
+        same trainable parameters, thread count and dropout RNGs). Any failure is a ValueError
+        naming the file (and the field), and leaves the model, optimizer and Trainer as they were.
+        """
+        manifest_sha256 = None
         if path is None:
             if self.checkpoint_dir is None:
                 raise ValueError("checkpoint_dir: not set, and no checkpoint path given")
-            latest = read_json(self.checkpoint_dir / "latest.json", "latest checkpoint")
-            path = self.checkpoint_dir / str(latest.get("checkpoint"))
+            path, manifest_sha256 = _latest_checkpoint(self.checkpoint_dir)
         path = Path(path)
-        state = read_json(path / "trainer.json", "trainer state")
+        trainer_json = path / "trainer.json"
+        state = _trainer_state(_verified_trainer_json(path, manifest_sha256), trainer_json)
+
         trainable = sorted(n for n, p in self.model.named_parameters().items() if p.trainable)
-        if state.get("trainable") != trainable:
+        if state["trainable"] != trainable:
             raise ValueError(
                 f"{path}: the checkpoint trains other parameters than this model "
-                f"(checkpoint {len(state.get('trainable') or [])}, model {len(trainable)}): "
+                f"(checkpoint {len(state['trainable'])}, model {len(trainable)}): "
                 "was it made with another method or options?"
             )
-        saved_threads = state.get("train_config", {}).get("threads", 1)
+        saved_threads = state["train_config"]["threads"]
         if saved_threads != self.config.threads:
             raise ValueError(
                 f"{path}: saved with threads={saved_threads}, resumed with threads="
@@ -401,20 +452,212 @@ class Trainer:
             )
         generators = self._generators()
         if len(state["dropout_rngs"]) != len(generators):
-            raise ValueError(f"{path}: dropout RNG count differs from the model's")
+            raise ValueError(
+                f'{trainer_json}: "dropout_rngs": expected {len(generators)} states (one per '
+                f"dropout RNG of this model), got {len(state['dropout_rngs'])}"
+            )
+        data_rng = _checked_rng_state(
+            self.data_rng, state["data_rng"], f'{trainer_json}: "data_rng"'
+        )
+        dropout_rngs = [
+            _checked_rng_state(g, saved, f'{trainer_json}: "dropout_rngs"[{i}]')
+            for i, (g, saved) in enumerate(zip(generators, state["dropout_rngs"], strict=True))
+        ]
         weights, _ = load_tensors(path / "model.safetensors")
         opt_tensors, _ = load_tensors(path / "optimizer.safetensors")
+
         model_before = self.model.state_dict()
         opt_before = self.optimizer.state_dict()
+        scheduler_before = self.scheduler.state_dict()
+        where = path / "model.safetensors"
         try:
             self.model.load_state_dict(weights)
+            where = f'{path / "optimizer.safetensors"} with {trainer_json}\'s "optimizer"'
             self.optimizer.load_state_dict(opt_tensors, state["optimizer"])
+            where = f'{trainer_json}: "scheduler"'
             self.scheduler.load_state_dict(state["scheduler"])
         except (ValueError, KeyError, TypeError) as e:
             self.model.load_state_dict(model_before)  # all or nothing
             self.optimizer.load_state_dict(*opt_before)
-            raise ValueError(f"{path}: {e}") from None
-        self.data_rng.bit_generator.state = state["data_rng"]
-        for g, saved in zip(generators, state["dropout_rngs"], strict=True):
+            self.scheduler.load_state_dict(scheduler_before)
+            raise ValueError(f"{where}: {e}") from None
+        # checked on scratch generators above, so these cannot fail half-way
+        self.data_rng.bit_generator.state = data_rng
+        for g, saved in zip(generators, dropout_rngs, strict=True):
             g.bit_generator.state = saved
-        self.step = int(state["step"])
+        self.step = state["step"]
+
+
+# -- reading a checkpoint: every check before the first change ---------------------------------
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _latest_checkpoint(root: Path) -> tuple[Path, str]:
+    """The step directory latest.json names, and the SHA-256 it records of that manifest."""
+    latest_path = root / LATEST
+    latest = read_json(latest_path, "latest checkpoint")  # FileNotFoundError: no checkpoint yet
+    name = latest.get("checkpoint")
+    if not (isinstance(name, str) and _STEP_DIR.fullmatch(name)):
+        raise ValueError(
+            f'{latest_path}: "checkpoint": expected a step directory such as "step-0000042", '
+            f"got {_got(latest, 'checkpoint')}"
+        )
+    digest = latest.get("manifest_sha256")
+    if not (isinstance(digest, str) and _SHA256.fullmatch(digest)):
+        raise ValueError(
+            f'{latest_path}: "manifest_sha256": expected 64 lowercase hex digits, got '
+            f"{_got(latest, 'manifest_sha256')} (checkpoints saved before minift verified them "
+            "have none: train again without resume)"
+        )
+    path = root / name
+    if not path.is_dir():
+        raise ValueError(f"{latest_path}: points to {name}, which is not in {root}")
+    return path, digest
+
+
+def _verified_trainer_json(path: Path, manifest_sha256: str | None) -> bytes:
+    """Check manifest.json (against ``manifest_sha256`` when given) and every file it lists;
+    return trainer.json's bytes, the very bytes whose digest was checked."""
+    if not path.is_dir():
+        raise FileNotFoundError(2, "training checkpoint: no such directory", str(path))
+    manifest_path = path / MANIFEST
+    try:
+        raw = manifest_path.read_bytes()
+    except FileNotFoundError:
+        raise ValueError(
+            f"{manifest_path}: missing; not a complete training checkpoint (or one saved before "
+            "minift verified them: train again without resume)"
+        ) from None
+    if manifest_sha256 is not None and hashlib.sha256(raw).hexdigest() != manifest_sha256:
+        raise ValueError(
+            f"{manifest_path}: its SHA-256 differs from the one {path.parent / LATEST} records: "
+            "one of the two was changed or corrupted"
+        )
+    manifest = _json_object(raw, manifest_path, "checkpoint manifest")
+    digests = manifest.get("sha256")
+    if not (
+        isinstance(digests, dict)
+        and sorted(digests) == sorted(CHECKPOINT_FILES)
+        and all(isinstance(d, str) and _SHA256.fullmatch(d) for d in digests.values())
+    ):
+        raise ValueError(
+            f'{manifest_path}: "sha256": expected {{file: 64 lowercase hex digits}} for exactly '
+            f"{list(CHECKPOINT_FILES)}, got {_got(manifest, 'sha256')}"
+        )
+    trainer_bytes = b""
+    for name in CHECKPOINT_FILES:
+        file = path / name
+        try:
+            data = file.read_bytes()
+        except FileNotFoundError:
+            raise ValueError(f"{file}: missing, though {MANIFEST} lists it") from None
+        if hashlib.sha256(data).hexdigest() != digests[name]:
+            raise ValueError(
+                f"{file}: its SHA-256 differs from the one in {MANIFEST}: the file was changed "
+                "or corrupted"
+            )
+        if name == "trainer.json":
+            trainer_bytes = data
+    return trainer_bytes
+
+
+def _json_object(data: bytes, path: Path, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError both are
+        raise ValueError(f"{path}: {what} is not UTF-8 JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: {what} must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _trainer_state(data: bytes, path: Path) -> dict[str, Any]:
+    """trainer.json's object, every field the loader reads checked for its type and range."""
+    state = _json_object(data, path, "trainer state")
+
+    def check(ok: bool, field: str, expected: str) -> None:
+        if not ok:
+            raise ValueError(f'{path}: "{field}": expected {expected}, got {_got(state, field)}')
+
+    step = state.get("step")
+    check(_is_count(step), "step", "an integer >= 0")
+    train_config = state.get("train_config")
+    check(
+        isinstance(train_config, dict) and _is_count(train_config.get("threads"), minimum=1),
+        "train_config",
+        'an object whose "threads" is a positive integer',
+    )
+    optimizer = state.get("optimizer")
+    groups = optimizer.get("groups") if isinstance(optimizer, dict) else None
+    check(
+        isinstance(optimizer, dict)
+        and isinstance(optimizer.get("type"), str)
+        and isinstance(groups, list)
+        and all(isinstance(g, dict) and _is_list_of(g.get("params"), str) for g in groups)
+        and isinstance(optimizer.get("step_counts"), dict),
+        "optimizer",
+        'an object with "type", "groups" (objects with a "params" list) and "step_counts"',
+    )
+    scheduler = state.get("scheduler")
+    check(
+        isinstance(scheduler, dict)
+        and _is_count(scheduler.get("t"))
+        and scheduler.get("t") == step
+        and _is_list_of(scheduler.get("base_lrs"), (int, float)),
+        "scheduler",
+        f'{{"t": {step} (the step), "base_lrs": [a number per param group]}}',
+    )
+    check(isinstance(state.get("data_rng"), dict), "data_rng", "a random generator's state")
+    check(
+        _is_list_of(state.get("dropout_rngs"), dict),
+        "dropout_rngs",
+        "a list of random generators' states",
+    )
+    check(_is_list_of(state.get("trainable"), str), "trainable", "a list of parameter names")
+    return state
+
+
+def _checked_rng_state(generator: np.random.Generator, saved: Any, where: str) -> dict:
+    """``saved``, once it has proved a valid state for ``generator``'s kind: set on a scratch
+    generator of that kind and read back unchanged (NumPy's setter coerces some values)."""
+    current = generator.bit_generator.state
+    kind = current.get("bit_generator")
+    if _structure(saved) != _structure(current):
+        raise ValueError(
+            f"{where}: expected a {kind} state like {_short(current)}, got {_short(saved)}"
+        )
+    scratch = type(generator.bit_generator)()
+    try:
+        scratch.state = saved
+    except (ValueError, TypeError, KeyError, OverflowError) as e:
+        raise ValueError(f"{where}: not a valid {kind} state ({e})") from None
+    if scratch.state != saved:
+        raise ValueError(f"{where}: not a valid {kind} state (it reads back otherwise)")
+    return saved
+
+
+def _structure(obj: Any) -> Any:
+    """The keys and leaf types of a JSON-like value: what two RNG states of one kind share."""
+    if isinstance(obj, dict):
+        return {k: _structure(v) for k, v in obj.items()}
+    return type(obj).__name__
+
+
+def _is_count(x: Any, minimum: int = 0) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= minimum
+
+
+def _is_list_of(x: Any, types: type | tuple[type, ...]) -> bool:
+    return isinstance(x, list) and all(isinstance(v, types) and not isinstance(v, bool) for v in x)
+
+
+def _got(obj: dict, field: str) -> str:
+    return _short(obj[field]) if field in obj else "nothing (no such field)"
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,9 +1,13 @@
 """The one training loop: exact resume, accumulation, divergence, logs, atomic checkpoints."""
 
+import hashlib
 import json
+import shutil
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import minift
 from minift.peft import LoraConfig, get_peft_model
@@ -150,7 +154,7 @@ def test_a_failed_checkpoint_leaves_the_previous_one_intact(tmp_path, monkeypatc
     trainer._train_step()
     with pytest.raises(OSError, match="disk full"):
         trainer.save_checkpoint()
-    assert json.loads((tmp_path / "latest.json").read_text()) == {"checkpoint": "step-0000001"}
+    assert json.loads((tmp_path / "latest.json").read_text())["checkpoint"] == "step-0000001"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.json", "step-0000001"]
 
 
@@ -172,7 +176,7 @@ def test_corrupted_checkpoint_is_refused_and_nothing_changes(tmp_path):
     model = lora_model(seed=3)
     before = params_of(model)
     trainer = Trainer(model, config, sample_batch, checkpoint_dir=tmp_path, progress=False)
-    with pytest.raises(ValueError, match="not a readable safetensors file"):
+    with pytest.raises(ValueError, match="model.safetensors: its SHA-256 differs"):
         trainer.load_checkpoint()
     for name, value in before.items():
         np.testing.assert_array_equal(model.named_parameters()[name].value, value)
@@ -274,3 +278,256 @@ def test_resuming_with_another_thread_count_is_refused(tmp_path):
     again = Trainer(lora_model(), one, sample_batch, checkpoint_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match="saved with threads=2, resumed with threads=1"):
         again.train(resume=True)
+
+
+# -- a verified training checkpoint: damage is a ValueError naming the file, never another resume --
+
+STEP_FILES = ("model.safetensors", "optimizer.safetensors", "trainer.json", "manifest.json")
+DAMAGEABLE = (*STEP_FILES, "latest.json")
+RESUME_CONFIG = TrainConfig(steps=3, batch_size=2, checkpoint_every=1, seed=5)
+
+
+def full_state(trainer):
+    """Everything a resume continues from: the steps after it are a function of this alone."""
+    tensors, meta = trainer.optimizer.state_dict()
+    return {
+        "params": params_of(trainer.model),
+        "optimizer": tensors,
+        "optimizer_meta": meta,
+        "scheduler": trainer.scheduler.state_dict(),
+        "data_rng": trainer.data_rng.bit_generator.state,
+        "dropout_rngs": [g.bit_generator.state for g in trainer._generators()],
+        "step": trainer.step,
+    }
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        if key in ("params", "optimizer"):
+            assert a[key].keys() == b[key].keys(), key
+            for name in a[key]:
+                assert a[key][name].dtype == b[key][name].dtype, (key, name)
+                np.testing.assert_array_equal(a[key][name], b[key][name], err_msg=f"{key} {name}")
+        else:
+            assert a[key] == b[key], key
+
+
+def fresh_trainer(root):
+    """A Trainer whose every piece of state differs from the saved one's (other weights, step 0,
+    empty optimizer state, unstarted RNGs): a partial load would show."""
+    return Trainer(
+        lora_model(seed=3), RESUME_CONFIG, sample_batch, checkpoint_dir=root, progress=False
+    )
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """(checkpoint directory, the state the saving Trainer ended in): 3 steps, step-0000002 and
+    step-0000003 kept, latest.json naming step-0000003."""
+    root = tmp_path_factory.mktemp("resume")
+    trainer = Trainer(
+        lora_model(), RESUME_CONFIG, sample_batch, checkpoint_dir=root, progress=False
+    )
+    trainer.train()
+    assert sorted(p.name for p in root.iterdir()) == ["latest.json", "step-0000002", "step-0000003"]
+    assert sorted(p.name for p in (root / "step-0000003").iterdir()) == sorted(STEP_FILES)
+    return root, full_state(trainer)
+
+
+def checkpoint_file(root, name):
+    return root / name if name == "latest.json" else root / "step-0000003" / name
+
+
+def same_json(a: bytes, b: bytes) -> bool:
+    try:
+        return json.loads(a) == json.loads(b)
+    except ValueError:
+        return False
+
+
+def load_damaged(saved, name, damaged: bytes) -> str:
+    """Load with ``name`` replaced by ``damaged``: "refused" (a ValueError naming the file, the
+    Trainer untouched) or "resumed" (exactly the saved state); anything else fails the test."""
+    root, expected = saved
+    file = checkpoint_file(root, name)
+    original = file.read_bytes()
+    file.write_bytes(damaged)
+    try:
+        trainer = fresh_trainer(root)
+        before = full_state(trainer)
+        try:
+            trainer.load_checkpoint()
+        except ValueError as e:
+            assert str(file) in str(e)
+            assert_same_state(full_state(trainer), before)
+            return "refused"
+        assert_same_state(full_state(trainer), expected)
+        return "resumed"
+    finally:
+        file.write_bytes(original)
+
+
+def test_the_intact_checkpoint_resumes_to_the_saved_state(saved):
+    assert (
+        load_damaged(saved, "trainer.json", checkpoint_file(saved[0], "trainer.json").read_bytes())
+        == "resumed"
+    )
+
+
+@pytest.mark.parametrize("name", DAMAGEABLE)
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_a_truncated_checkpoint_file_is_refused_naming_it(saved, name, data):
+    """The digests cover every byte of the step directory (latest.json covers the manifest), so
+    any cut there is refused; latest.json itself may only resume when it still says the same."""
+    blob = checkpoint_file(saved[0], name).read_bytes()
+    damaged = blob[: data.draw(st.integers(0, len(blob) - 1), label="length")]
+    outcome = load_damaged(saved, name, damaged)
+    assert outcome == "refused" or (name == "latest.json" and same_json(damaged, blob))
+
+
+@pytest.mark.parametrize("name", DAMAGEABLE)
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_a_bit_flipped_checkpoint_file_is_refused_naming_it(saved, name, data):
+    blob = checkpoint_file(saved[0], name).read_bytes()
+    position = data.draw(st.integers(0, len(blob) - 1), label="position")
+    damaged = bytearray(blob)
+    damaged[position] ^= 1 << data.draw(st.integers(0, 7), label="bit")
+    assert load_damaged(saved, name, bytes(damaged)) == "refused"
+
+
+def test_only_latest_json_may_lose_its_final_newline(saved):
+    """The one damage that can keep the content the same. The step directory's bytes are all
+    covered, so it is refused there; latest.json still says the same, and resumes exactly."""
+    root, _ = saved
+    outcomes = {
+        name: load_damaged(saved, name, checkpoint_file(root, name).read_bytes()[:-1])
+        for name in DAMAGEABLE
+    }
+    assert outcomes == {**dict.fromkeys(STEP_FILES, "refused"), "latest.json": "resumed"}
+
+
+def reseal(step_dir):
+    """Rewrite manifest.json and latest.json for the files as they are now: a hand edit that the
+    checksums no longer catch, so that the field checks must."""
+    digests = {
+        name: hashlib.sha256((step_dir / name).read_bytes()).hexdigest()
+        for name in ("model.safetensors", "optimizer.safetensors", "trainer.json")
+    }
+    (step_dir / "manifest.json").write_text(json.dumps({"sha256": digests}))
+    manifest = hashlib.sha256((step_dir / "manifest.json").read_bytes()).hexdigest()
+    (step_dir.parent / "latest.json").write_text(
+        json.dumps({"checkpoint": step_dir.name, "manifest_sha256": manifest})
+    )
+
+
+def _rng_state(state, value):
+    state["data_rng"]["state"]["state"] = value
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda s: s.pop("step"), '"step": expected an integer >= 0, got nothing'),
+        (lambda s: s.update(step="3"), "\"step\": expected an integer >= 0, got '3'"),
+        (lambda s: s.update(train_config=None), '"train_config": expected an object'),
+        (lambda s: s["optimizer"].update(groups=[[]]), '"optimizer": expected an object'),
+        (lambda s: s["scheduler"].update(t=2), r'"scheduler": expected \{"t": 3 \(the step\)'),
+        (lambda s: s.update(data_rng={"bit_generator": "PCG64"}), '"data_rng": expected a PCG64'),
+        (lambda s: _rng_state(s, -1), '"data_rng": not a valid PCG64 state'),
+        (lambda s: s.update(dropout_rngs=[]), '"dropout_rngs": expected 2 states'),
+        (lambda s: s.update(trainable="all"), '"trainable": expected a list of parameter names'),
+        # these two pass the type checks and fail only after the weights were loaded: rolled back
+        (lambda s: s["optimizer"].update(type="SGD"), "optimizer type: this is AdamW"),
+        (lambda s: s["scheduler"].update(base_lrs=[-1.0]), '"scheduler": base_lr'),
+    ],
+    ids=[
+        "no-step",
+        "step-str",
+        "train_config",
+        "groups",
+        "t",
+        "rng-keys",
+        "rng-value",
+        "dropout",
+        "trainable",
+        "optimizer-type",
+        "base_lrs",
+    ],
+)
+def test_a_hand_edited_trainer_json_names_the_field_and_changes_nothing(
+    saved, tmp_path, edit, match
+):
+    root = tmp_path / "run"
+    shutil.copytree(saved[0], root)
+    path = root / "step-0000003" / "trainer.json"
+    state = json.loads(path.read_text())
+    edit(state)
+    path.write_text(json.dumps(state))
+    reseal(path.parent)
+    trainer = fresh_trainer(root)
+    before = full_state(trainer)
+    with pytest.raises(ValueError, match=match) as error:
+        trainer.load_checkpoint()
+    assert "trainer.json" in str(error.value)
+    assert_same_state(full_state(trainer), before)
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        (lambda r: shutil.rmtree(r / "step-0000003"), "points to step-0000003, which is not in"),
+        (
+            lambda r: (r / "latest.json").write_text(
+                json.dumps(
+                    {**json.loads((r / "latest.json").read_text()), "checkpoint": "step-0000002"}
+                )
+            ),
+            "step-0000002/manifest.json: its SHA-256 differs from the one .*latest.json records",
+        ),
+        (
+            lambda r: (r / "latest.json").write_text(json.dumps({"checkpoint": "../step-0000003"})),
+            '"checkpoint": expected a step directory',
+        ),
+        (
+            lambda r: (r / "latest.json").write_text(json.dumps({"checkpoint": "step-0000003"})),
+            '"manifest_sha256": expected 64 lowercase hex digits, got nothing',
+        ),
+        (lambda r: (r / "step-0000003" / "manifest.json").unlink(), "manifest.json: missing"),
+        (
+            lambda r: (r / "step-0000003" / "optimizer.safetensors").unlink(),
+            "optimizer.safetensors: missing, though manifest.json lists it",
+        ),
+    ],
+    ids=["missing-step", "older-step", "outside", "old-format", "no-manifest", "no-optimizer"],
+)
+def test_latest_json_pointing_to_a_missing_or_other_checkpoint_is_named(
+    saved, tmp_path, damage, match
+):
+    root = tmp_path / "run"
+    shutil.copytree(saved[0], root)
+    damage(root)
+    trainer = fresh_trainer(root)
+    before = full_state(trainer)
+    with pytest.raises(ValueError, match=match):
+        trainer.load_checkpoint()
+    assert_same_state(full_state(trainer), before)
+
+
+def test_an_explicit_step_directory_is_verified_too(saved, tmp_path):
+    root = tmp_path / "run"
+    shutil.copytree(saved[0], root)
+    trainer = fresh_trainer(root)
+    trainer.load_checkpoint(root / "step-0000002")  # the older one: no latest.json involved
+    assert trainer.step == 2
+    path = root / "step-0000002" / "trainer.json"
+    path.write_bytes(path.read_bytes().replace(b'"step": 2', b'"step": 3'))
+    with pytest.raises(ValueError, match="trainer.json: its SHA-256 differs"):
+        fresh_trainer(root).load_checkpoint(root / "step-0000002")
+
+
+def test_extra_state_may_not_overwrite_the_trainers_fields():
+    with pytest.raises(ValueError, match=r"extra_state: the keys \['step'\] are trainer.json's"):
+        Trainer(minift.GPT(CFG), TrainConfig(), sample_batch, extra_state={"step": 0, "x": 1})

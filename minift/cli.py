@@ -18,9 +18,11 @@ Every error is one line naming what was wrong, and a non-zero exit status.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import math
 import shlex
+import shutil
 import sys
 import tempfile
 from dataclasses import fields
@@ -45,16 +47,43 @@ METHOD_OPTIONS = {  # command-line option -> config field it sets, for the metho
 }
 
 
-def _writable_dir(path: str) -> Path:
-    """Create the directory if needed and prove it can be written, before any work starts."""
+def _writable_dir(path: str, option: str = "--out") -> Path:
+    """Prove that ``path`` can become a directory and be written, before any work; create nothing.
+
+    The directory itself is made only when the results are written (``_removed_on_failure``),
+    so a run that fails leaves no empty directory behind.
+    """
     directory = Path(path)
+    existing = directory  # the nearest ancestor that exists: where the directory would be made
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{option}: cannot write to {directory}: {existing} is not a directory")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory):
+        with tempfile.NamedTemporaryFile(dir=existing):
             pass
     except OSError as e:
-        raise ValueError(f"--out: cannot write to {directory}: {e.strerror or e}") from None
+        raise ValueError(f"{option}: cannot write to {directory}: {e.strerror or e}") from None
     return directory
+
+
+@contextlib.contextmanager
+def _removed_on_failure(directory: Path):
+    """Run the body that writes into ``directory``; if it fails, remove the directories it made.
+
+    What existed before is left alone; a new directory (and any new parents) goes, so a failed
+    write leaves nothing half-written.
+    """
+    first_new = None
+    candidate = directory
+    while not candidate.exists() and candidate.parent != candidate:
+        first_new, candidate = candidate, candidate.parent
+    try:
+        yield directory
+    except BaseException:
+        if first_new is not None:
+            shutil.rmtree(first_new, ignore_errors=True)
+        raise
 
 
 def _positive_int(text):
@@ -130,7 +159,8 @@ def cmd_pretrain(args):
     args.pretrain_steps, args.base_seed = args.steps, args.seed
     spec = _base_spec(args)
     if args.out:
-        _, info = pipeline.pretrain(spec, _writable_dir(args.out))
+        with _removed_on_failure(_writable_dir(args.out)) as out:
+            _, info = pipeline.pretrain(spec, out)
         print(f"saved to {args.out}; final loss {info['losses'][-1]:.3f} after {spec.steps} steps")
     else:
         pipeline.load_base(spec)
@@ -161,7 +191,8 @@ def cmd_finetune(args):
     for name, value in metrics.items():
         print(f"{args.task} / {args.method}: {name} = {value:.4f}")
     if out:
-        pipeline.save_finetuned(model, out, task, args.method)
+        with _removed_on_failure(out):
+            pipeline.save_finetuned(model, out, task, args.method)
         print(f"saved to {out}")
 
 
@@ -217,6 +248,7 @@ def cmd_generate(args):
 
 
 def cmd_compare(args, methods_default=COMPARE_METHODS):
+    settings = _settings(args)
     out = _writable_dir(args.out)
     tasks = args.tasks or pipeline.default_tasks()
     methods = args.methods or methods_default
@@ -225,7 +257,7 @@ def cmd_compare(args, methods_default=COMPARE_METHODS):
         tasks,
         methods,
         seeds,
-        _settings(args),
+        settings,
         _base_spec(args),
         isolate=not args.in_process,
         workers=getattr(args, "workers", 1),
@@ -235,7 +267,8 @@ def cmd_compare(args, methods_default=COMPARE_METHODS):
         if sys.argv[1:]
         else "minift compare"
     )
-    written = pipeline.write_results(records, curves, out, command)
+    with _removed_on_failure(out):
+        written = pipeline.write_results(records, curves, out, command)
     print((out / "results.md").read_text())
     print("wrote " + ", ".join(str(p) for p in written))
 

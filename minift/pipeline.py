@@ -706,6 +706,9 @@ def save_finetuned(model: Module, out_dir, task: Task, method: str) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     peft_config = getattr(model, "peft_config", None)
+    # the description last, each file atomically, an older description removed first: at any
+    # moment of a crash the directory holds a whole model, or no finetuned.json to load
+    (out_dir / "finetuned.json").unlink(missing_ok=True)
     save_tensors(out_dir / "model.safetensors", model.state_dict(), {"format": "pt"})
     atomic_write_json(
         out_dir / "finetuned.json",

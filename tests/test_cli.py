@@ -1,11 +1,16 @@
 """The `minift` command: every subcommand runs end to end on tiny settings; bad input exits
 non-zero with a one-line message and leaves nothing half-written."""
 
+import contextlib
+import io
 import json
 
+import numpy as np
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
-from minift import cli
+from minift import cli, pipeline
 
 TINY_BASE = ["--base-d-model", "32", "--base-n-layer", "1", "--base-n-head", "2"]
 FAST = [
@@ -241,6 +246,59 @@ def test_a_corrupted_model_is_a_clear_error_and_nothing_is_loaded(tmp_path, caps
     weights.write_bytes(weights.read_bytes()[: len(weights.read_bytes()) // 2])
     code, _, err = run(capsys, "evaluate", "--task", "stdlib-modules", "--model", str(out))
     assert code == 2 and "not a readable safetensors file" in err
+
+
+IDX = np.array([[1, 5, 6, 7, 3]])
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory, cache):
+    """A LoRA classifier fine-tuned through the command: (its files, what `evaluate` prints for
+    it, its logits on IDX)."""
+    out = tmp_path_factory.mktemp("finetuned") / "ft"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINIFT_CACHE", str(cache))
+        argv = ["finetune", "--task", "stdlib-modules", "--method", "lora", "--out", str(out)]
+        assert cli.main([*argv, *FAST]) == 0
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert cli.main([*EVALUATE, "--model", str(out)]) == 0
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    return files, printed.getvalue(), pipeline.load_finetuned(out).forward(IDX)
+
+
+EVALUATE = ["evaluate", "--task", "stdlib-modules", "--eval-examples", "4"]
+
+
+@pytest.mark.parametrize("name", ["finetuned.json", "model.safetensors"])
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(fraction=st.floats(0, 1, exclude_max=True), bit=st.integers(-1, 7))
+@example(fraction=0.999999, bit=-1)  # finetuned.json without its last newline: the same JSON
+@example(fraction=0.5, bit=-1)
+def test_evaluate_refuses_a_damaged_model_in_one_line(
+    finetuned, tmp_path, capsys, name, fraction, bit
+):
+    """A truncated (bit -1) or bit-flipped file: exit 2 with one line naming the file, never a
+    traceback; or, when the damage leaves the same model, the original model's every logit."""
+    files, printed, logits = finetuned
+    for file_name, blob in files.items():
+        (tmp_path / file_name).write_bytes(blob)
+    blob = bytearray(files[name])
+    at = int(fraction * len(blob))
+    if bit < 0:
+        del blob[at:]
+    else:
+        blob[at] ^= 1 << bit
+    (tmp_path / name).write_bytes(bytes(blob))
+    code, stdout, err = run(capsys, *EVALUATE, "--model", str(tmp_path))
+    if code == 0:  # only a change that leaves the same model may load
+        assert stdout == printed
+        np.testing.assert_array_equal(pipeline.load_finetuned(tmp_path).forward(IDX), logits)
+        return
+    assert code == 2 and stdout == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith("minift evaluate: error: ")
+    assert "finetuned.json" in err or "model.safetensors" in err
 
 
 def test_unknown_subcommand_exits_non_zero():

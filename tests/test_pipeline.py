@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from minift import pipeline
 from minift.data import Example, Task
@@ -89,6 +91,146 @@ def test_a_saved_model_with_a_missing_tensor_is_refused(tmp_path):
     save_tensors(tmp_path / "model.safetensors", tensors, meta)
     with pytest.raises(ValueError, match=r"missing keys \['h.0.attn.c_attn.lora_A'\]"):
         pipeline.load_finetuned(tmp_path)
+
+
+# -- a saved fine-tuned model is loaded strictly ----------------------------------------------
+
+IDX = np.array([[1, 5, 6, 7, 3]])
+
+
+@pytest.fixture(scope="module")
+def saved_lora(tmp_path_factory):
+    """A LoRA classifier trained two steps (so its B is not zero and alpha matters), saved:
+    (directory, {file name: bytes}, its logits on IDX). The base is untrained: no cache needed."""
+    tok = pipeline.standard_tokenizer()
+    task = toy_classification()
+    base = pipeline.GPT(TINY.model_config(tok.vocab_size), seed=0)
+    model = pipeline.prepare_model(base, task, "lora", seed=0, tok=tok, steps=SETTINGS.steps)
+    pipeline.finetune(model, task, "lora", 0, tok, SETTINGS, progress=False)
+    directory = tmp_path_factory.mktemp("saved-lora")
+    pipeline.save_finetuned(model, directory, task, "lora")
+    files = {p.name: p.read_bytes() for p in directory.iterdir()}
+    assert sorted(files) == ["finetuned.json", "model.safetensors"]
+    return directory, files, model.eval().forward(IDX)
+
+
+def _rewrite_with_checksum(directory, info):
+    """Write ``info`` as finetuned.json AND re-sign the weights with its checksum, as a tool that
+    knew the format would: what is left to catch is the content itself."""
+    from minift.checkpoint import CONFIG_DIGEST_KEY, json_digest, load_tensors, save_tensors
+
+    tensors, meta = load_tensors(directory / "model.safetensors")
+    save_tensors(
+        directory / "model.safetensors", tensors, {**meta, CONFIG_DIGEST_KEY: json_digest(info)}
+    )
+    (directory / "finetuned.json").write_text(json.dumps(info))
+
+
+def _copy_of_saved(saved_lora, tmp_path):
+    directory, files, _ = saved_lora
+    for name, blob in files.items():
+        (tmp_path / name).write_bytes(blob)
+    return json.loads(files["finetuned.json"])
+
+
+def test_an_edited_description_is_refused_not_loaded_as_another_model(saved_lora, tmp_path):
+    """lora_alpha 16 -> 99 in finetuned.json used to load, scaling B·A by another factor."""
+    info = _copy_of_saved(saved_lora, tmp_path)
+    info["peft_config"]["lora_alpha"] = 99
+    (tmp_path / "finetuned.json").write_text(json.dumps(info, indent=2))
+    with pytest.raises(ValueError, match="finetuned.json: not the config these weights were saved"):
+        pipeline.load_finetuned(tmp_path)
+
+
+def test_weights_without_the_description_checksum_are_refused(saved_lora, tmp_path):
+    from minift.checkpoint import CONFIG_DIGEST_KEY, load_tensors, save_tensors
+
+    _copy_of_saved(saved_lora, tmp_path)
+    tensors, meta = load_tensors(tmp_path / "model.safetensors")
+    del meta[CONFIG_DIGEST_KEY]
+    save_tensors(tmp_path / "model.safetensors", tensors, meta)
+    with pytest.raises(ValueError, match="model.safetensors: no checksum of finetuned.json"):
+        pipeline.load_finetuned(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda info: info.pop("kind"), "finetuned.json: kind: missing"),
+        (lambda info: info.update(kind="regression"), "kind: expected 'classification' or"),
+        (lambda info: info.update(num_labels="3"), "num_labels: expected a number of labels"),
+        (lambda info: info.update(num_labels=True), "num_labels: expected a number of labels"),
+        (lambda info: info.update(extra=1), r"finetuned.json: unknown fields \['extra'\]"),
+        (lambda info: info["model_config"].update(n_layer="2"), "model_config: (Type|Value)Error"),
+        (lambda info: info["model_config"].update(bogus=1), "model_config: TypeError"),
+        (lambda info: info["tokenizer"].pop("chars"), "tokenizer: KeyError"),
+        (lambda info: info["peft_config"].update(peft_type="Q"), "unknown peft_type 'Q'"),
+        (lambda info: info["peft_config"].update(r=-1), "peft_config: ValueError"),
+        (lambda info: info["peft_config"].update(r=4), "model.safetensors: .*shape"),
+    ],
+)
+def test_a_malformed_description_is_a_valueerror_naming_the_field(
+    saved_lora, tmp_path, edit, message
+):
+    info = _copy_of_saved(saved_lora, tmp_path)
+    edit(info)
+    _rewrite_with_checksum(tmp_path, info)
+    with pytest.raises(ValueError, match=message):
+        pipeline.load_finetuned(tmp_path)
+
+
+def test_a_model_for_another_task_is_refused_naming_both(saved_lora):
+    directory, _, _ = saved_lora
+    with pytest.raises(
+        ValueError, match=f"task: {directory} holds a model fine-tuned for toy, not"
+    ):
+        pipeline.load_finetuned(directory, task="babi-qa")
+    assert pipeline.load_finetuned(directory, task="toy") is not None
+
+
+def _loads_identically_or_is_refused(directory, expected_logits):
+    """The fuzz's one rule: a ValueError naming one of the two files, or the original model."""
+    try:
+        model = pipeline.load_finetuned(directory)
+    except ValueError as e:
+        assert "finetuned.json" in str(e) or "model.safetensors" in str(e), str(e)
+        return "refused"
+    np.testing.assert_array_equal(model.forward(IDX), expected_logits)
+    return "identical"
+
+
+FUZZ = settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@pytest.mark.parametrize("name", ["finetuned.json", "model.safetensors"])
+@FUZZ
+@given(fraction=st.floats(0, 1, exclude_max=True))
+@example(fraction=0.0)
+@example(fraction=0.999999)  # the last byte gone (finetuned.json: only its newline)
+def test_a_truncated_saved_model_is_refused_or_loads_identically(
+    saved_lora, tmp_path, name, fraction
+):
+    _copy_of_saved(saved_lora, tmp_path)
+    blob = saved_lora[1][name]
+    (tmp_path / name).write_bytes(blob[: int(fraction * len(blob))])
+    _loads_identically_or_is_refused(tmp_path, saved_lora[2])
+
+
+@pytest.mark.parametrize("name", ["finetuned.json", "model.safetensors"])
+@FUZZ
+@given(fraction=st.floats(0, 1, exclude_max=True), bit=st.integers(0, 7))
+@example(fraction=0.0, bit=0)
+@example(fraction=0.999999, bit=7)
+def test_a_bit_flipped_saved_model_is_refused_or_loads_identically(
+    saved_lora, tmp_path, name, fraction, bit
+):
+    _copy_of_saved(saved_lora, tmp_path)
+    flipped = bytearray(saved_lora[1][name])
+    flipped[int(fraction * len(flipped))] ^= 1 << bit
+    (tmp_path / name).write_bytes(bytes(flipped))
+    _loads_identically_or_is_refused(tmp_path, saved_lora[2])
 
 
 def test_prompt_tuning_leaves_fewer_positions_for_the_input():

@@ -218,7 +218,7 @@ def _option(field_name: str) -> str:
 def cmd_evaluate(args):
     pipeline.check_task(args.task)
     tok = pipeline.standard_tokenizer()
-    model = pipeline.load_finetuned(args.model)
+    model = pipeline.load_finetuned(args.model, task=args.task)  # refuses another task's model
     task = pipeline.get_task(args.task)
     for name, value in pipeline.evaluate(model, task, tok, limit=args.eval_examples).items():
         print(f"{args.task}: {name} = {value:.4f}")

@@ -301,6 +301,15 @@ def test_evaluate_refuses_a_damaged_model_in_one_line(
     assert "finetuned.json" in err or "model.safetensors" in err
 
 
+def test_evaluate_refuses_a_model_fine_tuned_for_another_task(finetuned, tmp_path, capsys):
+    """A classifier of Python modules scored on French numbers used to print a score."""
+    for file_name, blob in finetuned[0].items():
+        (tmp_path / file_name).write_bytes(blob)
+    code, stdout, err = run(capsys, "evaluate", "--task", "en-fr-numbers", "--model", str(tmp_path))
+    assert code == 2 and stdout == "" and len(err.strip().splitlines()) == 1
+    assert f"task: {tmp_path} holds a model fine-tuned for stdlib-modules, not en-fr-numbers" in err
+
+
 def test_unknown_subcommand_exits_non_zero():
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["nope"])

@@ -5,6 +5,8 @@
                                     table and write the plots (a few minutes on two cores)
     minift pretrain                 pretrain the base model (cached, or to --out)
     minift finetune --task T --method M [options]    fine-tune, evaluate, save to --out
+        (both: --checkpoint-dir D saves checkpoints, --resume continues the latest bit for bit,
+        --stop-at N interrupts, --log F appends a JSON line per step; finetune: --eval-every N)
     minift evaluate --task T --model DIR             evaluate a saved fine-tuned model
     minift generate --model DIR --prompt TEXT         let a saved model write
     minift compare --out DIR        methods × tasks × seeds → results.json, results.md, plots
@@ -12,7 +14,9 @@
     minift bench NAME [options]     run benchmarks/NAME.py of a source checkout (train_step,
                                     generate, gradcheck_time, param_counts, lr_sweep)
 
-Every error is one line naming what was wrong, and a non-zero exit status.
+Every error is one line naming what was wrong, and a non-zero exit status. Inputs are checked
+before any work (a base is loaded or pretrained) and an --out directory is made only when its
+results are written, so a failed run leaves nothing half-written behind.
 """
 
 from __future__ import annotations
@@ -102,6 +106,7 @@ def _settings(args) -> pipeline.RunSettings:
         lr=args.lr,
         eval_examples=args.eval_examples,
         threads=args.threads,
+        eval_every=getattr(args, "eval_every", 0),
     )
 
 
@@ -152,19 +157,50 @@ def _add_run_options(p, steps):
     _add_base_options(p)
 
 
+def _add_checkpoint_options(p):
+    g = p.add_argument_group("checkpoints and logs")
+    g.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="save a checkpoint here every --checkpoint-every steps and at the end (atomically)",
+    )
+    g.add_argument(
+        "--checkpoint-every", type=_positive_int, default=None, help="default: a tenth of --steps"
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the latest checkpoint in --checkpoint-dir, bit for bit",
+    )
+    g.add_argument(
+        "--stop-at",
+        type=_positive_int,
+        default=None,
+        help="end at this step, as an interruption would (the schedule stays that of --steps)",
+    )
+    g.add_argument("--log", default=None, help="append one JSON line of metrics per step")
+
+
 # ------------------------------------------------------------------------------------------------
 
 
 def cmd_pretrain(args):
     args.pretrain_steps, args.base_seed = args.steps, args.seed
     spec = _base_spec(args)
-    if args.out:
-        with _removed_on_failure(_writable_dir(args.out)) as out:
-            _, info = pipeline.pretrain(spec, out)
-        print(f"saved to {args.out}; final loss {info['losses'][-1]:.3f} after {spec.steps} steps")
-    else:
-        pipeline.load_base(spec)
-        print(f"base model cached in {pipeline.cache_dir()}")
+    options = _training_options(args, spec.steps)
+    if options["resume"]:
+        run = pipeline.pretrain_description(spec, pipeline.standard_tokenizer())
+        pipeline.check_resume(options["checkpoint_dir"], run, pipeline.pretrain_config(spec))
+    if not args.out and pipeline.is_cached(spec):
+        print(f"base model cached in {pipeline.base_path(spec)}")
+        return
+    out = _writable_dir(args.out) if args.out else pipeline.base_path(spec)
+    with _removed_on_failure(out):
+        _, info = pipeline.pretrain(spec, out, **options)
+    if _stopped_early(info["step"], spec.steps, options):
+        return
+    final = f"; final loss {info['losses'][-1]:.3f}" if info["losses"] else ""
+    print(f"saved to {out}{final} after {spec.steps} steps")
 
 
 def cmd_finetune(args):
@@ -179,14 +215,35 @@ def cmd_finetune(args):
     # the config must also fit the base's modules (--target-modules): tried on an untrained
     # model of the base's shape, which takes milliseconds where loading the base may pretrain it
     untrained = pipeline.GPT(spec.model_config(tok.vocab_size))
-    pipeline.prepare_model(untrained, task, args.method, 0, tok, args.steps, copy.deepcopy(config))
+    untrained = pipeline.prepare_model(
+        untrained, task, args.method, 0, tok, args.steps, copy.deepcopy(config)
+    )
+    options = _training_options(args, args.steps)
+    if method.build is None and (
+        options["checkpoint_dir"] or options["log_path"] or args.eval_every
+    ):
+        raise ValueError(
+            f"--method: {args.method} does not train: no checkpoints, log or evaluations to make"
+        )
+    run = pipeline.run_description(task, args.method, args.seed, untrained, spec, tok)
+    if options["resume"]:
+        train_config = pipeline.train_config(task.kind, args.method, args.seed, settings)
+        pipeline.check_resume(options["checkpoint_dir"], run, train_config)
     out = _writable_dir(args.out) if args.out else None
     base = pipeline.load_base(spec)
     model = pipeline.prepare_model(
         base, task, args.method, args.seed, tok, args.steps, config=config
     )
     if method.build is not None:
-        pipeline.finetune(model, task, args.method, args.seed, tok, settings)
+        result, _ = pipeline.finetune(
+            model, task, args.method, args.seed, tok, settings, extra_state={"run": run}, **options
+        )
+        for scores in result.evals:
+            for name, value in scores.items():
+                if name != "step":
+                    print(f"step {scores['step']}: validation {name} = {value:.4f}")
+        if _stopped_early(result.step, args.steps, options):
+            return
     metrics = pipeline.evaluate(model, task, tok, limit=args.eval_examples)
     for name, value in metrics.items():
         print(f"{args.task} / {args.method}: {name} = {value:.4f}")
@@ -194,6 +251,61 @@ def cmd_finetune(args):
         with _removed_on_failure(out):
             pipeline.save_finetuned(model, out, task, args.method)
         print(f"saved to {out}")
+
+
+def _training_options(args, steps: int) -> dict:
+    """--checkpoint-dir, --checkpoint-every, --resume, --stop-at and --log, checked before any
+    work: pipeline.finetune's and pipeline.pretrain's keyword arguments."""
+    directory = args.checkpoint_dir
+    if directory is None:
+        for option, value in [
+            ("--resume", args.resume),
+            ("--stop-at", args.stop_at),
+            ("--checkpoint-every", args.checkpoint_every),
+        ]:
+            if value:
+                raise ValueError(f"{option}: needs --checkpoint-dir, the directory of checkpoints")
+    else:
+        directory = _writable_dir(directory, "--checkpoint-dir")
+        has_checkpoints = (directory / "latest.json").exists()
+        if args.resume and not has_checkpoints:
+            raise ValueError(f"--resume: no checkpoint in {directory} (it has no latest.json)")
+        if has_checkpoints and not args.resume:
+            raise ValueError(
+                f"--checkpoint-dir: {directory} holds an earlier run's checkpoints; "
+                "add --resume to continue it, or choose another directory"
+            )
+    if args.stop_at is not None and args.stop_at >= steps:
+        raise ValueError(f"--stop-at: expected a step before --steps {steps}, got {args.stop_at}")
+    return {
+        "checkpoint_dir": directory,
+        "checkpoint_every": (args.checkpoint_every or max(1, steps // 10)) if directory else 0,
+        "resume": args.resume,
+        "stop_at": args.stop_at,
+        "log_path": _writable_file(args.log, "--log") if args.log else None,
+    }
+
+
+def _writable_file(path: str, option: str) -> Path:
+    """A file that can be created or appended to, in a directory that exists; creates nothing."""
+    file = Path(path)
+    if file.is_dir():
+        raise ValueError(f"{option}: {file} is a directory, expected a file")
+    if not file.parent.is_dir():
+        raise ValueError(f"{option}: cannot write {file}: {file.parent} is not a directory")
+    _writable_dir(str(file.parent), option)
+    return file
+
+
+def _stopped_early(step: int, steps: int, options: dict) -> bool:
+    """Say so, if --stop-at ended the run before its last step."""
+    if step >= steps:
+        return False
+    print(
+        f"stopped at step {step} of {steps}; the checkpoint is in {options['checkpoint_dir']}: "
+        "run the same command with --resume to continue (nothing is written to --out before)"
+    )
+    return True
 
 
 def _method_config(args, kind: str):
@@ -333,6 +445,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="a directory (default: the cache)")
     _add_base_options(p)
+    _add_checkpoint_options(p)
 
     p = sub.add_parser("finetune", help="fine-tune the base on a task with a method")
     p.add_argument("--task", required=True, help=", ".join(pipeline.TASK_NAMES))
@@ -340,6 +453,13 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
     _add_run_options(p, steps=200)
+    _add_checkpoint_options(p)
+    p.add_argument(
+        "--eval-every",
+        type=_positive_int,
+        default=0,
+        help="score the validation split every N steps (printed, and in --log)",
+    )
     g = p.add_argument_group("method options (each applies to the methods that have it)")
     g.add_argument("--r", type=int)
     g.add_argument("--lora-alpha", type=float)

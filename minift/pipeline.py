@@ -213,41 +213,78 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "minift"
 
 
-def pretrain(spec: BaseSpec, out_dir: Path | None = None, progress=True) -> tuple[GPT, dict]:
-    """Train the base on the corpus; save it (with tokenizer and losses) to out_dir if given."""
-    tok = standard_tokenizer()
-    ids = tok.encode(load_corpus())
-    model = GPT(spec.model_config(tok.vocab_size), seed=spec.seed)
-    config = TrainConfig(
+def pretrain_config(spec: BaseSpec, **kw) -> TrainConfig:
+    """The training loop's config for pretraining the base (``kw``: checkpoint_every …)."""
+    return TrainConfig(
         steps=spec.steps,
         batch_size=spec.batch_size,
         lr=spec.lr,
         weight_decay=0.01,
         warmup_steps=max(1, spec.steps // 20),
         seed=spec.seed,
+        **kw,
     )
+
+
+def pretrain(
+    spec: BaseSpec,
+    out_dir: Path | None = None,
+    progress=True,
+    *,
+    checkpoint_dir=None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    stop_at: int | None = None,
+    log_path=None,
+) -> tuple[GPT, dict]:
+    """Train the base on the corpus; save it (with tokenizer and losses) to out_dir if given.
+
+    The checkpoint options are ``finetune``'s. A run stopped early (``stop_at``) saves nothing
+    to ``out_dir``: only its checkpoint; info["step"] says where it stopped, info["losses"] are
+    those of this call (after a resume: from the step it resumed at).
+    """
+    tok = standard_tokenizer()
+    ids = tok.encode(load_corpus())
+    model = GPT(spec.model_config(tok.vocab_size), seed=spec.seed)
     trainer = Trainer(
-        model, config, lm_sampler(ids, spec.block_size), progress=progress, desc="pretraining"
+        model,
+        pretrain_config(spec, checkpoint_every=checkpoint_every),
+        lm_sampler(ids, spec.block_size),
+        log_path=log_path,
+        checkpoint_dir=checkpoint_dir,
+        extra_state={"run": pretrain_description(spec, tok)},
+        progress=progress,
+        desc="pretraining",
     )
-    result = trainer.train()
+    result = trainer.train(resume=resume, stop_at=stop_at)
     info = {
         "spec": asdict(spec),
         "corpus_tokens": len(ids),
+        "step": result.step,
         "losses": result.losses,
         "seconds": result.seconds,
         "tokenizer": tok.to_dict(),
     }
-    if out_dir is not None:
+    if out_dir is not None and result.step == spec.steps:
         save_model(model, out_dir)
         atomic_write_json(Path(out_dir) / "pretraining.json", info)
     return model, info
 
 
+def base_path(spec: BaseSpec) -> Path:
+    """Where the cache keeps the base of ``spec``."""
+    return cache_dir() / f"base-{spec.key()}"
+
+
+def is_cached(spec: BaseSpec) -> bool:
+    return (base_path(spec) / "pretraining.json").exists()
+
+
 def load_base(spec: BaseSpec | None = None, progress=True, out=sys.stderr) -> GPT:
     """The cached base for ``spec``, pretraining it first if the cache does not have it."""
     spec = spec or BaseSpec()
-    path = cache_dir() / f"base-{spec.key()}"
-    if (path / "pretraining.json").exists():
+    path = base_path(spec)
+    if is_cached(spec):
         return load_model(path)
     print(f"pretraining the base model once; it will be cached in {path}", file=out)
     model, _ = pretrain(spec, path, progress=progress)
@@ -266,6 +303,7 @@ class RunSettings:
     eval_examples: int | None = None  # None: the whole split
     eval_split: str = "test"  # "val" to choose settings (benchmarks/lr_sweep.py), never "test"
     threads: int = 1  # TrainConfig.threads: > 1 trains each batch in shares, in parallel threads
+    eval_every: int = 0  # evaluate on the validation split every N steps (0: never during training)
 
     def __post_init__(self):
         if self.eval_split not in ("val", "test"):
@@ -328,28 +366,139 @@ def prepare_model(
     return get_peft_model(model, config, seed=seed)
 
 
-def finetune(
-    model: Module, task: Task, method: str, seed: int, tok, settings: RunSettings, progress=True
-):
-    """Train ``model`` (from prepare_model) on the task's training split."""
-    spec = get_method(method)
-    config = TrainConfig(
+def train_config(kind: str, method: str, seed: int, settings: RunSettings, **kw) -> TrainConfig:
+    """The training loop's config for a fine-tuning run (``kw``: checkpoint_every …)."""
+    return TrainConfig(
         steps=settings.steps,
         batch_size=settings.batch_size,
-        lr=settings.lr if settings.lr is not None else spec.lr_for(task.kind),
+        lr=settings.lr if settings.lr is not None else get_method(method).lr_for(kind),
         warmup_steps=max(1, settings.steps // 10),
         seed=seed,
         threads=settings.threads,
+        eval_every=settings.eval_every,
+        **kw,
     )
+
+
+def finetune(
+    model: Module,
+    task: Task,
+    method: str,
+    seed: int,
+    tok,
+    settings: RunSettings,
+    progress=True,
+    *,
+    checkpoint_dir=None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    stop_at: int | None = None,
+    log_path=None,
+    extra_state: dict | None = None,
+):
+    """Train ``model`` (from prepare_model) on the task's training split; (TrainResult, Trainer).
+
+    With ``checkpoint_dir`` the loop saves a checkpoint every ``checkpoint_every`` steps and at
+    the end, ``extra_state`` (``run_description``) inside each; ``resume`` continues from the
+    latest, bit for bit; ``stop_at`` ends early, as an interruption would. ``log_path``: one
+    JSON line of metrics per step, appended. ``settings.eval_every`` scores the validation split
+    during training (never the test split).
+    """
+    config = train_config(task.kind, method, seed, settings, checkpoint_every=checkpoint_every)
     sampler = example_sampler(tok, task.train, max_sequence(model), task.kind)
+
+    def on_validation(m):
+        return evaluate(m, task, tok, "val", settings.eval_examples)
+
     trainer = Trainer(
         model,
         config,
         sampler,
+        evaluate=on_validation if settings.eval_every else None,
+        log_path=log_path,
+        checkpoint_dir=checkpoint_dir,
+        extra_state=extra_state,
         progress=progress,
         desc=f"{task.name}/{method}/seed {seed}",
     )
-    return trainer.train(), trainer
+    return trainer.train(resume=resume, stop_at=stop_at), trainer
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints of a run: what it is, and refusing to continue another run's
+
+
+def run_description(task: Task, method: str, seed: int, model: Module, base: BaseSpec, tok):
+    """What a fine-tuning run is, written into each of its checkpoints (the Trainer's
+    ``extra_state``, key "run"), so that a checkpoint describes itself and ``check_resume`` can
+    refuse to continue another run's. ``model``: prepared (an untrained one gives the same)."""
+    peft_config = getattr(model, "peft_config", None)
+    return {
+        "task": task.name,
+        "method": method,
+        "seed": seed,
+        "base": asdict(base),
+        "model_config": model.config.to_dict(),
+        "peft_config": peft_config.to_dict() if peft_config is not None else None,
+        "tokenizer": tok.to_dict(),
+    }
+
+
+def pretrain_description(spec: BaseSpec, tok) -> dict:
+    """``run_description`` of a pretraining run."""
+    return {
+        "task": "pretraining",
+        "base": asdict(spec),
+        "model_config": spec.model_config(tok.vocab_size).to_dict(),
+        "tokenizer": tok.to_dict(),
+    }
+
+
+_NOT_THE_WEIGHTS = {"eval_every", "checkpoint_every"}  # may change between a run and its resume
+
+
+def check_resume(checkpoint_dir, run: dict, config: TrainConfig) -> None:
+    """Refuse to continue the latest checkpoint in ``checkpoint_dir`` unless it is of this run:
+    the same "run" (task, method and its options, seed, base, tokenizer) and the same training
+    config (steps, lr, batch size …: a different one would change the schedule or the batches).
+    Cheap (two JSON files): run it before a base is loaded or pretrained."""
+    latest = read_json(Path(checkpoint_dir) / "latest.json", "latest checkpoint")
+    path = Path(checkpoint_dir) / str(latest.get("checkpoint")) / "trainer.json"
+    state = read_json(path, "trainer state")
+    ours = {k: v for k, v in asdict(config).items() if k not in _NOT_THE_WEIGHTS}
+    theirs = state.get("train_config")
+    if isinstance(theirs, dict):
+        theirs = {k: v for k, v in theirs.items() if k not in _NOT_THE_WEIGHTS}
+    current = json.loads(json.dumps({"run": run, "train_config": ours}))  # as it reads back
+    differences = _differences({"run": state.get("run"), "train_config": theirs}, current)
+    if differences:
+        raise ValueError(
+            f"{path}: a checkpoint of another run; " + "; ".join(differences[:4])
+            + ("; …" if len(differences) > 4 else "")
+        )  # fmt: skip
+
+
+_ABSENT = object()  # a key one side does not have
+
+
+def _differences(saved, current, where="") -> list[str]:
+    """["run.method: checkpoint 'lora', this run 'bitfit'", …]: every leaf where the two differ."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        keys = dict.fromkeys([*current, *saved])
+        return [
+            d
+            for k in keys
+            for d in _differences(
+                saved.get(k, _ABSENT), current.get(k, _ABSENT), f"{where}.{k}" if where else k
+            )
+        ]
+    if saved == current:
+        return []
+    return [f"{where}: checkpoint {_shown(saved)}, this run {_shown(current)}"]
+
+
+def _shown(value) -> str:
+    return "(absent)" if value is _ABSENT else repr(value)
 
 
 def max_sequence(model) -> int:

@@ -310,6 +310,120 @@ def test_evaluate_refuses_a_model_fine_tuned_for_another_task(finetuned, tmp_pat
     assert f"task: {tmp_path} holds a model fine-tuned for stdlib-modules, not en-fr-numbers" in err
 
 
+# -- checkpoints and --resume ---------------------------------------------------------------
+
+# four steps (the later --steps wins over FAST's two), LoRA with dropout so that the dropout RNG's
+# state must be restored too
+RESUMABLE = ["finetune", "--task", "stdlib-modules", "--method", "lora", "--r", "2",
+             "--lora-dropout", "0.1", *FAST, "--steps", "4"]  # fmt: skip
+
+
+def _tensors(path):
+    from minift.checkpoint import load_tensors
+
+    return load_tensors(path)[0]
+
+
+def _log(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_finetune_resumed_halfway_ends_bit_for_bit_where_one_run_ends(tmp_path, capsys):
+    """4 steps in one run == 2 steps (stopped as an interruption would) + --resume to 4: the
+    same saved tensors, bit for bit, and the same per-step losses in the log."""
+    one, two, checkpoints = tmp_path / "one", tmp_path / "two", tmp_path / "ckpt"
+    log_one = ["--log", str(tmp_path / "one.jsonl")]
+    code, printed_one, _ = run(capsys, *RESUMABLE, "--out", str(one), *log_one)
+    assert code == 0
+
+    half = [*RESUMABLE, "--checkpoint-dir", str(checkpoints), "--log", str(tmp_path / "two.jsonl")]
+    code, stdout, _ = run(capsys, *half, "--stop-at", "2", "--out", str(two))
+    assert code == 0 and "stopped at step 2 of 4" in stdout and "accuracy" not in stdout
+    assert not two.exists()  # an interrupted run writes no model
+    latest = json.loads((checkpoints / "latest.json").read_text())["checkpoint"]
+    assert latest == "step-0000002"
+    state = json.loads((checkpoints / latest / "trainer.json").read_text())
+    assert state["step"] == 2 and state["run"]["task"] == "stdlib-modules"
+    assert state["run"]["method"] == "lora" and state["run"]["peft_config"]["r"] == 2
+    assert state["run"]["model_config"]["d_model"] == 32
+    assert state["run"]["tokenizer"] == pipeline.standard_tokenizer().to_dict()
+    halfway = _tensors(checkpoints / latest / "model.safetensors")
+
+    code, printed_two, _ = run(capsys, *half, "--resume", "--out", str(two))
+    assert code == 0 and printed_two.replace(str(two), str(one)) == printed_one
+
+    expected, got = _tensors(one / "model.safetensors"), _tensors(two / "model.safetensors")
+    assert sorted(got) == sorted(expected)
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+        assert got[name].dtype == expected[name].dtype
+    # not vacuous: the resumed run did train (LoRA's B moved from where step 2 left it)
+    assert any(not np.array_equal(halfway[n], got[n]) for n in got if n.endswith("lora_B"))
+    log_one, log_two = _log(tmp_path / "one.jsonl"), _log(tmp_path / "two.jsonl")
+    assert [r["step"] for r in log_two] == [1, 2, 3, 4]
+    assert [r["loss"] for r in log_two] == [r["loss"] for r in log_one]
+
+
+def test_pretrain_resumed_halfway_ends_bit_for_bit_where_one_run_ends(tmp_path, capsys):
+    """The same for the base: 4 steps == 2 + --resume to 4, and the log shows the resume."""
+    pretrain = ["pretrain", "--steps", "4", *TINY_BASE]
+    assert run(capsys, *pretrain, "--out", str(tmp_path / "one"))[0] == 0
+    checkpoints = ["--checkpoint-dir", str(tmp_path / "ckpt"), "--log", str(tmp_path / "log")]
+    code, stdout, _ = run(capsys, *pretrain, *checkpoints, "--stop-at", "2")
+    assert code == 0 and "stopped at step 2 of 4" in stdout
+    code, _, _ = run(capsys, *pretrain, *checkpoints, "--resume", "--out", str(tmp_path / "two"))
+    assert code == 0
+    expected = _tensors(tmp_path / "one" / "model.safetensors")
+    got = _tensors(tmp_path / "two" / "model.safetensors")
+    assert sorted(got) == sorted(expected)
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    assert [r["step"] for r in _log(tmp_path / "log")] == [1, 2, 3, 4]  # two, then two more
+
+
+def test_eval_every_scores_the_validation_split_during_training(tmp_path, capsys):
+    log = tmp_path / "log.jsonl"
+    code, stdout, _ = run(capsys, "finetune", "--task", "stdlib-modules", "--method", "bitfit",
+                          *FAST, "--eval-every", "1", "--log", str(log))  # fmt: skip
+    assert code == 0
+    records = _log(log)
+    assert [r["step"] for r in records] == [1, 2]
+    assert records[0]["eval"]["step"] == 1  # the last step's is the final evaluation, below
+    value = records[0]["eval"]["accuracy"]
+    assert f"step 1: validation accuracy = {value:.4f}" in stdout
+    assert (
+        "step 2: validation accuracy = " in stdout and "stdlib-modules / bitfit: accuracy" in stdout
+    )
+
+
+def test_resume_refuses_another_runs_checkpoint_before_any_work(tmp_path, monkeypatch, capsys):
+    checkpoints = tmp_path / "ckpt"
+    made = [*RESUMABLE, "--steps", "2", "--checkpoint-dir", str(checkpoints), "--stop-at", "1"]
+    assert run(capsys, *made)[0] == 0
+    cold = tmp_path / "cold-cache"
+    cold.mkdir()
+    monkeypatch.setenv("MINIFT_CACHE", str(cold))  # nothing may be pretrained from here on
+    resume = [*RESUMABLE, "--steps", "2", "--checkpoint-dir", str(checkpoints), "--resume"]
+    for argv, message in [
+        ([*resume, "--method", "dora"], "run.method: checkpoint 'lora', this run 'dora'"),
+        ([*resume, "--r", "3"], "run.peft_config.r: checkpoint 2, this run 3"),
+        ([*resume, "--steps", "3"], "train_config.steps: checkpoint 2, this run 3"),
+        ([*resume, "--lr", "0.5"], "train_config.lr: checkpoint 0.003, this run 0.5"),
+        ([*resume[:-1]], f"--checkpoint-dir: {checkpoints} holds an earlier run's checkpoints"),
+        ([*RESUMABLE, "--checkpoint-dir", str(cold), "--resume"], "--resume: no checkpoint in"),
+        ([*RESUMABLE, "--resume"], "--resume: needs --checkpoint-dir"),
+        (
+            [*RESUMABLE, "--checkpoint-dir", str(tmp_path / "new"), "--stop-at", "4"],
+            "--stop-at: expected a step before --steps 4, got 4",
+        ),
+        ([*RESUMABLE, "--log", str(tmp_path / "no" / "log")], f"{tmp_path / 'no'} is not a dir"),
+    ]:
+        code, stdout, err = run(capsys, *argv)
+        assert code == 2 and stdout == "" and len(err.strip().splitlines()) == 1, argv
+        assert message in err, (message, err)
+    assert list(cold.iterdir()) == [] and not (tmp_path / "new").exists()
+
+
 def test_unknown_subcommand_exits_non_zero():
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["nope"])

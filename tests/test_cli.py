@@ -36,6 +36,10 @@ def _use_cache(cache, monkeypatch):
     monkeypatch.setenv("MINIFT_CACHE", str(cache))
 
 
+RECORD_KEYS = {"task", "method", "seed", "trainable_params", "total_params", "train_seconds",
+               "peak_rss_mb", "optimizer_state_bytes", "metric", "value"}  # fmt: skip
+
+
 def run(capsys, *argv):
     code = cli.main(list(argv))
     captured = capsys.readouterr()
@@ -49,9 +53,7 @@ def test_demo_writes_the_table_and_plots(tmp_path, capsys):
     records = json.loads((out / "results.json").read_text())
     methods = {r["method"] for r in records}
     assert methods == {"base", "copy", "full", "lora", "sparse", "bitfit"}
-    keys = {"task", "method", "seed", "trainable_params", "total_params", "train_seconds",
-            "peak_rss_mb", "optimizer_state_bytes", "metric", "value"}  # fmt: skip
-    assert all(set(r) == keys for r in records)
+    assert all(set(r) == RECORD_KEYS for r in records)
     assert {r["seed"] for r in records if r["method"] == "lora"} == {0, 1}
     assert "| lora | exact_match |" in stdout and "What the article claims" in stdout
     for name in [
@@ -61,6 +63,28 @@ def test_demo_writes_the_table_and_plots(tmp_path, capsys):
         "train_seconds.png",
     ]:
         assert (out / name).stat().st_size > 0, name
+
+
+def test_compare_writes_results_curves_and_plots(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    runs = ["--tasks", "stdlib-modules", "--methods", "base", "lora", "--seeds", "1"]
+    code, stdout, _ = run(capsys, "compare", "--out", str(out), "--in-process", *runs, *FAST)
+    assert code == 0
+    records = json.loads((out / "results.json").read_text())
+    assert all(set(r) == RECORD_KEYS for r in records)
+    assert sorted((r["method"], r["seed"], r["metric"]) for r in records) == [
+        ("base", 0, "accuracy"),
+        ("lora", 0, "accuracy"),
+    ]
+    base, lora = sorted(records, key=lambda r: r["method"])
+    assert base["trainable_params"] == 0 < lora["trainable_params"] < lora["total_params"]
+    curves = json.loads((out / "curves.json").read_text())
+    assert list(curves) == ["stdlib-modules"] and list(curves["stdlib-modules"]) == ["lora"]
+    assert [len(c) for c in curves["stdlib-modules"]["lora"]] == [2]  # one seed, two steps
+    table = (out / "results.md").read_text()
+    assert "| lora | accuracy |" in table and "| base | accuracy |" in table and table in stdout
+    for name in ["metric_vs_params.png", "loss_stdlib-modules.png", "train_seconds.png"]:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
 def test_finetune_evaluate_generate_round_trip(tmp_path, capsys):

@@ -25,10 +25,13 @@ Checkpoints (``checkpoint_dir``) hold everything needed to continue EXACTLY:
 
     step-0000042/model.safetensors       every weight (minift.checkpoint's format)
     step-0000042/optimizer.safetensors   the optimizer's state arrays ("exp_avg/<param>" …)
+    step-0000042/hooks.safetensors       the hooks' state arrays ("<hook index>/<name>": AdaLoRA's
+                                         importance averages …; empty for most methods)
     step-0000042/trainer.json            step, train_config, optimizer (hyper-parameters, step
                                          counts), scheduler, data_rng, dropout_rngs, trainable,
-                                         and the caller's extra_state
-    step-0000042/manifest.json           {"sha256": {file: SHA-256 of its bytes}} for the 3 above
+                                         hooks (each hook's JSON state), and the caller's
+                                         extra_state
+    step-0000042/manifest.json           {"sha256": {file: SHA-256 of its bytes}} for the 4 above
     latest.json                          {"checkpoint": "step-0000042",
                                           "manifest_sha256": SHA-256 of that manifest's bytes}
 
@@ -71,7 +74,12 @@ OPTIMIZERS = ("adamw", "sgd")
 
 # A training checkpoint: a step directory holding these files, each verified by MANIFEST, which
 # latest.json verifies in turn.
-CHECKPOINT_FILES = ("model.safetensors", "optimizer.safetensors", "trainer.json")
+CHECKPOINT_FILES = (
+    "model.safetensors",
+    "optimizer.safetensors",
+    "hooks.safetensors",
+    "trainer.json",
+)
 MANIFEST = "manifest.json"
 LATEST = "latest.json"
 _STEP_DIR = re.compile(r"step-[0-9]{7}")
@@ -85,6 +93,7 @@ _TRAINER_FIELDS = (
     "data_rng",
     "dropout_rngs",
     "trainable",
+    "hooks",
 )
 
 
@@ -146,6 +155,19 @@ class TrainHook:
 
     def after_step(self, step: int, model: Module) -> None:
         """Act on the weights after the optimizer step (e.g. prune ranks)."""
+
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """What the hook carries from step to step, for an exact resume: (arrays, JSON)."""
+        return {}, {}
+
+    def load_state_dict(self, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        """Restore ``state_dict()``'s output; a hook without state accepts only empty state.
+        Raise ValueError, changing nothing, when the state does not fit this hook."""
+        if tensors or meta:
+            raise ValueError(
+                f"{type(self).__name__} keeps no state, got arrays {sorted(tensors)[:3]} and "
+                f"fields {sorted(meta)[:3]}"
+            )
 
 
 @dataclass
@@ -387,6 +409,15 @@ class Trainer:
             save_tensors(tmp / "model.safetensors", self.model.state_dict())
             opt_tensors, opt_meta = self.optimizer.state_dict()
             save_tensors(tmp / "optimizer.safetensors", opt_tensors)
+            hook_states = [hook.state_dict() for hook in self.hooks]
+            save_tensors(
+                tmp / "hooks.safetensors",
+                {
+                    f"{i}/{k}": v
+                    for i, (arrays, _) in enumerate(hook_states)
+                    for k, v in arrays.items()
+                },
+            )
             atomic_write_json(
                 tmp / "trainer.json",
                 {
@@ -399,6 +430,7 @@ class Trainer:
                     "trainable": sorted(
                         n for n, p in self.model.named_parameters().items() if p.trainable
                     ),
+                    "hooks": [meta for _, meta in hook_states],
                     **self.extra_state,
                 },
             )
@@ -463,12 +495,21 @@ class Trainer:
             _checked_rng_state(g, saved, f'{trainer_json}: "dropout_rngs"[{i}]')
             for i, (g, saved) in enumerate(zip(generators, state["dropout_rngs"], strict=True))
         ]
+        if len(state["hooks"]) != len(self.hooks):
+            raise ValueError(
+                f'{trainer_json}: "hooks": expected the state of {len(self.hooks)} hooks '
+                f"({[type(h).__name__ for h in self.hooks]}), got {len(state['hooks'])}"
+            )
         weights, _ = load_tensors(path / "model.safetensors")
         opt_tensors, _ = load_tensors(path / "optimizer.safetensors")
+        hook_tensors = _split_hook_tensors(
+            load_tensors(path / "hooks.safetensors")[0], len(self.hooks), path
+        )
 
         model_before = self.model.state_dict()
         opt_before = self.optimizer.state_dict()
         scheduler_before = self.scheduler.state_dict()
+        hooks_before = [hook.state_dict() for hook in self.hooks]
         where = path / "model.safetensors"
         try:
             self.model.load_state_dict(weights)
@@ -476,10 +517,15 @@ class Trainer:
             self.optimizer.load_state_dict(opt_tensors, state["optimizer"])
             where = f'{trainer_json}: "scheduler"'
             self.scheduler.load_state_dict(state["scheduler"])
+            for i, hook in enumerate(self.hooks):
+                where = f'{path / "hooks.safetensors"} with {trainer_json}\'s "hooks"[{i}]'
+                hook.load_state_dict(hook_tensors[i], state["hooks"][i])
         except (ValueError, KeyError, TypeError) as e:
             self.model.load_state_dict(model_before)  # all or nothing
             self.optimizer.load_state_dict(*opt_before)
             self.scheduler.load_state_dict(scheduler_before)
+            for hook, before in zip(self.hooks, hooks_before, strict=True):
+                hook.load_state_dict(*before)
             raise ValueError(f"{where}: {e}") from None
         # checked on scratch generators above, so these cannot fail half-way
         self.data_rng.bit_generator.state = data_rng
@@ -617,7 +663,22 @@ def _trainer_state(data: bytes, path: Path) -> dict[str, Any]:
         "a list of random generators' states",
     )
     check(_is_list_of(state.get("trainable"), str), "trainable", "a list of parameter names")
+    check(_is_list_of(state.get("hooks"), dict), "hooks", "a list of the hooks' states (objects)")
     return state
+
+
+def _split_hook_tensors(tensors: dict[str, np.ndarray], n_hooks: int, path: Path) -> list[dict]:
+    """hooks.safetensors' "<i>/<name>" arrays, as one {name: array} per hook."""
+    out: list[dict[str, np.ndarray]] = [{} for _ in range(n_hooks)]
+    for key, value in tensors.items():
+        index, _, name = key.partition("/")
+        if not (index.isdigit() and int(index) < n_hooks and name):
+            raise ValueError(
+                f'{path / "hooks.safetensors"}: {key!r} is not "<hook index>/<name>" for one '
+                f"of this Trainer's {n_hooks} hooks"
+            )
+        out[int(index)][name] = value
+    return out
 
 
 def _checked_rng_state(generator: np.random.Generator, saved: Any, where: str) -> dict:

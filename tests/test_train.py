@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import minift
 from minift.peft import LoraConfig, get_peft_model
-from minift.train import TrainConfig, Trainer, TrainHook, TrainingDivergedError
+from minift.train import CHECKPOINT_FILES, TrainConfig, Trainer, TrainHook, TrainingDivergedError
 
 CFG = minift.GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=8, dropout=0.1)
 
@@ -233,6 +233,81 @@ def test_adalora_trains_through_the_one_loop_and_ends_at_its_budget():
         Trainer(model, TrainConfig(steps=20, batch_size=4), sample_batch, progress=False)
 
 
+def adalora_model(steps):
+    from minift.peft.adalora import AdaLoraConfig
+
+    config = AdaLoraConfig(
+        init_r=4, target_r=2, tinit=1, tfinal=2, total_step=steps, lora_dropout=0.1,
+        target_modules=["c_attn", "c_fc"],
+    )  # fmt: skip
+    return get_peft_model(minift.GPT(CFG, seed=0), config)
+
+
+def allocator_state(trainer):
+    arrays, meta = trainer.hooks[0].state_dict()
+    return {k: v.copy() for k, v in arrays.items()}, meta
+
+
+@pytest.mark.parametrize("stop_at", [2, 11], ids=["while-budgeting", "after-final-allocation"])
+def test_adalora_resumes_bit_exactly_with_its_scores_and_rank_pattern(tmp_path, stop_at):
+    """The rank allocator's smoothed scores Ī, Ū and the rank pattern travel in the checkpoint:
+    a run stopped while ranks are being allocated (or after the last allocation) continues as if
+    it had never stopped. Without them, the resumed run ranks on fresh averages."""
+    config = TrainConfig(steps=12, batch_size=4, lr=1e-2, seed=1)
+    straight = Trainer(adalora_model(12), config, sample_batch, progress=False)
+    straight.train(stop_at=4)
+    mid_straight = allocator_state(straight)
+    straight.train()
+
+    first = Trainer(
+        adalora_model(12), config, sample_batch, checkpoint_dir=tmp_path, progress=False
+    )
+    first.train(stop_at=stop_at)
+    resumed = Trainer(
+        adalora_model(12), config, sample_batch, checkpoint_dir=tmp_path, progress=False
+    )
+    if stop_at < 4:
+        resumed.train(resume=True, stop_at=4)
+        arrays, meta = allocator_state(resumed)
+        assert arrays.keys() == mid_straight[0].keys() and len(arrays) > 0
+        for key, value in arrays.items():
+            np.testing.assert_array_equal(value, mid_straight[0][key], err_msg=key)
+        assert meta == mid_straight[1]
+        resumed.train()
+    else:
+        resumed.train(resume=True)
+    assert resumed.model.peft_config.rank_pattern == straight.model.peft_config.rank_pattern
+    a, b = params_of(straight.model), params_of(resumed.model)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_an_adalora_state_that_does_not_fit_is_refused_and_changes_nothing(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    config = TrainConfig(steps=12, batch_size=4, lr=1e-2, seed=1)
+    Trainer(adalora_model(12), config, sample_batch, checkpoint_dir=tmp_path, progress=False).train(
+        stop_at=3
+    )
+    step_dir = tmp_path / "step-0000003"
+    arrays = load_file(step_dir / "hooks.safetensors")
+    key = next(k for k in arrays if k.endswith("lora_E"))
+    arrays[key] = np.zeros(7, dtype=arrays[key].dtype)  # r is 4
+    save_file(arrays, step_dir / "hooks.safetensors")
+    reseal(step_dir)
+    trainer = Trainer(adalora_model(12), config, sample_batch, progress=False)
+    trainer.train(stop_at=1)  # some state of its own to keep
+    before, params_before = allocator_state(trainer), params_of(trainer.model)
+    with pytest.raises(ValueError, match=r"hooks\.safetensors.*lora_E: expected float32 \(4,\)"):
+        trainer.load_checkpoint(step_dir)
+    after = allocator_state(trainer)
+    assert after[1] == before[1] and after[0].keys() == before[0].keys()
+    for key in before[0]:
+        np.testing.assert_array_equal(after[0][key], before[0][key])
+    for name, value in params_before.items():
+        np.testing.assert_array_equal(params_of(trainer.model)[name], value)
+
+
 # -- two threads (minift.parallel.DataParallel through TrainConfig.threads) ------------------------
 
 
@@ -282,7 +357,7 @@ def test_resuming_with_another_thread_count_is_refused(tmp_path):
 
 # -- a verified training checkpoint: damage is a ValueError naming the file, never another resume --
 
-STEP_FILES = ("model.safetensors", "optimizer.safetensors", "trainer.json", "manifest.json")
+STEP_FILES = (*CHECKPOINT_FILES, "manifest.json")
 DAMAGEABLE = (*STEP_FILES, "latest.json")
 RESUME_CONFIG = TrainConfig(steps=3, batch_size=2, checkpoint_every=1, seed=5)
 
@@ -414,7 +489,7 @@ def reseal(step_dir):
     checksums no longer catch, so that the field checks must."""
     digests = {
         name: hashlib.sha256((step_dir / name).read_bytes()).hexdigest()
-        for name in ("model.safetensors", "optimizer.safetensors", "trainer.json")
+        for name in CHECKPOINT_FILES
     }
     (step_dir / "manifest.json").write_text(json.dumps({"sha256": digests}))
     manifest = hashlib.sha256((step_dir / "manifest.json").read_bytes()).hexdigest()

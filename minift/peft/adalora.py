@@ -578,6 +578,7 @@ class AdaLoraTrainHook:
     """
 
     def __init__(self, peft_model):
+        self.peft_model = peft_model
         self.allocator = RankAllocator(peft_model)
 
     def after_backward(self, step, model) -> float:
@@ -585,3 +586,75 @@ class AdaLoraTrainHook:
 
     def after_step(self, step, model) -> None:
         self.allocator.update_and_allocate(model, step)
+
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict]:
+        """The smoothed scores Ī and Ū, and the rank pattern so far: without them a resumed run
+        would rank the triplets on fresh averages (or, after the final allocation, on none)."""
+        a = self.allocator
+        arrays = {f"exp_avg_ipt/{k}": v.copy() for k, v in a.exp_avg_ipt.items()}
+        arrays |= {f"exp_avg_unc/{k}": v.copy() for k, v in a.exp_avg_unc.items()}
+        pattern = a.config.rank_pattern
+        return arrays, {"rank_pattern": None if pattern is None else dict(pattern)}
+
+    def load_state_dict(self, tensors: dict[str, np.ndarray], meta: dict) -> None:
+        a = self.allocator
+        layers = svd_layers(self.peft_model)
+        shapes = {
+            f"{name}.{attr}": getattr(layer, attr).value.shape
+            for name, layer in layers.items()
+            for attr in ("lora_A", "lora_E", "lora_B")
+        }
+        ipt = {
+            k.removeprefix("exp_avg_ipt/"): v
+            for k, v in tensors.items()
+            if k.startswith("exp_avg_ipt/")
+        }
+        unc = {
+            k.removeprefix("exp_avg_unc/"): v
+            for k, v in tensors.items()
+            if k.startswith("exp_avg_unc/")
+        }
+        if (
+            len(ipt) + len(unc) != len(tensors)
+            or ipt.keys() != unc.keys()
+            or not ipt.keys() <= shapes.keys()
+        ):
+            raise ValueError(
+                "AdaLoRA's state: expected exp_avg_ipt/<param> and exp_avg_unc/<param> for the "
+                f"same AdaLoRA parameters of this model, got {sorted(tensors)[:4]}"
+            )
+        for key in ipt:
+            for kind, value in (("exp_avg_ipt", ipt[key]), ("exp_avg_unc", unc[key])):
+                if value.shape != shapes[key] or value.dtype != self._dtype(layers):
+                    raise ValueError(
+                        f"AdaLoRA's state: {kind}/{key}: expected {self._dtype(layers)} "
+                        f"{shapes[key]}, got {value.dtype} {value.shape}"
+                    )
+        if set(meta) != {"rank_pattern"}:
+            raise ValueError(
+                f'AdaLoRA\'s state: expected the field "rank_pattern", got {sorted(meta)}'
+            )
+        pattern = meta["rank_pattern"]
+        if pattern is not None:
+            expected = {rank_pattern_key(n): layer.r for n, layer in layers.items()}
+            if not (
+                isinstance(pattern, dict)
+                and pattern.keys() == expected.keys()
+                and all(
+                    isinstance(v, list)
+                    and len(v) == expected[k]
+                    and all(isinstance(b, bool) for b in v)
+                    for k, v in pattern.items()
+                )
+            ):
+                raise ValueError(
+                    'AdaLoRA\'s state: "rank_pattern": expected null or {λ name: a list of r '
+                    f"booleans}} for {sorted(expected)[:2]}…, got {str(pattern)[:80]}"
+                )
+        a.exp_avg_ipt = {k: v.copy() for k, v in ipt.items()}
+        a.exp_avg_unc = {k: v.copy() for k, v in unc.items()}
+        a.config.rank_pattern = None if pattern is None else dict(pattern)
+
+    @staticmethod
+    def _dtype(layers):
+        return next(iter(layers.values())).lora_E.value.dtype

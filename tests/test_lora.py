@@ -344,6 +344,9 @@ def test_adapter_matches_hugging_face_peft_when_installed(tmp_path):
         ({"init_lora_weights": "pissa"}, ValueError, "init_lora_weights: expected True or"),
         ({"bias": "all"}, ValueError, "bias: minift's LoRA trains no biases"),
         ({"target_modules": 3}, TypeError, "target_modules: expected a regex string or a list"),
+        ({"lora_alpha": float("nan")}, ValueError, "lora_alpha: expected a finite number, got nan"),
+        ({"lora_alpha": float("inf")}, ValueError, "lora_alpha: expected a finite number, got inf"),
+        ({"lora_alpha": "16"}, TypeError, "lora_alpha: expected a number, got '16'"),
     ],
 )
 def test_bad_config_is_named(kwargs, exc, match):

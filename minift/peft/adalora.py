@@ -119,7 +119,13 @@ import numpy as np
 from minift.nn import Dropout, Linear, Module
 from minift.param import Param
 from minift.peft.base import AdaptedLinear, PeftConfig, register
-from minift.peft.lora import _check_rank, lora_backward, lora_delta_weight, lora_forward
+from minift.peft.lora import (
+    _check_rank,
+    check_lora_alpha,
+    lora_backward,
+    lora_delta_weight,
+    lora_forward,
+)
 
 # ------------------------------------------------------------------------------------------------
 # The math, as pure functions
@@ -476,6 +482,7 @@ class AdaLoraConfig(PeftConfig):
                 )
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise TypeError(f"{name}: expected an integer, got {value!r}")
+        check_lora_alpha(self.lora_alpha)
         if self.init_r < 1:
             raise ValueError(f"init_r: expected a positive rank, got {self.init_r}")
         if not 0 <= self.target_r <= self.init_r:

@@ -72,6 +72,14 @@ from minift.peft.base import AdaptedLinear, PeftConfig, register
 # The math, as pure functions
 
 
+def check_lora_alpha(lora_alpha) -> None:
+    """α must be a finite number: a NaN or infinite α would train a NaN model without a word."""
+    if isinstance(lora_alpha, bool) or not isinstance(lora_alpha, (int, float, np.number)):
+        raise TypeError(f"lora_alpha: expected a number, got {lora_alpha!r}")
+    if not math.isfinite(lora_alpha):
+        raise ValueError(f"lora_alpha: expected a finite number, got {lora_alpha}")
+
+
 def lora_scaling(r: int, lora_alpha: float, use_rslora: bool = False) -> float:
     """s = α/r, or α/√r with rsLoRA."""
     return lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
@@ -251,6 +259,7 @@ class LoraConfig(PeftConfig):
         super().__post_init__()
         if isinstance(self.r, bool) or not isinstance(self.r, (int, np.integer)) or self.r < 1:
             raise ValueError(f"r: expected a positive integer rank, got {self.r!r}")
+        check_lora_alpha(self.lora_alpha)
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(
                 f"lora_dropout: expected a probability in [0, 1), got {self.lora_dropout}"

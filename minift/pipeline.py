@@ -51,7 +51,12 @@ from minift.data import metrics as task_metrics
 from minift.model import GPT, GPTConfig, GPTForSequenceClassification
 from minift.nn import Module
 from minift.peft import LoraConfig, count_parameters, get_peft_model
-from minift.train import TrainConfig, Trainer, TrainingDivergedError  # noqa: F401 (re-exported for the CLI)
+from minift.train import (  # noqa: F401 (TrainingDivergedError re-exported for the CLI)
+    TrainConfig,
+    Trainer,
+    TrainingDivergedError,
+    read_checkpoint_state,
+)
 
 # ------------------------------------------------------------------------------------------------
 # The methods, by the names the command line uses
@@ -462,9 +467,7 @@ def check_resume(checkpoint_dir, run: dict, config: TrainConfig) -> None:
     the same "run" (task, method and its options, seed, base, tokenizer) and the same training
     config (steps, lr, batch size …: a different one would change the schedule or the batches).
     Cheap (two JSON files): run it before a base is loaded or pretrained."""
-    latest = read_json(Path(checkpoint_dir) / "latest.json", "latest checkpoint")
-    path = Path(checkpoint_dir) / str(latest.get("checkpoint")) / "trainer.json"
-    state = read_json(path, "trainer state")
+    state = read_checkpoint_state(checkpoint_dir)  # verified: a damaged file is named here
     ours = {k: v for k, v in asdict(config).items() if k not in _NOT_THE_WEIGHTS}
     theirs = state.get("train_config")
     if isinstance(theirs, dict):
@@ -473,7 +476,8 @@ def check_resume(checkpoint_dir, run: dict, config: TrainConfig) -> None:
     differences = _differences({"run": state.get("run"), "train_config": theirs}, current)
     if differences:
         raise ValueError(
-            f"{path}: a checkpoint of another run; " + "; ".join(differences[:4])
+            f"{checkpoint_dir}: the latest checkpoint is of another run; "
+            + "; ".join(differences[:4])
             + ("; …" if len(differences) > 4 else "")
         )  # fmt: skip
 

@@ -68,7 +68,14 @@ from minift.functional import cross_entropy
 from minift.nn import Dropout, Module
 from minift.optim import SGD, AdamW, LRScheduler, clip_grad_norm, layerwise_lr_groups, warmup_cosine
 
-__all__ = ["TrainConfig", "Trainer", "TrainHook", "TrainingDivergedError", "TrainResult"]
+__all__ = [
+    "TrainConfig",
+    "Trainer",
+    "TrainHook",
+    "TrainingDivergedError",
+    "TrainResult",
+    "read_checkpoint_state",
+]
 
 OPTIMIZERS = ("adamw", "sgd")
 
@@ -535,6 +542,16 @@ class Trainer:
 
 
 # -- reading a checkpoint: every check before the first change ---------------------------------
+
+
+def read_checkpoint_state(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
+    """The trainer.json of the latest checkpoint in ``checkpoint_dir``, verified as
+    ``Trainer.load_checkpoint`` verifies it (latest.json → manifest.json → every file's bytes →
+    every field's type), without building a model: what a caller checks before it loads one.
+    FileNotFoundError when there is no checkpoint yet; ValueError, naming the file, when one is
+    damaged."""
+    path, manifest_sha256 = _latest_checkpoint(Path(checkpoint_dir))
+    return _trainer_state(_verified_trainer_json(path, manifest_sha256), path / "trainer.json")
 
 
 def _sha256(path: Path) -> str:

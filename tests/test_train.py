@@ -606,3 +606,19 @@ def test_an_explicit_step_directory_is_verified_too(saved, tmp_path):
 def test_extra_state_may_not_overwrite_the_trainers_fields():
     with pytest.raises(ValueError, match=r"extra_state: the keys \['step'\] are trainer.json's"):
         Trainer(minift.GPT(CFG), TrainConfig(), sample_batch, extra_state={"step": 0, "x": 1})
+
+
+def test_read_checkpoint_state_verifies_before_it_returns(saved, tmp_path):
+    """What a caller reads before loading a model (the CLI's resume check) is verified too."""
+    from minift.train import read_checkpoint_state
+
+    root = tmp_path / "run"
+    shutil.copytree(saved[0], root)
+    state = read_checkpoint_state(root)
+    assert state == json.loads((root / "step-0000003" / "trainer.json").read_text())
+    path = root / "step-0000003" / "trainer.json"
+    path.write_text(path.read_text().replace('"step": 3', '"step": 2'))
+    with pytest.raises(ValueError, match="trainer.json: its SHA-256 differs"):
+        read_checkpoint_state(root)
+    with pytest.raises(FileNotFoundError):
+        read_checkpoint_state(tmp_path / "nothing-here")

@@ -55,7 +55,10 @@ def test_demo_writes_the_table_and_plots(tmp_path, capsys):
     assert methods == {"base", "copy", "full", "lora", "sparse", "bitfit"}
     assert all(set(r) == RECORD_KEYS for r in records)
     assert {r["seed"] for r in records if r["method"] == "lora"} == {0, 1}
-    assert "| lora | exact_match |" in stdout and "What the article claims" in stdout
+    assert (
+        "| lora | exact_match |" in stdout
+        and "What the article claims, beside what was measured" in stdout
+    )
     for name in [
         "results.md",
         "metric_vs_params.png",

@@ -352,6 +352,27 @@ def test_overview_puts_each_method_beside_full_fine_tuning():
     assert table[4] == "| majority |  | 0.300 (50 %) |"  # one run, so no interval
 
 
+def test_the_articles_rows_stand_beside_what_their_methods_measured():
+    def record(method, seed, value, seconds):
+        return dict(task="t", method=method, seed=seed, metric="accuracy", value=value,
+                    trainable_params=10, total_params=200, train_seconds=seconds,
+                    peak_rss_mb=1.0, optimizer_state_bytes=0)  # fmt: skip
+
+    records = [record("full", 0, 0.5, 10.0), record("full", 1, 0.7, 12.0)]
+    records += [record("lora", 0, 0.57, 4.0), record("lora", 1, 0.57, 4.0)]
+    rows = pipeline.summarize(records)
+    table = pipeline.article_comparison_markdown(rows).splitlines()
+    assert table[2] == "| article | the article claims | minift method | t (accuracy) | t train s |"
+    full, lora = (next(r for r in rows if r["method"] == m) for m in ("full", "lora"))
+    sft, peft, lora_row = table[4:7]
+    assert sft.startswith("| SFT | ") and sft.endswith(
+        f"| `full` | {full['value']} | {full['train_seconds']} |"
+    )
+    assert "accuracy 95.00 %" in peft and peft.endswith("| `sparse` | not run | |")
+    assert "20 minutes, accuracy 90.00 %" in lora_row
+    assert lora_row.endswith("| `lora` | 0.570 ± 0.000 (n=2) | 4.0 ± 0.0 (n=2) |"), lora_row
+
+
 def test_method_config_applies_options_and_validates_them_without_a_model():
     lora = pipeline.method_config("lora", "classification", 10, r=2, lora_alpha=4.0)
     assert (lora.r, lora.lora_alpha, lora.modules_to_save) == (2, 4.0, ["score"])

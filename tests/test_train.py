@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 import shutil
 
 import numpy as np
@@ -622,3 +623,13 @@ def test_read_checkpoint_state_verifies_before_it_returns(saved, tmp_path):
         read_checkpoint_state(root)
     with pytest.raises(FileNotFoundError):
         read_checkpoint_state(tmp_path / "nothing-here")
+
+
+def test_the_progress_bar_shows_loss_tokens_per_second_and_eta(capsys):
+    config = TrainConfig(steps=3, batch_size=2)
+    Trainer(lora_model(), config, sample_batch, progress=True, desc="lora").train()
+    bar = capsys.readouterr().err.strip().splitlines()[-1].split("\r")[-1]
+    # e.g. "lora: 100%|██████████| 3/3 [00:00<00:00, 41.2step/s, loss=2.4012, tok_s=1,311]"
+    assert bar.startswith("lora: 100%") and " 3/3 [" in bar, bar
+    assert re.search(r"\[\d\d:\d\d<\d\d:\d\d, ", bar), bar  # elapsed < remaining (the ETA)
+    assert re.search(r"loss=\d+\.\d{4}, tok_s=[\d,]+\]$", bar), bar

@@ -219,13 +219,15 @@ def json_digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def check_config_digest(metadata: dict[str, str], config: dict, config_path) -> None:
-    """The config must be the one the weights were saved with, when the file says which."""
+def check_config_digest(metadata: dict[str, str], config: dict, config_path, weights_path) -> None:
+    """The config must be the one the weights were saved with, when the weights say which. The
+    checksum lives in the weights' header, so either file may be the damaged one: both named."""
     expected = metadata.get(CONFIG_DIGEST_KEY)
     if expected is not None and json_digest(config) != expected:
         raise ValueError(
-            f"{config_path}: not the config these weights were saved with (its checksum "
-            "differs): the file was changed or corrupted"
+            f"{config_path}: not the config {Path(weights_path).name} was saved with (the "
+            f"checksum {weights_path} records differs): one of the two files was changed or "
+            "corrupted"
         )
 
 
@@ -464,7 +466,7 @@ def load_weights(model: GPT, directory) -> None:
     tensors, metadata = load_tensors(weights_path)
     if config_path.exists():
         raw = read_json(config_path, "checkpoint config")
-        check_config_digest(metadata, raw, config_path)
+        check_config_digest(metadata, raw, config_path, weights_path)
         section = raw.get("minift")
         if section is not None:
             differences = _config_differences(section, model)

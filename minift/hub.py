@@ -158,7 +158,7 @@ def from_pretrained(folder, dtype=None, dropout: float | None = None) -> Module:
     else:
         model_config = _bert_config(config, config_path, dropout)
     tensors, metadata = load_tensors(weights_path)
-    check_config_digest(metadata, config, config_path)  # when minift wrote the folder
+    check_config_digest(metadata, config, config_path, weights_path)  # when minift wrote the folder
     if model_type == "gpt2":
         model = GPT(model_config, dtype=dtype)
         tensors, prefix = _gpt2_tensors(tensors, model_config, weights_path)

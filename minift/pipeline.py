@@ -961,7 +961,7 @@ def load_finetuned(directory, task: str | None = None) -> Module:
             f"{weights_path}: no checksum of {FINETUNED_JSON} in its metadata; "
             "not a model saved by minift finetune"
         )
-    check_config_digest(metadata, info, info_path)
+    check_config_digest(metadata, info, info_path, weights_path)
     for name, (types, expected) in _FINETUNED_FIELDS.items():
         if name not in info:
             raise ValueError(f"{info_path}: {name}: missing")

@@ -10,8 +10,15 @@ from hypothesis import strategies as st
 
 import minift
 from minift.peft import (
+    AdaLoraConfig,
+    AdapterConfig,
+    BitFitConfig,
+    IA3Config,
     LoraConfig,
     PeftModel,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    SparseConfig,
     count_parameters,
     get_peft_model,
     match_target_modules,
@@ -150,24 +157,43 @@ def test_truncated_adapter_file_is_a_clear_error(tmp_path):
         PeftModel.from_pretrained(gpt(), tmp_path)
 
 
-@pytest.fixture(scope="module")
-def saved_adapter(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("adapter")
-    peft = get_peft_model(gpt(), LoraConfig(r=2, target_modules=["c_attn", "c_fc"]))
-    peft.h[0].attn.c_attn.lora_B.value[...] = 0.5
+ADAPTERS = {  # every method whose adapter PEFT's file format carries
+    "lora": lambda: LoraConfig(r=2, target_modules=["c_attn", "c_fc"]),
+    "dora": lambda: LoraConfig(r=2, use_dora=True),
+    "adalora": lambda: AdaLoraConfig(init_r=2, target_r=1, total_step=10),
+    "ia3": lambda: IA3Config(),
+    "adapter": lambda: AdapterConfig(bottleneck_size=2),
+    "bitfit": lambda: BitFitConfig(),
+    "sparse": lambda: SparseConfig(density=0.5),
+    "prompt": lambda: PromptTuningConfig(num_virtual_tokens=2),
+    "prefix": lambda: PrefixTuningConfig(num_virtual_tokens=2),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(ADAPTERS))
+def saved_adapter(request, tmp_path_factory):
+    """(directory, logits, idx) of an adapter whose every trainable value was moved off its
+    initial one, so that a load that silently kept or changed any of them would show."""
+    directory = tmp_path_factory.mktemp(request.param)
+    peft = get_peft_model(gpt(), ADAPTERS[request.param]())
+    rng = np.random.default_rng(0)
+    for param in peft.named_parameters().values():
+        if param.trainable:
+            param.value[...] += rng.normal(0.0, 0.5, param.value.shape)
     peft.save_pretrained(directory)
     idx = np.array([[1, 2, 3, 4]])
     return directory, peft.forward(idx), idx
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(data=st.data())
 def test_adapter_loader_survives_truncated_and_bit_flipped_files(
     saved_adapter, tmp_path_factory, data
 ):
-    """A damaged adapter gives a clear error every time, or (a flip that changes nothing, in a
-    JSON space, say) the very same model; never a crash of another kind, a hang, or a model that
-    silently computes something else (the checksums minift writes catch changed numbers)."""
+    """A damaged adapter gives a clear error naming the damaged file every time, or (a flip that
+    changes nothing, in a JSON space, say) the very same model; never a crash of another kind, a
+    hang, or a model that silently computes something else (the checksums minift writes catch
+    changed numbers)."""
     source, expected, idx = saved_adapter
     directory = tmp_path_factory.mktemp("damaged")
     name = data.draw(st.sampled_from(["adapter_model.safetensors", "adapter_config.json"]))
@@ -183,6 +209,6 @@ def test_adapter_loader_survives_truncated_and_bit_flipped_files(
     try:
         loaded = PeftModel.from_pretrained(gpt(), directory)
     except (ValueError, TypeError, FileNotFoundError) as e:
-        assert str(e)  # a message a person can act on
+        assert name in str(e), f"the message should name {name}: {e}"
         return
     np.testing.assert_array_equal(loaded.forward(idx), expected)  # loaded: then it is the same

@@ -485,5 +485,5 @@ def test_an_edited_config_is_caught_by_its_checksum(tmp_path):
     raw = json.loads(path.read_text())
     raw["minift"]["layer_norm_eps"] = 1e-6
     path.write_text(json.dumps(raw))
-    with pytest.raises(ValueError, match="not the config these weights were saved with"):
+    with pytest.raises(ValueError, match="not the config model.safetensors was saved with"):
         load_weights(GPT(model.config), tmp_path)

@@ -295,7 +295,7 @@ def test_a_config_changed_after_minift_saved_the_weights_is_caught(tmp_path):
     hub.save_pretrained(tiny_bert(), tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "layer_norm_eps": 1e-5}))
-    with pytest.raises(ValueError, match="not the config these weights were saved with"):
+    with pytest.raises(ValueError, match="not the config model.safetensors was saved with"):
         hub.from_pretrained(tmp_path)
 
 

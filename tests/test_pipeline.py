@@ -138,7 +138,9 @@ def test_an_edited_description_is_refused_not_loaded_as_another_model(saved_lora
     info = _copy_of_saved(saved_lora, tmp_path)
     info["peft_config"]["lora_alpha"] = 99
     (tmp_path / "finetuned.json").write_text(json.dumps(info, indent=2))
-    with pytest.raises(ValueError, match="finetuned.json: not the config these weights were saved"):
+    with pytest.raises(
+        ValueError, match="finetuned.json: not the config model.safetensors was saved with"
+    ):
         pipeline.load_finetuned(tmp_path)
 
 

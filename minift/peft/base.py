@@ -408,8 +408,9 @@ class PeftModel(Module):
         directory = Path(directory)
         config_path = directory / ADAPTER_CONFIG_NAME
         raw = read_json(config_path, "adapter config")
-        _, metadata = load_tensors(directory / ADAPTER_WEIGHTS_NAME)
-        check_config_digest(metadata, raw, config_path)
+        weights_path = directory / ADAPTER_WEIGHTS_NAME
+        _, metadata = load_tensors(weights_path)
+        check_config_digest(metadata, raw, config_path, weights_path)
         peft_type = raw.get("peft_type")
         if peft_type not in PEFT_TYPES:
             raise ValueError(

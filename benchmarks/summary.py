@@ -68,7 +68,10 @@ def summary(results: Path = RESULTS) -> str:
         "- LoRA (r=8 on `c_attn` and `attn.c_proj`) costs "
         f"**{_lora_over_full(runs, 'minift-dp2'):.2f}× a full fine-tuning step** at d=256 with two "
         f"threads ({_lora_over_full(runs, 'minift'):.2f}× in the plain loop; PyTorch: "
-        f"{_lora_over_full(runs, 'pytorch'):.2f}×): frozen weights get no dW. Its optimizer state "
+        f"{_lora_over_full(runs, 'pytorch'):.2f}×): frozen weights get no dW, but the forward pass "
+        "and every dx remain, so a LoRA step does "
+        f"{lora_dp['flops_per_step'] / d256['minift-dp2']['flops_per_step']:.2f}× the matmul FLOPs "
+        "of a full one. Its optimizer state "
         "is exactly 8 bytes per trainable parameter: "
         f"{lora_dp['optimizer_state_bytes'] / mib:.2f} MiB against "
         f"{d256['minift-dp2']['optimizer_state_bytes'] / mib:.1f} MiB.",

@@ -172,16 +172,34 @@ class GPT(Module):
         return self.ln_f.forward(x)
 
     def backward_hidden(self, dh):
-        """dh [B, T, C] → fills every Param.grad; returns d inputs_embeds when those were given."""
+        """dh [B, T, C] → fills every Param.grad; returns d inputs_embeds when those were given.
+
+        Stops below the lowest block that has something to train (a trainable Param, or a prefix
+        whose Params live elsewhere): under head-only or last-k fine-tuning the frozen blocks
+        below would only carry a gradient that nothing keeps.
+        """
         dx = self.ln_f.backward(dh)
-        for block in reversed(self.h._items):
+        first = self._first_block_to_backprop()
+        for block in reversed(self.h._items[first:]):
             dx = block.backward(dx)
+        if first > 0:
+            return None
         dx = self.drop.backward(dx)
         self.wpe.backward(dx.sum(axis=0))  # positions are shared by every sequence of the batch
         if self._from_embeds:
             return dx
         self.wte.backward(dx)
         return None
+
+    def _first_block_to_backprop(self) -> int:
+        """The lowest block whose backward feeds a gradient someone keeps; 0 when the embeddings
+        train or the caller wants d inputs_embeds (prompt tuning), len(h) when no block trains."""
+        if self._from_embeds or self.wte.weight.trainable or self.wpe.weight.trainable:
+            return 0
+        for i, block in enumerate(self.h._items):
+            if block.attn.prefix is not None or any(p.trainable for p in block.parameters()):
+                return i
+        return len(self.h._items)
 
     def forward(self, idx=None, inputs_embeds=None, mask=None, kv_cache=None):
         """idx int [B, T] → logits [B, T, V] (h·wteᵀ, the tied LM head)."""

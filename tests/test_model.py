@@ -267,3 +267,67 @@ def test_bad_dtype_and_generation_options_are_named():
         model.generate(np.array([[1]]), 2, top_k=0)
     with pytest.raises(ValueError, match="inputs_embeds: expected shape"):
         model.forward(inputs_embeds=np.zeros((1, 2, 5)))
+
+
+def _grads_with_and_without_the_early_stop(model, forward_backward):
+    """(grads, which blocks ran backward) as the model computes them, and the grads of a
+    backward forced through every block, for each trainable Param."""
+    ran = []
+
+    def spy(block, i):
+        def backward(dout):
+            ran.append(i)
+            return type(block).backward(block, dout)
+
+        block.backward = backward
+
+    for i, block in enumerate(model.h._items):
+        spy(block, i)
+    model.zero_grad()
+    forward_backward()
+    grads = {n: p.grad.copy() for n, p in model.named_parameters().items() if p.trainable}
+    ran_first = sorted(ran)
+    model._first_block_to_backprop = lambda: 0  # the full backward, for reference
+    model.zero_grad()
+    forward_backward()
+    full = {n: p.grad.copy() for n, p in model.named_parameters().items() if p.trainable}
+    assert sorted(ran[len(ran_first) :]) == list(range(len(model.h._items)))  # forced: all ran
+    return grads, full, ran_first
+
+
+@pytest.mark.parametrize(("k", "expected_blocks"), [(0, []), (1, [2]), (2, [1, 2]), (3, [0, 1, 2])])
+def test_backward_stops_below_the_lowest_block_that_trains(k, expected_blocks):
+    """Head-only and last-k fine-tuning: the frozen blocks below run no backward (nothing would
+    keep their gradient), and every trainable gradient is the one the full backward gives."""
+    from minift.peft import last_k_blocks
+
+    config = minift.GPTConfig(vocab_size=11, block_size=8, n_layer=3, n_head=2, d_model=8)
+    model = tiny_model(config=config, cls=minift.GPTForSequenceClassification, num_labels=3)
+    last_k_blocks(model, k)
+    idx = np.random.default_rng(0).integers(0, 11, (2, 6))
+    dlogits = np.random.default_rng(1).normal(size=(2, 3))
+
+    grads, full, ran = _grads_with_and_without_the_early_stop(
+        model, lambda: (model.forward(idx), model.backward(dlogits))
+    )
+    assert ran == expected_blocks
+    assert grads.keys() == full.keys() and len(grads) > 0
+    for name in grads:
+        np.testing.assert_array_equal(grads[name], full[name], err_msg=name)
+
+
+def test_a_prefix_keeps_the_backward_going_through_its_block():
+    """Prefix tuning's Params live outside the blocks; its gradient comes through each block's
+    attention, so every block with a prefix runs backward although none of its Params train."""
+    from minift.peft import PrefixTuningConfig, get_peft_model
+
+    peft = get_peft_model(tiny_model(), PrefixTuningConfig(num_virtual_tokens=2))
+    model = peft.base_model
+    idx = np.random.default_rng(0).integers(0, 11, (2, 4))
+    _, dlogits = cross_entropy(model.forward(idx), np.roll(idx, -1, axis=1))
+    grads, full, ran = _grads_with_and_without_the_early_stop(
+        model, lambda: (model.forward(idx), model.backward(dlogits))
+    )
+    assert ran == [0, 1] and len(grads) > 0
+    for name in grads:
+        np.testing.assert_array_equal(grads[name], full[name], err_msg=name)

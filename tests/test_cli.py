@@ -52,17 +52,17 @@ def test_demo_writes_the_table_and_plots(tmp_path, capsys):
     assert code == 0
     records = json.loads((out / "results.json").read_text())
     methods = {r["method"] for r in records}
-    assert methods == {"base", "copy", "full", "lora", "sparse", "bitfit"}
+    assert methods == {"base", "majority", "full", "lora", "sparse", "bitfit"}
     assert all(set(r) == RECORD_KEYS for r in records)
     assert {r["seed"] for r in records if r["method"] == "lora"} == {0, 1}
     assert (
-        "| lora | exact_match |" in stdout
+        "| lora | accuracy |" in stdout
         and "What the article claims, beside what was measured" in stdout
     )
     for name in [
         "results.md",
         "metric_vs_params.png",
-        "loss_en-fr-numbers.png",
+        "loss_stdlib-modules.png",
         "train_seconds.png",
     ]:
         assert (out / name).stat().st_size > 0, name

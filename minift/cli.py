@@ -30,7 +30,6 @@ import shlex
 import shutil
 import sys
 import tempfile
-from dataclasses import fields
 from pathlib import Path
 
 from minift import pipeline
@@ -317,18 +316,11 @@ def _method_config(args, kind: str):
     overrides = {
         f: getattr(args, o) for o, f in METHOD_OPTIONS.items() if getattr(args, o) is not None
     }
-    method = pipeline.get_method(args.method)
-    if overrides and method.build is None:
-        raise ValueError(f"--{_option(next(iter(overrides)))}: method {args.method} has no options")
-    names = {f.name for f in fields(method.build(kind, args.steps))} if overrides else set()
-    for field_name in overrides:
-        if field_name not in names:
-            raise ValueError(f"--{_option(field_name)}: method {args.method} has no such option")
-    return pipeline.method_config(args.method, kind, args.steps, **overrides)
+    return pipeline.method_config(args.method, kind, args.steps, option_name=_option, **overrides)
 
 
 def _option(field_name: str) -> str:
-    return field_name.replace("_", "-")
+    return "--" + field_name.replace("_", "-")
 
 
 def cmd_evaluate(args):

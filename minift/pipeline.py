@@ -321,24 +321,27 @@ def _copy_of(base: GPT) -> GPT:
     return model
 
 
-def method_config(method: str, kind: str, steps: int, **overrides):
+def method_config(method: str, kind: str, steps: int, option_name=str, **overrides):
     """The method's config for a task of this kind, ``overrides`` replacing its fields (the
     command line's ``--r 4`` is ``r=4``); None for a method that does not train ("base").
 
     Built and validated (the config's ``__post_init__``) without touching any model, so bad
     options fail before a base is loaded or pretrained. A classifier's new head ``score`` trains
-    with every method (PEFT's ``modules_to_save``).
+    with every method (PEFT's ``modules_to_save``). ``option_name(field)`` is how an error names
+    an override (the CLI's "--lora-alpha" for ``lora_alpha``).
     """
     spec = get_method(method)
     if spec.build is None:
         if overrides:
-            raise ValueError(f"{next(iter(overrides))}: method {method} has no options")
+            raise ValueError(
+                f"{option_name(next(iter(overrides)))}: method {method} has no options"
+            )
         return None
     config = spec.build(kind, steps)
     names = {f.name for f in dataclasses.fields(config) if f.init}
     unknown = [name for name in overrides if name not in names]
     if unknown:
-        raise ValueError(f"{unknown[0]}: method {method} has no such option")
+        raise ValueError(f"{option_name(unknown[0])}: method {method} has no such option")
     if kind == "classification":
         saved = overrides.get("modules_to_save", config.modules_to_save) or []
         overrides["modules_to_save"] = sorted({*saved, "score"})
@@ -728,10 +731,10 @@ def article_comparison_markdown(rows: list[dict]) -> str:
     run) shows as "not run"."""
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     main = {
-        (r["task"], r["method"]): r for r in rows if r["metric"] == _main_metric_of(rows, r["task"])
+        (r["task"], r["method"]): r for r in rows if r["metric"] == main_metric(rows, r["task"])
     }
     header = "".join(
-        f" {t} ({_main_metric_of(rows, t).replace('_', ' ')}) | {t} train s |" for t in tasks
+        f" {t} ({main_metric(rows, t).replace('_', ' ')}) | {t} train s |" for t in tasks
     )
     lines = [
         "The article's §5.4 prints a table that no code produced; here each of its rows stands "
@@ -749,7 +752,8 @@ def article_comparison_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _main_metric_of(rows: list[dict], task: str) -> str:
+def main_metric(rows: list[dict], task: str) -> str:
+    """The task's headline metric among ``summarize``'s rows: accuracy or exact match."""
     metrics = {r["metric"] for r in rows if r["task"] == task}
     return next(m for m in MAIN_METRIC.values() if m in metrics)
 
@@ -785,8 +789,7 @@ def overview_markdown(rows: list[dict]) -> str:
     share of the model's parameters over the tasks (a classifier's new head adds to it). The
     README shows this table."""
     tasks = list(dict.fromkeys(r["task"] for r in rows))
-    kind_metric = {t: {r["metric"] for r in rows if r["task"] == t} for t in tasks}
-    metric = {t: next(m for m in MAIN_METRIC.values() if m in kind_metric[t]) for t in tasks}
+    metric = {t: main_metric(rows, t) for t in tasks}
     main = {(r["task"], r["method"]): r for r in rows if r["metric"] == metric[r["task"]]}
     methods = list(dict.fromkeys(r["method"] for r in rows))
     header = " | ".join(f"{t} ({metric[t].replace('_', ' ')})" for t in tasks)

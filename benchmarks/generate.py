@@ -209,6 +209,18 @@ def main(argv=None):
     return gen, lat
 
 
+def _label_bars(ax, bars, texts) -> None:
+    """Each bar's value written above it."""
+    for bar, text in zip(bars, texts, strict=True):
+        ax.annotate(
+            text,
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+
+
 def plot(gen, lat, path):
     import matplotlib
 
@@ -219,14 +231,7 @@ def plot(gen, lat, path):
     labels = [f"batch {r['batch']}\n{'KV cache' if r['kv_cache'] else 'no cache'}" for r in gen]
     colors = ["tab:green" if r["kv_cache"] else "tab:gray" for r in gen]
     bars = a1.bar(labels, [r["tokens_per_s"] for r in gen], color=colors)
-    for bar, r in zip(bars, gen, strict=True):
-        a1.annotate(
-            f"{r['tokens_per_s']:,.0f}",
-            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-            ha="center",
-            va="bottom",
-            fontsize=8,
-        )
+    _label_bars(a1, bars, [f"{r['tokens_per_s']:,.0f}" for r in gen])
     a1.set_ylabel("generated tokens / s")
     a1.set_title("generation, d256, greedy", fontsize=10)
     bars = a2.bar(
@@ -234,14 +239,7 @@ def plot(gen, lat, path):
         [r["ms_median"] for r in lat],
         color=["tab:blue", "tab:orange", "tab:green"],
     )
-    for bar, r in zip(bars, lat, strict=True):
-        a2.annotate(
-            f"{r['ms_median']:.1f} ms",
-            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-            ha="center",
-            va="bottom",
-            fontsize=8,
-        )
+    _label_bars(a2, bars, [f"{r['ms_median']:.1f} ms" for r in lat])
     a2.set_ylabel("ms per forward of [8, 128]")
     a2.set_title("merged LoRA costs what the base costs", fontsize=10)
     fig.tight_layout()

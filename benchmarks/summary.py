@@ -18,10 +18,13 @@ SIZES = ("d64", "d128", "d256")
 
 
 def _find(runs, size, mode, engine) -> dict:
-    for r in runs:
-        if (r["size"], r["mode"], r["engine"]) == (size, mode, engine):
-            return r
-    raise ValueError(f"train_step.json: no run for size {size}, mode {mode}, engine {engine}")
+    """train_step's lookup, but a run the summary needs and the results lack is an error."""
+    from benchmarks.train_step import _find as find_run
+
+    run = find_run(runs, size, mode, engine)
+    if run is None:
+        raise ValueError(f"train_step.json: no run for size {size}, mode {mode}, engine {engine}")
+    return run
 
 
 def _speedups(runs, mode, engine) -> list[str]:

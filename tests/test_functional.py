@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import reference as ref
-from helpers import well_spread_rows
+from helpers import require, well_spread_rows
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -266,7 +266,7 @@ def test_cross_entropy_stable_for_logits_of_1e4():
 
 @pytest.mark.reference
 def test_cross_entropy_matches_torch_when_available():
-    torch = pytest.importorskip("torch", reason="PyTorch is an optional reference")
+    torch = require("torch", "reference")
     rng = np.random.default_rng(0)
     logits, targets = randn(rng, 3, 4, 7), rng.integers(0, 7, (3, 4))
     targets[0, 1] = -100

@@ -8,6 +8,7 @@ import shutil
 import bert_reference as ref
 import numpy as np
 import pytest
+from helpers import installed_minilm, require
 
 import minift
 from minift import hub
@@ -391,10 +392,7 @@ def test_sentence_encoder_refuses_pooling_it_does_not_implement(tmp_path):
 
 @pytest.fixture(scope="module")
 def minilm_folder():
-    try:
-        return hub.minilm_folder()
-    except (ModuleNotFoundError, FileNotFoundError) as e:
-        pytest.skip(str(e))
+    return installed_minilm()
 
 
 @pytest.fixture(scope="module")
@@ -460,8 +458,8 @@ def test_a_copied_minilm_folder_without_weights_fails_clearly(minilm_folder, tmp
 
 
 def _torch_transformers():
-    torch = pytest.importorskip("torch", reason="PyTorch is an optional reference")
-    transformers = pytest.importorskip("transformers", reason="transformers is optional")
+    torch = require("torch", "reference")
+    transformers = require("transformers", "reference")
     return torch, transformers
 
 

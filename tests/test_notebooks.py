@@ -18,6 +18,7 @@ two minutes. To refresh the committed outputs after changing a notebook:
 from pathlib import Path
 
 import pytest
+from helpers import EXTRA_OF, require
 
 # nbmake brings these with the dev extra; the reference venv in CI runs without them
 nbformat = pytest.importorskip("nbformat")
@@ -54,7 +55,7 @@ def test_kept_with_the_outputs_of_a_clean_top_to_bottom_run(path):
 def test_runs_top_to_bottom_in_a_fresh_kernel(path, tmp_path):
     nb = nbformat.read(path, as_version=4)
     for module in nb.metadata.get("minift", {}).get("requires", []):
-        pytest.importorskip(module, reason=f"{path.name} needs the optional package {module}")
+        require(module, EXTRA_OF[module])
     client = NotebookClient(
         nb,
         timeout=CELL_TIMEOUT,

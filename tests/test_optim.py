@@ -13,6 +13,7 @@ from functools import partial
 
 import numpy as np
 import pytest
+from helpers import require
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes
@@ -163,7 +164,7 @@ def test_adamw_matches_reference_recurrence(shape, seed, lr, beta1, beta2, eps, 
 
 @pytest.mark.reference
 def test_adamw_matches_torch_optim_adamw():
-    torch = pytest.importorskip("torch")
+    torch = require("torch", "reference")
     rng = np.random.default_rng(7)
     theta0 = rng.standard_normal((4, 3))
     grads = [rng.standard_normal((4, 3)) for _ in range(6)]

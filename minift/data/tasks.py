@@ -332,6 +332,13 @@ _BUILDERS = {
     "en-fr-numbers": _en_fr_numbers,
 }
 TASK_NAMES = tuple(_BUILDERS)
+# each task's kind, known without building it (kjv-books needs the optional bible extra to build)
+TASK_KINDS = {
+    "babi-qa": "generation",
+    "kjv-books": "classification",
+    "stdlib-modules": "classification",
+    "en-fr-numbers": "generation",
+}
 
 
 def load_task(name: str, seed: int = 0, n_train=None, n_val=None, n_test=None, **options) -> Task:

@@ -33,6 +33,7 @@ import tempfile
 from pathlib import Path
 
 from minift import pipeline
+from minift.train import has_checkpoint
 
 DEMO_METHODS = ["base", "majority", "copy", "full", "lora", "sparse", "bitfit"]
 # classification (§6.2) from the standard library alone: the setting of the article's claim, where
@@ -270,9 +271,9 @@ def _training_options(args, steps: int) -> dict:
                 raise ValueError(f"{option}: needs --checkpoint-dir, the directory of checkpoints")
     else:
         directory = _writable_dir(directory, "--checkpoint-dir")
-        has_checkpoints = (directory / "latest.json").exists()
+        has_checkpoints = has_checkpoint(directory)
         if args.resume and not has_checkpoints:
-            raise ValueError(f"--resume: no checkpoint in {directory} (it has no latest.json)")
+            raise ValueError(f"--resume: no checkpoint in {directory} (no latest.json, no step-*)")
         if has_checkpoints and not args.resume:
             raise ValueError(
                 f"--checkpoint-dir: {directory} holds an earlier run's checkpoints; "

@@ -55,6 +55,7 @@ import re
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -74,6 +75,7 @@ __all__ = [
     "TrainHook",
     "TrainingDivergedError",
     "TrainResult",
+    "has_checkpoint",
     "read_checkpoint_state",
 ]
 
@@ -90,6 +92,7 @@ CHECKPOINT_FILES = (
 MANIFEST = "manifest.json"
 LATEST = "latest.json"
 _STEP_DIR = re.compile(r"step-[0-9]{7}")
+_SET_ASIDE = ".set-aside"  # prefix of a step directory that a newer save of its step replaces
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # trainer.json's own fields; extra_state may not reuse them
 _TRAINER_FIELDS = (
@@ -274,6 +277,7 @@ class Trainer:
         )
         self.data_rng = np.random.default_rng(config.seed)
         self.step = 0  # optimizer steps done
+        self._saved_step = None  # the step whose checkpoint is on disk, as this Trainer left it
         self._parallel = None  # the DataParallel of config.threads > 1, made on first use
 
     def _data_parallel(self):
@@ -396,7 +400,7 @@ class Trainer:
             if log:
                 log.close()
         result.evals.append(self._run_eval())
-        if self.checkpoint_dir:
+        if self.checkpoint_dir and self._saved_step != self.step:  # not twice: see save_checkpoint
             self.save_checkpoint()
         result.step = self.step
         result.seconds = time.perf_counter() - start
@@ -405,11 +409,19 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------
 
     def save_checkpoint(self) -> Path:
-        """Write step-N/ in a temporary directory, rename it, then point latest.json at it."""
+        """Write step-N/ in a temporary directory, rename it, then point latest.json at it.
+
+        The order keeps a complete, verified checkpoint on disk at every instant, whatever
+        moment a kill strikes: the new step directory is complete before it gets its name; a
+        step directory of the same name from before is set aside, not deleted, until latest.json
+        names its replacement; older steps go last. What a killed save leaves behind (a
+        temporary directory or file, a set-aside step) is removed by the next save.
+        """
         if self.checkpoint_dir is None:
             raise ValueError("checkpoint_dir: not set for this Trainer")
         root = self.checkpoint_dir
         root.mkdir(parents=True, exist_ok=True)
+        _remove_litter(root)
         name = f"step-{self.step:07d}"
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
         try:
@@ -444,15 +456,20 @@ class Trainer:
             # Last, and of the bytes as they landed on the disk: the manifest vouches for them.
             digests = {f: _sha256(tmp / f) for f in CHECKPOINT_FILES}
             atomic_write_json(tmp / MANIFEST, {"sha256": digests})
-            final = root / name
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        final = root / name
+        set_aside = None
+        if final.exists():  # this step saved before (a resumed run passing it again)
+            set_aside = root / f"{_SET_ASIDE}{tmp.name}"
+            os.rename(final, set_aside)
+        os.rename(tmp, final)
         manifest_sha256 = _sha256(final / MANIFEST)
         atomic_write_json(root / LATEST, {"checkpoint": name, "manifest_sha256": manifest_sha256})
+        self._saved_step = self.step
+        if set_aside is not None:
+            shutil.rmtree(set_aside, ignore_errors=True)
         for old in sorted(root.glob("step-*"))[:-2]:  # keep the last two
             shutil.rmtree(old, ignore_errors=True)
         return final
@@ -539,9 +556,20 @@ class Trainer:
         for g, saved in zip(generators, dropout_rngs, strict=True):
             g.bit_generator.state = saved
         self.step = state["step"]
+        if (
+            self.checkpoint_dir is not None
+            and path.parent.resolve() == self.checkpoint_dir.resolve()
+        ):
+            self._saved_step = self.step
 
 
 # -- reading a checkpoint: every check before the first change ---------------------------------
+
+
+def has_checkpoint(checkpoint_dir: str | os.PathLike) -> bool:
+    """Whether ``checkpoint_dir`` holds a checkpoint to resume (or the remains of one)."""
+    root = Path(checkpoint_dir)
+    return (root / LATEST).exists() or any(_STEP_DIR.fullmatch(p.name) for p in root.glob("step-*"))
 
 
 def read_checkpoint_state(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
@@ -558,10 +586,18 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _latest_checkpoint(root: Path) -> tuple[Path, str]:
-    """The step directory latest.json names, and the SHA-256 it records of that manifest."""
+def _latest_checkpoint(root: Path) -> tuple[Path, str | None]:
+    """The step directory latest.json names, and the SHA-256 it records of that manifest.
+
+    Where latest.json is missing, or names a step directory that is not there (a run killed
+    before its first latest.json, or in the middle of a save), the newest step directory that
+    verifies completely is taken instead, with a warning saying so; its manifest is then checked
+    against the files alone (None). A latest.json that is damaged is refused, never bypassed.
+    """
     latest_path = root / LATEST
-    latest = read_json(latest_path, "latest checkpoint")  # FileNotFoundError: no checkpoint yet
+    if not latest_path.exists() and not latest_path.is_symlink():
+        return _newest_complete_step(root, f"{latest_path} is missing")
+    latest = read_json(latest_path, "latest checkpoint")
     name = latest.get("checkpoint")
     if not (isinstance(name, str) and _STEP_DIR.fullmatch(name)):
         raise ValueError(
@@ -576,9 +612,49 @@ def _latest_checkpoint(root: Path) -> tuple[Path, str]:
             "have none: train again without resume)"
         )
     path = root / name
+    if not path.exists():
+        return _newest_complete_step(root, f"{latest_path} names {name}, which is not in {root}")
     if not path.is_dir():
-        raise ValueError(f"{latest_path}: points to {name}, which is not in {root}")
+        raise ValueError(f"{latest_path}: points to {name}, which is not a directory in {root}")
     return path, digest
+
+
+def _newest_complete_step(root: Path, why: str) -> tuple[Path, None]:
+    """The newest step directory of ``root`` whose manifest and files verify (see above)."""
+    steps = sorted((p for p in root.glob("step-*") if _STEP_DIR.fullmatch(p.name)), reverse=True)
+    if not steps:
+        raise FileNotFoundError(
+            2, "no training checkpoint (no latest.json, no step directory)", str(root)
+        )
+    problems = []
+    for path in steps:
+        try:
+            _trainer_state(_verified_trainer_json(path, None), path / "trainer.json")
+        except (ValueError, OSError) as e:
+            problems.append(f"{path.name}: {e}")
+            continue
+        warnings.warn(
+            f"{why}: resuming from {path.name}, the newest complete checkpoint", stacklevel=3
+        )
+        return path, None
+    raise ValueError(
+        f"{why}, and no step directory verifies ({'; '.join(problems)}): no checkpoint to resume "
+        f"from; delete {root} (or choose another checkpoint directory) to train from the start"
+    )
+
+
+def _remove_litter(root: Path) -> None:
+    """What a killed save leaves: temporary step directories and files, set-aside steps."""
+    for entry in root.iterdir():
+        litter = entry.name.startswith((".step-", _SET_ASIDE + ".step-")) or (
+            entry.name.startswith(f".{LATEST}.") and entry.name.endswith(".tmp")
+        )
+        if not litter:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def _verified_trainer_json(path: Path, manifest_sha256: str | None) -> bytes:

@@ -4,6 +4,8 @@ import hashlib
 import json
 import re
 import shutil
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -554,7 +556,6 @@ def test_a_hand_edited_trainer_json_names_the_field_and_changes_nothing(
 @pytest.mark.parametrize(
     ("damage", "match"),
     [
-        (lambda r: shutil.rmtree(r / "step-0000003"), "points to step-0000003, which is not in"),
         (
             lambda r: (r / "latest.json").write_text(
                 json.dumps(
@@ -577,7 +578,7 @@ def test_a_hand_edited_trainer_json_names_the_field_and_changes_nothing(
             "optimizer.safetensors: missing, though manifest.json lists it",
         ),
     ],
-    ids=["missing-step", "older-step", "outside", "old-format", "no-manifest", "no-optimizer"],
+    ids=["older-step", "outside", "old-format", "no-manifest", "no-optimizer"],
 )
 def test_latest_json_pointing_to_a_missing_or_other_checkpoint_is_named(
     saved, tmp_path, damage, match
@@ -633,3 +634,168 @@ def test_the_progress_bar_shows_loss_tokens_per_second_and_eta(capsys):
     assert bar.startswith("lora: 100%") and " 3/3 [" in bar, bar
     assert re.search(r"\[\d\d:\d\d<\d\d:\d\d, ", bar), bar  # elapsed < remaining (the ETA)
     assert re.search(r"loss=\d+\.\d{4}, tok_s=[\d,]+\]$", bar), bar
+
+
+# ------------------------------------------------------------------------------------------------
+# No kill leaves a run stuck: every moment of the save sequence resumes, or refuses with a way out
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        (lambda r: (r / "latest.json").unlink(), "latest.json is missing"),
+        (lambda r: shutil.rmtree(r / "step-0000003"), "names step-0000003, which is not in"),
+    ],
+    ids=["no-latest-json", "missing-step"],
+)
+def test_resume_falls_back_to_the_newest_complete_step_saying_so(saved, tmp_path, damage, why):
+    root = tmp_path / "run"
+    shutil.copytree(saved[0], root)
+    damage(root)
+    trainer = fresh_trainer(root)
+    with pytest.warns(
+        UserWarning, match=why + ".*resuming from step-0000003|" + why + ".*step-0000002"
+    ):
+        trainer.load_checkpoint()
+    newest = 3 if (root / "step-0000003").exists() else 2
+    assert trainer.step == newest
+    if newest == 3:
+        assert_same_state(full_state(trainer), saved[1])
+
+
+def test_resume_with_no_complete_step_refuses_and_names_the_way_out(saved, tmp_path):
+    root = tmp_path / "run"
+    shutil.copytree(saved[0], root)
+    (root / "latest.json").unlink()
+    for step in ("step-0000002", "step-0000003"):
+        (root / step / "manifest.json").unlink()
+    trainer = fresh_trainer(root)
+    before = full_state(trainer)
+    with pytest.raises(ValueError, match=r"no step directory verifies .*delete .*run"):
+        trainer.load_checkpoint()
+    assert_same_state(full_state(trainer), before)
+
+
+def test_the_end_of_run_save_is_skipped_when_its_step_is_saved(tmp_path, monkeypatch):
+    saves = []
+    real = Trainer.save_checkpoint
+    monkeypatch.setattr(
+        Trainer, "save_checkpoint", lambda self: saves.append(self.step) or real(self)
+    )
+    config = TrainConfig(steps=4, batch_size=2, checkpoint_every=2)
+    Trainer(lora_model(), config, sample_batch, checkpoint_dir=tmp_path, progress=False).train()
+    assert saves == [2, 4]
+    saves.clear()
+    config = TrainConfig(steps=5, batch_size=2, checkpoint_every=2)
+    Trainer(
+        lora_model(), config, sample_batch, checkpoint_dir=tmp_path / "b", progress=False
+    ).train()
+    assert saves == [2, 4, 5]
+
+
+def test_a_save_removes_what_killed_saves_left(tmp_path):
+    config = TrainConfig(steps=1, batch_size=2)
+    (tmp_path / ".step-0000007-abc123").mkdir(parents=True)
+    (tmp_path / ".step-0000007-abc123" / "model.safetensors").write_bytes(b"half")
+    (tmp_path / ".set-aside.step-0000003-xyz").mkdir()
+    (tmp_path / ".latest.json.q1w2e3.tmp").write_text("{")
+    (tmp_path / "notes.txt").write_text("the user's own file stays")
+    Trainer(lora_model(), config, sample_batch, checkpoint_dir=tmp_path, progress=False).train()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "latest.json",
+        "notes.txt",
+        "step-0000001",
+    ]
+
+
+KILL_CONFIG = TrainConfig(steps=4, batch_size=2, checkpoint_every=1, seed=5)
+
+
+def _interrupted_run(root: Path, kill_at: int | None, count_file: Path) -> None:
+    """In a forked child: resume the run in ``root`` and die (os._exit, as SIGKILL would: no
+    cleanup runs) just before its ``kill_at``-th write; with None, count the writes instead."""
+    import os
+
+    import minift.train as train_module
+
+    writes = 0
+
+    def counted(real):
+        def write(*args, **kwargs):
+            nonlocal writes
+            if writes == kill_at:
+                os._exit(0)
+            writes += 1
+            return real(*args, **kwargs)
+
+        return write
+
+    train_module.save_tensors = counted(train_module.save_tensors)
+    train_module.atomic_write_json = counted(train_module.atomic_write_json)
+    os.rename = counted(os.rename)
+    shutil.rmtree = counted(shutil.rmtree)
+    trainer = Trainer(lora_model(), KILL_CONFIG, sample_batch, checkpoint_dir=root, progress=False)
+    trainer.train(resume=True)
+    count_file.write_text(str(writes))
+    os._exit(0)
+
+
+def _in_a_child(*args) -> None:
+    import multiprocessing
+
+    child = multiprocessing.get_context("fork").Process(target=_interrupted_run, args=args)
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+
+
+def test_a_run_killed_at_any_write_of_a_save_resumes_to_the_same_weights(tmp_path):
+    """The run starts from a checkpoint directory whose latest.json names step 2 while a step 3
+    of an earlier attempt is also there, so that its saves pass every path: a step saved again
+    (set aside, then replaced), a new step, the removal of old ones."""
+    straight = Trainer(lora_model(), KILL_CONFIG, sample_batch, progress=False)
+    straight.train()
+    start = tmp_path / "start"
+    Trainer(lora_model(), KILL_CONFIG, sample_batch, checkpoint_dir=start, progress=False).train(
+        stop_at=3
+    )
+    manifest = hashlib.sha256((start / "step-0000002" / "manifest.json").read_bytes()).hexdigest()
+    (start / "latest.json").write_text(
+        json.dumps({"checkpoint": "step-0000002", "manifest_sha256": manifest})
+    )
+    count = tmp_path / "count"
+    _in_a_child(shutil.copytree(start, tmp_path / "counting"), None, count)
+    n_writes = int(count.read_text())
+    assert n_writes >= 12  # two saves of four files, a manifest, a rename, latest.json, removals
+    for kill_at in range(n_writes):
+        root = shutil.copytree(start, tmp_path / f"killed-{kill_at}")
+        _in_a_child(root, kill_at, count)
+        resumed = Trainer(
+            lora_model(), KILL_CONFIG, sample_batch, checkpoint_dir=root, progress=False
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a fallback says which step it took
+            resumed.train(resume=True)
+        assert resumed.step == 4, kill_at
+        a, b = params_of(straight.model), params_of(resumed.model)
+        for name in a:
+            np.testing.assert_array_equal(
+                a[name], b[name], err_msg=f"killed at write {kill_at}: {name}"
+            )
+        Trainer(
+            lora_model(), KILL_CONFIG, sample_batch, checkpoint_dir=root, progress=False
+        ).save_checkpoint()
+        assert all(p.name == "latest.json" or p.name.startswith("step-") for p in root.iterdir()), (
+            kill_at,
+            sorted(p.name for p in root.iterdir()),
+        )
+
+
+def test_a_directory_with_only_a_step_directory_has_a_checkpoint_to_resume(saved, tmp_path):
+    from minift.train import has_checkpoint
+
+    root = tmp_path / "run"
+    assert not has_checkpoint(tmp_path)
+    shutil.copytree(saved[0], root)
+    (root / "latest.json").unlink()
+    assert has_checkpoint(root)  # a run killed before its first latest.json: --resume takes it

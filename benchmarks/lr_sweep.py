@@ -4,7 +4,7 @@ For each swept method and each kind of task (classification, generation), every 
 the grid fine-tunes the cached base on every task of that kind (one seed, ``--steps`` steps) and
 is scored on the VALIDATION split (never the test split, which the compare table reports). The
 kind's learning rate is the one with the best mean of the tasks' main metric (accuracy; exact
-match, ties broken by chrF). Run from the repo root:
+match, ties broken by the corpus chrF). Run from the repo root:
 
     python -m benchmarks.lr_sweep                  # the grid below, about 15 minutes on 2 cores
     python -m benchmarks.lr_sweep --methods lora --tasks stdlib-modules --lrs 3e-3 1e-2
@@ -16,7 +16,9 @@ It prints and writes (``--out``, default ``benchmarks/results``):
     lr_sweep.json   the same, as records; tests/test_pipeline.py holds METHODS to its choices
 
 Runs already in lr_sweep.json are not run again, and a new sweep's runs join the file's, so the
-grid can grow (or a method be added) without redoing what is there.
+grid can grow (or a method be added) without redoing what is there. A generation run whose record
+lacks ``"chrf_definition": "corpus"`` was scored when minift's chrF was the mean of sentence scores
+(another number than the corpus chrF papers report): sweeping it again replaces it.
 
 Runs go two at a time, each in a fresh process with one BLAS thread (two runs with two threads
 each on two cores would slow both). Not a speed benchmark: no timing is compared here.
@@ -50,6 +52,7 @@ GRID = {  # about 3x apart, around each method's working range, widened where th
     "prefix": [1e-3, 3e-3, 1e-2],
 }
 DEFAULT_METHODS = ["full", "lora", "sparse", "bitfit"]
+CHRF_DEFINITION = "corpus"  # what a record's "chrf" is: minift.data.corpus_chrf
 TASKS = {
     "classification": ["stdlib-modules", "kjv-books"],
     "generation": ["en-fr-numbers", "babi-qa"],
@@ -63,7 +66,14 @@ def _run(job):
     settings = pipeline.RunSettings(steps=steps, lr=lr, eval_split="val")
     result = pipeline.run_one(task, method, seed, settings, pipeline.BaseSpec())
     values = {r["metric"]: r["value"] for r in result.records}
+    if "chrf" in values:
+        values["chrf_definition"] = CHRF_DEFINITION
     return {"task": task, "method": method, "lr": lr, "steps": steps, "seed": seed, **values}
+
+
+def _stale(record) -> bool:
+    """A run scored before "chrf" meant minift.data.corpus_chrf: its chrF is another metric."""
+    return "chrf" in record and record.get("chrf_definition") != CHRF_DEFINITION
 
 
 def _key(record) -> tuple:
@@ -71,7 +81,7 @@ def _key(record) -> tuple:
 
 
 def score(record) -> tuple:
-    """What 'best' means: accuracy, or exact match with chrF as the tie-break."""
+    """What 'best' means: accuracy, or exact match with the corpus chrF as the tie-break."""
     if "accuracy" in record:
         return (record["accuracy"],)
     return (record["exact_match"], record["chrf"])
@@ -144,7 +154,7 @@ def main(argv=None):
     ]
     path = args.out / "lr_sweep.json"
     previous = json.loads(path.read_text()) if path.exists() else {"commands": [], "records": []}
-    done = {_key(r) for r in previous["records"]}
+    done = {_key(r) for r in previous["records"] if not _stale(r)}
     jobs = [job for job in jobs if job not in done]  # a run already in the file is not redone
     os.environ["OPENBLAS_NUM_THREADS"] = "1"  # for the workers, which start after this
     records = []

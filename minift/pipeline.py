@@ -551,7 +551,7 @@ def evaluate(model, task: Task, tok, split="test", limit: int | None = None) -> 
     refs = [e.target for e in examples]
     return {
         "exact_match": task_metrics.exact_match(preds, refs),
-        "chrf": task_metrics.mean_chrf(preds, refs),
+        "chrf": task_metrics.corpus_chrf(preds, refs),
     }
 
 
@@ -565,7 +565,7 @@ def baseline_metrics(task: Task, split="test", limit=None) -> dict[str, float]:
     preds = [e.prompt for e in examples]
     return {
         "exact_match": task_metrics.exact_match(preds, refs),
-        "chrf": task_metrics.mean_chrf(preds, refs),
+        "chrf": task_metrics.corpus_chrf(preds, refs),
     }
 
 

@@ -11,7 +11,7 @@ tokenizer.py  CharTokenizer and its special tokens
 tasks.py      Example, Task, load_task: babi-qa (§6.1), kjv-books and stdlib-modules (§6.2),
               en-fr-numbers (§6.3)
 formats.py    <bos> prompt <sep> answer <eos> with the prompt masked to −100; classification
-metrics.py    accuracy, exact match, chrF
+metrics.py    accuracy, exact match, chrF (sentence and corpus, as sacrebleu computes it)
 """
 
 from minift.data.corpus import (
@@ -31,7 +31,7 @@ from minift.data.formats import (
     example_sampler,
     lm_sampler,
 )
-from minift.data.metrics import accuracy, chrf, exact_match, mean_chrf
+from minift.data.metrics import accuracy, chrf, corpus_chrf, exact_match
 from minift.data.tasks import TASK_NAMES, Example, Task, load_task
 from minift.data.tokenizer import SPECIAL_TOKENS, CharTokenizer, standard_tokenizer
 
@@ -46,6 +46,7 @@ __all__ = [
     "accuracy",
     "batches",
     "chrf",
+    "corpus_chrf",
     "corpus_stats",
     "decode_answer",
     "docstring_module_task",
@@ -57,7 +58,6 @@ __all__ = [
     "load_corpus",
     "lm_sampler",
     "load_task",
-    "mean_chrf",
     "normalize_text",
     "standard_tokenizer",
 ]

@@ -354,20 +354,6 @@ def test_atomic_write_json_format_and_unencodable_objects(tmp_path):
     assert json.loads(path.read_text()) == {"z": 1, "a": [None, 2.5]}
 
 
-def test_read_json_rejects_what_is_not_a_json_object(tmp_path):
-    path = tmp_path / "config.json"
-    with pytest.raises(FileNotFoundError, match=f"adapter config: no such file: '{path}'"):
-        read_json(path, "adapter config")
-    for content, reason in [
-        (b'{"a": 1', "is not valid JSON"),
-        (b"[1, 2]", "must be a JSON object, got list"),
-        (b'{"a": "\xff"}', "is not UTF-8 text"),
-    ]:
-        path.write_bytes(content)
-        with pytest.raises(ValueError, match=f"{path}: adapter config {reason}"):
-            read_json(path, "adapter config")
-
-
 # -- the format on disk ----------------------------------------------------------------------
 
 

@@ -116,9 +116,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minift.nn import Dropout, Linear, Module
+from minift.nn import Linear, Module
 from minift.param import Param
-from minift.peft.base import AdaptedLinear, PeftConfig, register
+from minift.peft.adapted import AdaptedLinear
+from minift.peft.base import PeftConfig, register
 from minift.peft.lora import (
     _check_rank,
     check_lora_alpha,
@@ -200,11 +201,14 @@ class SVDLinear(AdaptedLinear):
     """A frozen Linear plus s·P·Λ·Q (PEFT's name for it): ``lora_A`` = Q [r, in],
     ``lora_E`` = λ [r], ``lora_B`` = P [out, r].
 
-    ``merge()`` folds ΔW into W₀ (masked λᵢ = 0 add nothing), ``unmerge()`` takes it out again;
-    the ``merged`` flag guards both.
+    Its pair is ``adalora_forward`` / ``adalora_backward``; ``merge()`` folds ΔW into W₀
+    (masked λᵢ = 0 add nothing), ``unmerge()`` subtracts it again; the ``merged`` flag guards both.
     """
 
     kind = "AdaLoRA"
+    delta_params = ("lora_A", "lora_E", "lora_B")
+    delta_forward = staticmethod(adalora_forward)
+    delta_backward = staticmethod(adalora_backward)
 
     def __init__(
         self,
@@ -217,63 +221,21 @@ class SVDLinear(AdaptedLinear):
     ):
         d_in, d_out = base_layer.in_features, base_layer.out_features
         _check_rank(r, d_in, d_out)
+        super().__init__(base_layer, lora_dropout, rng=rng)
         dtype = base_layer.weight.dtype
-        self.base_layer = base_layer
         self.r = r
         self.scaling = adalora_scaling(r, lora_alpha)
         self.lora_A = Param(rng.normal(0.0, 0.02, (r, d_in)).astype(dtype))  # Q
         self.lora_E = Param(np.zeros(r, dtype=dtype))  # λ = 0: ΔW = 0 at step 0
         self.lora_B = Param(rng.normal(0.0, 0.02, (d_out, r)).astype(dtype))  # P
-        self.lora_dropout = Dropout(lora_dropout, rng=rng)
-        self.merged = False
-        self._cache = None
+
+    def delta_constants(self):
+        return (self.scaling,)
 
     def delta_weight(self) -> np.ndarray:  # [in, out]
         return adalora_delta_weight(
             self.lora_A.value, self.lora_E.value, self.lora_B.value, self.scaling
         )
-
-    def forward(self, x):  # [..., in] -> [..., out]
-        if self.merged:
-            return self.base_layer.forward(x)
-        base = self.base_layer
-        y, self._cache = adalora_forward(
-            x,
-            base.weight.value,
-            None if base.bias is None else base.bias.value,
-            self.lora_A.value,
-            self.lora_E.value,
-            self.lora_B.value,
-            self.scaling,
-            x_lora=self.lora_dropout.forward(x),
-        )
-        return y
-
-    def backward(self, dy):  # [..., out] -> [..., in]
-        if self.merged:
-            return self.base_layer.backward(dy)
-        base = self.base_layer
-        need_base = base.weight.trainable or (base.bias is not None and base.bias.trainable)
-        dx, dx_lora, dA, dE, dB, dW0, db = adalora_backward(dy, self._cache, need_base)
-        self.lora_A.accumulate_grad(dA)
-        self.lora_E.accumulate_grad(dE)
-        self.lora_B.accumulate_grad(dB)
-        if dW0 is not None:
-            base.weight.accumulate_grad(dW0)
-        if db is not None:
-            base.bias.accumulate_grad(db)
-        return dx + self.lora_dropout.backward(dx_lora)
-
-    def _merge(self) -> None:
-        """W₀ ← W₀ + ΔW, refusing a non-finite result (PEFT's safe_merge)."""
-        merged = self.base_layer.weight.value + self.delta_weight()
-        if not np.isfinite(merged).all():
-            raise ValueError("merge: W₀ + ΔW has non-finite entries; the adapter is broken")
-        self.base_layer.weight.value[...] = merged
-
-    def _unmerge(self) -> None:
-        """W₀ ← W₀ − ΔW."""
-        self.base_layer.weight.value -= self.delta_weight()
 
 
 def svd_layers(peft_model: Module) -> dict[str, SVDLinear]:

@@ -108,6 +108,7 @@ from minift import functional as F
 from minift.nn import Linear
 from minift.param import Param
 from minift.peft.lora import (
+    LORA_VARIANTS,
     LoraLinear,
     lora_backward,
     lora_delta_weight,
@@ -273,3 +274,6 @@ class DoraLinear(LoraLinear):
                 f"those columns of W₀ (columns {np.flatnonzero(m == 0)[:10].tolist()})"
             )
         return W * (n / m) - self.delta_weight(), None
+
+
+LORA_VARIANTS["use_dora"] = DoraLinear  # LoraConfig(use_dora=True) wraps with this layer

@@ -178,6 +178,11 @@ class LoraLinear(AdaptedLinear):
         return lora_delta_weight(self.lora_A.value, self.lora_B.value, self.scaling)
 
 
+# The layers of LoRA's variants, by the LoraConfig flag that selects them, each registered where
+# it is defined (dora.py: "use_dora"), so that this file needs none of them.
+LORA_VARIANTS: dict[str, type[LoraLinear]] = {}
+
+
 def _check_rank(r, d_in, d_out):
     if isinstance(r, bool) or not isinstance(r, (int, np.integer)):
         raise TypeError(f"r: expected an integer rank, got {r!r}")
@@ -242,19 +247,8 @@ class LoraConfig(PeftConfig):
             )
 
     def wrap(self, name, layer, rng):
-        if self.use_dora:
-            from minift.peft.dora import DoraLinear
-
-            return DoraLinear(
-                layer,
-                self.r,
-                self.lora_alpha,
-                self.lora_dropout,
-                self.use_rslora,
-                self.init_lora_weights,
-                rng=rng,
-            )
-        return LoraLinear(
+        layer_class = LORA_VARIANTS["use_dora"] if self.use_dora else LoraLinear
+        return layer_class(
             layer,
             self.r,
             self.lora_alpha,

@@ -206,6 +206,7 @@ def dora_backward(dy, cache, detach_norm=False, need_base_grads=False):
 class DoraLinear(LoraLinear):
     """A LoraLinear whose output is rescaled per output unit: ``lora_magnitude_vector`` m [out].
 
+    Its pair is ``dora_forward`` / ``dora_backward`` (the layer's path, never forming W).
     ``dora_detach_norm`` (class default False: the true gradient) selects PEFT's detached norm;
     pass it to the constructor for one layer, or set ``DoraLinear.dora_detach_norm`` for all
     layers that were not given one. ``merge()`` writes W = m ⊙ V/n into W₀, ``unmerge()``

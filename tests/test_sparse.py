@@ -115,12 +115,12 @@ def test_masked_linear_pair_matches_finite_differences(seed, d_in, d_out, activa
         random_mask(rng, (d_in, d_out)),
         rng.standard_normal(d_out),
     )
-    y, cache = masked_linear_forward(x, W1, D, b, activation)
+    y, cache = masked_linear_forward(x, W1, b, D, activation)
     dy = rng.standard_normal(y.shape)
     dx, dW1, db = masked_linear_backward(dy, cache)
 
     def fwd():
-        return masked_linear_forward(x, W1, D, b, activation)[0]
+        return masked_linear_forward(x, W1, b, D, activation)[0]
 
     assert rel_error(dx, numerical_gradient_array(fwd, x, dy)) < TOL
     assert rel_error(dW1, numerical_gradient_array(fwd, W1, dy)) < TOL

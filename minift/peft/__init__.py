@@ -9,11 +9,13 @@ sharing.py   the article's parameter sharing, A3
 sparse.py    the article's sparse connections, A4, and its worked model A8/A9
 lora.py      LoRA as published (A5, A6, A10, A11 mapped and corrected)
 dora.py      DoRA: magnitude and direction
-adalora.py   AdaLoRA: P·Λ·Q with a shrinking rank budget
+adalora.py   AdaLoRA: P·Λ·Q with a shrinking rank budget (adalora_training.py: the budget,
+             the regulariser and the training hook)
 bitfit.py    biases only
 adapter.py   Houlsby adapters
 ia3.py       IA3: learned rescaling vectors
 prompt.py    prompt tuning and prefix tuning
+adapted.py   the template every weight-level method's layer fills in (AdaptedLinear)
 """
 
 from minift.peft.adalora import AdaLoraConfig, RankAllocator, SVDLinear, adalora_regularizer

@@ -61,7 +61,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from minift import functional as F
-from minift.nn import Linear, Module
+from minift.nn import Linear
+from minift.peft.adapted import AdaptedLinear
 from minift.peft.base import PeftConfig, register
 
 # ------------------------------------------------------------------------------------------------
@@ -111,13 +112,22 @@ def adapter_backward(dout, cache):
 # The layer
 
 
-class AdapterLinear(Module):
+class AdapterLinear(AdaptedLinear):
     """A frozen Linear followed by a bottleneck adapter: out = y + up(f(down(y))), y = base(x).
 
     ``adapter_down`` (d → m) and ``adapter_up`` (m → d) are Linears in GPT-2's [in, out]
     layout, so the Params read ``h.0.mlp.c_proj.adapter_down.weight`` [d, m] and so on; the
-    adapter calls the pure functions above on their values.
+    adapter calls the pure functions above on their values. Its pair acts on the base layer's
+    OUTPUT, so forward runs the base layer first and backward runs it last; it cannot merge.
     """
+
+    kind = "adapter"
+    delta_params = (
+        "adapter_down.weight",
+        "adapter_down.bias",
+        "adapter_up.weight",
+        "adapter_up.bias",
+    )
 
     def __init__(
         self,
@@ -127,44 +137,24 @@ class AdapterLinear(Module):
         *,
         rng: np.random.Generator,
     ):
+        super().__init__(base_layer)
         d = base_layer.out_features
         dtype = base_layer.weight.dtype
-        self.base_layer = base_layer
         self.non_linearity = non_linearity
         self.adapter_down = Linear(d, bottleneck_size, rng=rng, dtype=dtype)
         self.adapter_up = Linear(bottleneck_size, d, rng=rng, dtype=dtype)
         bound = 1.0 / math.sqrt(d)  # Kaiming-uniform, as LoRA's A
         self.adapter_down.weight.value[...] = rng.uniform(-bound, bound, (d, bottleneck_size))
         self.adapter_up.weight.value[...] = 0.0  # the branch is exactly 0 at init
-        self._cache = None
-
-    @property
-    def in_features(self):
-        return self.base_layer.in_features
-
-    @property
-    def out_features(self):
-        return self.base_layer.out_features
 
     def forward(self, x):  # [..., in] -> [..., d]
         y = self.base_layer.forward(x)
-        down, up = self.adapter_down, self.adapter_up
-        out, self._cache = adapter_forward(
-            y,
-            down.weight.value,
-            down.bias.value,
-            up.weight.value,
-            up.bias.value,
-            self.non_linearity,
-        )
+        out, self._cache = adapter_forward(y, *self.delta_values(), self.non_linearity)
         return out
 
     def backward(self, dout):  # [..., d] -> [..., in]
-        dy, dW_down, db_down, dW_up, db_up = adapter_backward(dout, self._cache)
-        self.adapter_down.weight.accumulate_grad(dW_down)
-        self.adapter_down.bias.accumulate_grad(db_down)
-        self.adapter_up.weight.accumulate_grad(dW_up)
-        self.adapter_up.bias.accumulate_grad(db_up)
+        dy, *grads = adapter_backward(dout, self._cache)
+        self.accumulate(grads)
         return self.base_layer.backward(dy)  # frozen W₀: no dW, but dx flows
 
     def merged_layer(self) -> Linear:

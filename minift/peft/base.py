@@ -47,6 +47,7 @@ from minift.checkpoint import (
     save_tensors,
 )
 from minift.nn import Linear, Module
+from minift.peft.adapted import AdaptedLinear  # noqa: F401  (importable from here, as before)
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -166,51 +167,6 @@ def hf_layout(name: str, value: np.ndarray) -> np.ndarray:
     if outside and not embedding and name.endswith(".weight") and value.ndim == 2:
         return value.T
     return value
-
-
-class AdaptedLinear(Module):
-    """A Linear that a method has wrapped: ``base_layer`` inside, the method's weights beside it.
-
-    What every such layer shares, so that each method's file keeps only its own math: the
-    in/out sizes are the base's; ``merge()`` folds the method into ``base_layer.weight`` (the
-    subclass's ``_merge``), after which forward and backward are the base's alone; ``unmerge()``
-    undoes it (``_unmerge``); ``merged_layer()`` is what merge_and_unload puts in the layer's
-    place. A subclass sets ``kind`` (its name in messages), ``base_layer`` and ``merged``.
-    """
-
-    kind = "adapted"
-
-    @property
-    def in_features(self):
-        return self.base_layer.in_features
-
-    @property
-    def out_features(self):
-        return self.base_layer.out_features
-
-    def merge(self) -> None:
-        if self.merged:
-            raise RuntimeError(f"merge: this {self.kind} layer is already merged")
-        self._merge()
-        self.merged = True
-
-    def unmerge(self) -> None:
-        if not self.merged:
-            raise RuntimeError(f"unmerge: this {self.kind} layer is not merged")
-        self._unmerge()
-        self.merged = False
-
-    def merged_layer(self) -> Linear:
-        """The base Linear with the method folded in (merging first if need be)."""
-        if not self.merged:
-            self.merge()
-        return self.base_layer
-
-    def _merge(self) -> None:
-        raise NotImplementedError
-
-    def _unmerge(self) -> None:
-        raise NotImplementedError
 
 
 # fields PEFT writes whose value minift may ignore whatever it is

@@ -108,6 +108,7 @@ from minift import functional as F
 from minift.nn import Linear
 from minift.param import Param
 from minift.peft.lora import (
+    LORA_VARIANTS,
     LoraLinear,
     lora_backward,
     lora_delta_weight,
@@ -205,6 +206,7 @@ def dora_backward(dy, cache, detach_norm=False, need_base_grads=False):
 class DoraLinear(LoraLinear):
     """A LoraLinear whose output is rescaled per output unit: ``lora_magnitude_vector`` m [out].
 
+    Its pair is ``dora_forward`` / ``dora_backward`` (the layer's path, never forming W).
     ``dora_detach_norm`` (class default False: the true gradient) selects PEFT's detached norm;
     pass it to the constructor for one layer, or set ``DoraLinear.dora_detach_norm`` for all
     layers that were not given one. ``merge()`` writes W = m ⊙ V/n into W₀, ``unmerge()``
@@ -212,6 +214,10 @@ class DoraLinear(LoraLinear):
     """
 
     kind = "DoRA"
+    merge_formula = "m ⊙ V/‖V‖"
+    delta_params = ("lora_A", "lora_B", "lora_magnitude_vector")
+    delta_forward = staticmethod(dora_forward)
+    delta_backward = staticmethod(dora_backward)
 
     dora_detach_norm: bool = False
 
@@ -245,63 +251,30 @@ class DoraLinear(LoraLinear):
         self.lora_magnitude_vector = Param(norms)
         if dora_detach_norm is not None:
             self.dora_detach_norm = dora_detach_norm
-        self._merged_norm = None  # n at merge time, for unmerge
 
     def effective_weight(self) -> np.ndarray:  # [in, out]
         """W = m ⊙ V/‖V‖_c, the weight this layer computes with (formed: the clear path)."""
         V = self.base_layer.weight.value + self.delta_weight()
         return dora_weight_forward(V, self.lora_magnitude_vector.value)[0]
 
-    def forward(self, x):  # [..., in] -> [..., out]
-        if self.merged:
-            return self.base_layer.forward(x)
-        base = self.base_layer
-        y, self._cache = dora_forward(
-            x,
-            base.weight.value,
-            None if base.bias is None else base.bias.value,
-            self.lora_A.value,
-            self.lora_B.value,
-            self.lora_magnitude_vector.value,
-            self.scaling,
-            x_lora=self.lora_dropout.forward(x),
-        )
-        return y
+    def backward_options(self):
+        return (self.dora_detach_norm,)
 
-    def backward(self, dy):  # [..., out] -> [..., in]
-        if self.merged:
-            return self.base_layer.backward(dy)
-        base = self.base_layer
-        need_base = base.weight.trainable or (base.bias is not None and base.bias.trainable)
-        dx, dx_lora, dA, dB, dm, dW0, db = dora_backward(
-            dy, self._cache, self.dora_detach_norm, need_base
-        )
-        self.lora_A.accumulate_grad(dA)
-        self.lora_B.accumulate_grad(dB)
-        self.lora_magnitude_vector.accumulate_grad(dm)
-        if dW0 is not None:
-            base.weight.accumulate_grad(dW0)
-        if db is not None:
-            base.bias.accumulate_grad(db)
-        return dx + self.lora_dropout.backward(dx_lora)
-
-    def _merge(self) -> None:
-        """W₀ ← m ⊙ V/n, refusing a non-finite result (PEFT's safe_merge); keeps n for unmerge."""
+    def merged_weights(self):
+        """W₀ ← m ⊙ V/n; unmerge needs n, the norms at merge time."""
         V = self.base_layer.weight.value + self.delta_weight()
         W, (_, n, _) = dora_weight_forward(V, self.lora_magnitude_vector.value)
-        if not np.isfinite(W).all():
-            raise ValueError("merge: m ⊙ V/‖V‖ has non-finite entries; the adapter is broken")
-        self.base_layer.weight.value[...] = W
-        self._merged_norm = n
+        return W, None, n
 
-    def _unmerge(self) -> None:
-        """W₀ ← W ⊙ (n/m) − ΔW: V from the merged W and the norms kept at merge time."""
+    def unmerged_weights(self, W, b, n):
+        """W₀ = W ⊙ (n/m) − ΔW: V from the merged W and the norms kept at merge time."""
         m = self.lora_magnitude_vector.value
         if np.any(m == 0):
             raise ValueError(
                 "unmerge: lora_magnitude_vector has zero entries, so the merged weight lost "
                 f"those columns of W₀ (columns {np.flatnonzero(m == 0)[:10].tolist()})"
             )
-        W = self.base_layer.weight.value
-        W[...] = W * (self._merged_norm / m) - self.delta_weight()
-        self._merged_norm = None
+        return W * (n / m) - self.delta_weight(), None
+
+
+LORA_VARIANTS["use_dora"] = DoraLinear  # LoraConfig(use_dora=True) wraps with this layer

@@ -82,7 +82,8 @@ import numpy as np
 from minift import functional as F
 from minift.nn import Linear
 from minift.param import Param
-from minift.peft.base import AdaptedLinear, PeftConfig, hf_layout, register
+from minift.peft.adapted import AdaptedLinear
+from minift.peft.base import PeftConfig, hf_layout, register
 
 # ------------------------------------------------------------------------------------------------
 # The math, as pure functions
@@ -134,11 +135,16 @@ class IA3Linear(AdaptedLinear):
 
     ``base_layer`` keeps the original weights; ``ia3_l`` is a vector, [out] or [in] when
     ``is_feedforward``, of ones at init (random normal with ``init_ia3_weights=False``, as PEFT,
-    only to test that a method really moved the output). ``merge()`` folds the scale into the
-    base weights and ``unmerge()`` divides it out again, guarded by the ``merged`` flag.
+    only to test that a method really moved the output). Its pair is ``ia3_forward`` /
+    ``ia3_backward``; ``merge()`` folds the scale into the base weights and ``unmerge()``
+    divides it out again, guarded by the ``merged`` flag.
     """
 
     kind = "IA3"
+    merge_formula = "the scaled W₀"
+    delta_params = ("ia3_l",)
+    delta_forward = staticmethod(ia3_forward)
+    delta_backward = staticmethod(ia3_backward)
 
     def __init__(
         self,
@@ -148,53 +154,24 @@ class IA3Linear(AdaptedLinear):
         *,
         rng: np.random.Generator,
     ):
-        dtype = base_layer.weight.dtype
+        super().__init__(base_layer)
         n = base_layer.in_features if is_feedforward else base_layer.out_features
-        self.base_layer = base_layer
         self.is_feedforward = bool(is_feedforward)
         init = np.ones(n) if init_ia3_weights else rng.standard_normal(n)
-        self.ia3_l = Param(init.astype(dtype))
-        self.merged = False
-        self._cache = None
+        self.ia3_l = Param(init.astype(base_layer.weight.dtype))
 
-    def forward(self, x):  # [..., in] -> [..., out]
-        if self.merged:
-            return self.base_layer.forward(x)
-        base = self.base_layer
-        y, self._cache = ia3_forward(
-            x,
-            base.weight.value,
-            None if base.bias is None else base.bias.value,
-            self.ia3_l.value,
-            self.is_feedforward,
-        )
-        return y
+    def delta_constants(self):
+        return (self.is_feedforward,)
 
-    def backward(self, dy):  # [..., out] -> [..., in]
-        if self.merged:
-            return self.base_layer.backward(dy)
-        base = self.base_layer
-        dx, dl, dW, db = ia3_backward(dy, self._cache, need_dW=base.weight.trainable)
-        self.ia3_l.accumulate_grad(dl)
-        if dW is not None:
-            base.weight.accumulate_grad(dW)
-        if db is not None:
-            base.bias.accumulate_grad(db)  # a frozen bias ignores it
-        return dx
-
-    def _merge(self) -> None:
-        """W₀ ← W₀ scaled by l (columns and bias, or rows); refuses a non-finite result."""
+    def merged_weights(self):
+        """W₀ scaled by l (columns and bias, or rows)."""
         base = self.base_layer
         b = None if base.bias is None else base.bias.value
         W, b = ia3_merged_weights(base.weight.value, b, self.ia3_l.value, self.is_feedforward)
-        if not (np.isfinite(W).all() and (b is None or np.isfinite(b).all())):
-            raise ValueError("merge: the scaled W₀ has non-finite entries; the adapter is broken")
-        base.weight.value[...] = W
-        if b is not None:
-            base.bias.value[...] = b
+        return W, b, None
 
-    def _unmerge(self) -> None:
-        """W₀ ← W₀ divided by l again; refuses if an entry of l is 0 (W₀ is then lost)."""
+    def unmerged_weights(self, W, b, undo):
+        """W₀ = W divided by l again; refused if an entry of l is 0 (W₀ is then lost)."""
         l = self.ia3_l.value
         zeros = np.flatnonzero(l == 0)
         if zeros.size:
@@ -203,13 +180,9 @@ class IA3Linear(AdaptedLinear):
                 f"unmerge: ia3_l has {zeros.size} zero entries (first at index {zeros[0]}); "
                 f"merging multiplied those {what} of W₀ by 0, so W₀ cannot be recovered"
             )
-        base = self.base_layer
         if self.is_feedforward:
-            base.weight.value /= l[:, None]
-        else:
-            base.weight.value /= l[None, :]
-            if base.bias is not None:
-                base.bias.value /= l
+            return W / l[:, None], None
+        return W / l[None, :], (None if b is None else b / l)
 
 
 # ------------------------------------------------------------------------------------------------

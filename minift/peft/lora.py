@@ -64,9 +64,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from minift import functional as F
-from minift.nn import Dropout, Linear
+from minift.nn import Linear
 from minift.param import Param
-from minift.peft.base import AdaptedLinear, PeftConfig, register
+from minift.peft.adapted import AdaptedLinear
+from minift.peft.base import PeftConfig, register
 
 # ------------------------------------------------------------------------------------------------
 # The math, as pure functions
@@ -140,11 +141,15 @@ def lora_backward(dy, cache, need_base_grads=False):
 class LoraLinear(AdaptedLinear):
     """A frozen Linear plus s·B·A: ``base_layer`` (W₀, b), ``lora_A`` [r, in], ``lora_B`` [out, r].
 
-    ``merge()`` folds ΔW into W₀ (then forward is the base layer's alone), ``unmerge()`` takes
-    it out again; the ``merged`` flag guards both, as in loralib.
+    Its pair is ``lora_forward`` / ``lora_backward`` (the fast path); ``merge()`` folds ΔW into
+    W₀ (then forward is the base layer's alone), ``unmerge()`` subtracts it again; the
+    ``merged`` flag guards both, as in loralib.
     """
 
     kind = "LoRA"
+    delta_params = ("lora_A", "lora_B")
+    delta_forward = staticmethod(lora_forward)
+    delta_backward = staticmethod(lora_backward)
 
     def __init__(
         self,
@@ -159,59 +164,23 @@ class LoraLinear(AdaptedLinear):
     ):
         d_in, d_out = base_layer.in_features, base_layer.out_features
         _check_rank(r, d_in, d_out)
+        super().__init__(base_layer, lora_dropout, rng=rng)
         dtype = base_layer.weight.dtype
-        self.base_layer = base_layer
         self.r = r
         self.scaling = lora_scaling(r, lora_alpha, use_rslora)
         self.lora_A = Param(_init_A(init_lora_weights, r, d_in, rng).astype(dtype))
         self.lora_B = Param(np.zeros((d_out, r), dtype=dtype))
-        self.lora_dropout = Dropout(lora_dropout, rng=rng)
-        self.merged = False
-        self._cache = None
+
+    def delta_constants(self):
+        return (self.scaling,)
 
     def delta_weight(self) -> np.ndarray:  # [in, out]
         return lora_delta_weight(self.lora_A.value, self.lora_B.value, self.scaling)
 
-    def forward(self, x):  # [..., in] -> [..., out]
-        if self.merged:
-            return self.base_layer.forward(x)
-        base = self.base_layer
-        y, self._cache = lora_forward(
-            x,
-            base.weight.value,
-            None if base.bias is None else base.bias.value,
-            self.lora_A.value,
-            self.lora_B.value,
-            self.scaling,
-            x_lora=self.lora_dropout.forward(x),
-        )
-        return y
 
-    def backward(self, dy):  # [..., out] -> [..., in]
-        if self.merged:
-            return self.base_layer.backward(dy)
-        base = self.base_layer
-        need_base = base.weight.trainable or (base.bias is not None and base.bias.trainable)
-        dx, dx_lora, dA, dB, dW0, db = lora_backward(dy, self._cache, need_base)
-        self.lora_A.accumulate_grad(dA)
-        self.lora_B.accumulate_grad(dB)
-        if dW0 is not None:
-            base.weight.accumulate_grad(dW0)
-        if db is not None:
-            base.bias.accumulate_grad(db)
-        dx += self.lora_dropout.backward(dx_lora)  # dx is ours: add in place
-        return dx
-
-    def _merge(self) -> None:
-        """W₀ ← W₀ + ΔW, refusing a non-finite result (PEFT's safe_merge)."""
-        merged = self.base_layer.weight.value + self.delta_weight()
-        if not np.isfinite(merged).all():
-            raise ValueError("merge: W₀ + ΔW has non-finite entries; the adapter is broken")
-        self.base_layer.weight.value[...] = merged
-
-    def _unmerge(self) -> None:
-        """W₀ ← W₀ − ΔW."""
-        self.base_layer.weight.value -= self.delta_weight()
+# The layers of LoRA's variants, by the LoraConfig flag that selects them, each registered where
+# it is defined (dora.py: "use_dora"), so that this file needs none of them.
+LORA_VARIANTS: dict[str, type[LoraLinear]] = {}
 
 
 def _check_rank(r, d_in, d_out):
@@ -278,19 +247,8 @@ class LoraConfig(PeftConfig):
             )
 
     def wrap(self, name, layer, rng):
-        if self.use_dora:
-            from minift.peft.dora import DoraLinear
-
-            return DoraLinear(
-                layer,
-                self.r,
-                self.lora_alpha,
-                self.lora_dropout,
-                self.use_rslora,
-                self.init_lora_weights,
-                rng=rng,
-            )
-        return LoraLinear(
+        layer_class = LORA_VARIANTS["use_dora"] if self.use_dora else LoraLinear
+        return layer_class(
             layer,
             self.r,
             self.lora_alpha,

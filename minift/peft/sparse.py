@@ -113,7 +113,8 @@ import numpy as np
 from minift import functional as F
 from minift.nn import Linear
 from minift.param import Param
-from minift.peft.base import AdaptedLinear, PeftConfig, register
+from minift.peft.adapted import AdaptedLinear
+from minift.peft.base import PeftConfig, register
 
 __all__ = [
     "ACTIVATIONS",
@@ -183,10 +184,10 @@ def sparse_weight_backward(dW2, cache):
     return D * activation_backward(dW2, act_cache)
 
 
-def masked_linear_forward(x, W1, D, b, activation):
+def masked_linear_forward(x, W1, b, D, activation):
     """The literal layer: y = x·σ(W₁ ⊙ D) + b.
 
-    x [..., in], W1 [in, out], D 0/1 [in, out], b [out] or None -> y [..., out]
+    x [..., in], W1 [in, out], b [out] or None, D 0/1 [in, out] -> y [..., out]
     """
     W, weight_cache = sparse_weight_forward(W1, D, activation)
     y, linear_cache = F.linear_forward(x, W, b)
@@ -284,12 +285,16 @@ class MaskedLinear(AdaptedLinear):
     """The literal A4 layer: y = x·σ(W₁ ⊙ D) + b, with W₁ = ``base_layer.weight`` and D = ``mask``.
 
     W₁ trains if its Param is trainable (``SparseConfig(mode="literal")`` makes it so); the bias
-    keeps its flag. ``merge()`` writes σ(W₁ ⊙ D) into the weight and keeps W₁ aside, so
+    keeps its flag. Its pair is ``masked_linear_forward`` / ``masked_linear_backward``, with no
+    Params of its own. ``merge()`` writes σ(W₁ ⊙ D) into the weight and keeps W₁ aside, so
     ``unmerge()`` restores it exactly (σ is not invertible on the cut entries, so it must).
     Since W₁ IS the base weight, ``PeftModel.unload()`` returns the trained, unmasked W₁, not W₀.
     """
 
     kind = "masked"
+    merge_formula = "σ(W₁ ⊙ D)"
+    delta_forward = staticmethod(masked_linear_forward)
+    delta_backward = staticmethod(masked_linear_backward)
 
     def __init__(self, base_layer: Linear, mask, activation: str = "identity"):
         _check_choice(activation, ACTIVATIONS, "activation")
@@ -298,12 +303,12 @@ class MaskedLinear(AdaptedLinear):
             raise ValueError(
                 f"mask: expected the weight's shape {base_layer.weight.shape}, got {mask.shape}"
             )
-        self.base_layer = base_layer
+        super().__init__(base_layer)
         self.mask = mask.astype(bool)  # D, fixed
         self.activation = activation
-        self.merged = False
-        self._W1 = None  # W₁, kept aside while merged
-        self._cache = None
+
+    def delta_constants(self):
+        return (self.mask, self.activation)
 
     def effective_weight(self) -> np.ndarray:  # [in, out]
         """σ(W₁ ⊙ D), the weight the layer multiplies by."""
@@ -311,60 +316,29 @@ class MaskedLinear(AdaptedLinear):
             return self.base_layer.weight.value.copy()
         return sparse_weight_forward(self.base_layer.weight.value, self.mask, self.activation)[0]
 
-    def forward(self, x):  # [..., in] -> [..., out]
-        if self.merged:
-            return self.base_layer.forward(x)
-        base = self.base_layer
-        y, self._cache = masked_linear_forward(
-            x,
-            base.weight.value,
-            self.mask,
-            None if base.bias is None else base.bias.value,
-            self.activation,
-        )
-        return y
+    def merged_weights(self):
+        """weight ← σ(W₁ ⊙ D); unmerge needs W₁ (a copy)."""
+        return self.effective_weight(), None, self.base_layer.weight.value.copy()
 
-    def backward(self, dy):  # [..., out] -> [..., in]
-        if self.merged:
-            return self.base_layer.backward(dy)
-        base = self.base_layer
-        dx, dW1, db = masked_linear_backward(dy, self._cache, need_dW1=base.weight.trainable)
-        if dW1 is not None:
-            base.weight.accumulate_grad(dW1)
-        if db is not None:
-            base.bias.accumulate_grad(db)
-        return dx
-
-    def _merge(self) -> None:
-        """weight ← σ(W₁ ⊙ D), refusing a non-finite result; W₁ is kept for ``unmerge``."""
-        W = self.effective_weight()
-        if not np.isfinite(W).all():
-            raise ValueError("merge: σ(W₁ ⊙ D) has non-finite entries; the weight is broken")
-        self._W1 = self.base_layer.weight.value.copy()
-        self.base_layer.weight.value[...] = W
-
-    def _unmerge(self) -> None:
-        """weight ← W₁ (the copy merge kept: exact)."""
-        self.base_layer.weight.value[...] = self._W1
-        self._W1 = None
-
-    def merged_layer(self) -> Linear:
-        """The base Linear holding σ(W₁ ⊙ D) (what merge_and_unload puts in this layer's place)."""
-        if not self.merged:
-            self.merge()
-        self._W1 = None
-        return self.base_layer
+    def unmerged_weights(self, W, b, W1):
+        """weight ← W₁, the copy merge kept: exact."""
+        return W1, None
 
 
 class SparseDeltaLinear(AdaptedLinear):
     """Sparse fine-tuning: W = W₀ + σ(Δ ⊙ D), W₀ = ``base_layer.weight`` frozen, Δ stored as
     ``sparse_delta`` [k] at the fixed flat positions ``indices`` [k] (zero at init).
 
-    ``merge()`` adds σ(δ) to W₀'s k kept entries and remembers their old values, so
-    ``unmerge()`` puts them back bit for bit; the ``merged`` flag guards both.
+    Its pair is ``sparse_delta_forward`` / ``sparse_delta_backward``. ``merge()`` adds σ(δ) to
+    W₀'s k kept entries and remembers their old values, so ``unmerge()`` puts them back bit for
+    bit; the ``merged`` flag guards both.
     """
 
     kind = "sparse"
+    merge_formula = "W₀ + σ(Δ ⊙ D)"
+    delta_params = ("sparse_delta",)
+    delta_forward = staticmethod(sparse_delta_forward)
+    delta_backward = staticmethod(sparse_delta_backward)
 
     def __init__(self, base_layer: Linear, indices, activation: str = "identity"):
         _check_choice(activation, ACTIVATIONS, "activation")
@@ -380,13 +354,13 @@ class SparseDeltaLinear(AdaptedLinear):
                 f"indices: expected distinct flat positions in [0, {W0.size}) for a weight of "
                 f"shape {W0.shape}, got min {indices.min()}, max {indices.max()}"
             )
-        self.base_layer = base_layer
+        super().__init__(base_layer)
         self.indices = np.sort(indices).astype(np.int64)  # D's kept positions, fixed
         self.activation = activation
         self.sparse_delta = Param(np.zeros(indices.size, dtype=W0.dtype))  # δ, Δ = 0 at init
-        self.merged = False
-        self._kept_W0 = None  # W₀.flat[indices] before merging
-        self._cache = None
+
+    def delta_constants(self):
+        return (self.indices, self.activation)
 
     @property
     def mask(self) -> np.ndarray:  # bool [in, out]
@@ -405,53 +379,16 @@ class SparseDeltaLinear(AdaptedLinear):
             W.flat[self.indices] += activation_forward(self.sparse_delta.value, self.activation)[0]
         return W
 
-    def forward(self, x):  # [..., in] -> [..., out]
-        if self.merged:
-            return self.base_layer.forward(x)
-        base = self.base_layer
-        y, self._cache = sparse_delta_forward(
-            x,
-            base.weight.value,
-            None if base.bias is None else base.bias.value,
-            self.sparse_delta.value,
-            self.indices,
-            self.activation,
-        )
-        return y
+    def merged_weights(self):
+        """W₀.flat[indices] + σ(δ) at the kept entries; unmerge needs their old values."""
+        kept = self.base_layer.weight.value.flat[self.indices]  # a copy
+        return self.effective_weight(), None, kept
 
-    def backward(self, dy):  # [..., out] -> [..., in]
-        if self.merged:
-            return self.base_layer.backward(dy)
-        base = self.base_layer
-        dx, ddelta, dW0, db = sparse_delta_backward(dy, self._cache, base.weight.trainable)
-        self.sparse_delta.accumulate_grad(ddelta)
-        if dW0 is not None:
-            base.weight.accumulate_grad(dW0)
-        if db is not None:
-            base.bias.accumulate_grad(db)
-        return dx
-
-    def _merge(self) -> None:
-        """W₀.flat[indices] ← W₀.flat[indices] + σ(δ), refusing a non-finite result."""
-        W0 = self.base_layer.weight.value
-        kept = W0.flat[self.indices]  # a copy: the k values unmerge restores
-        new = kept + activation_forward(self.sparse_delta.value, self.activation)[0]
-        if not np.isfinite(new).all():
-            raise ValueError("merge: W₀ + σ(Δ ⊙ D) has non-finite entries; the delta is broken")
-        W0.flat[self.indices] = new
-        self._kept_W0 = kept
-
-    def _unmerge(self) -> None:
+    def unmerged_weights(self, W, b, kept):
         """W₀.flat[indices] ← the values merge replaced (bit for bit)."""
-        self.base_layer.weight.value.flat[self.indices] = self._kept_W0
-        self._kept_W0 = None
-
-    def merged_layer(self) -> Linear:
-        """The base Linear with σ(Δ ⊙ D) folded in."""
-        if not self.merged:
-            self.merge()
-        self._kept_W0 = None
-        return self.base_layer
+        W = W.copy()
+        W.flat[self.indices] = kept
+        return W, None
 
 
 # ------------------------------------------------------------------------------------------------

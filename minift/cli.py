@@ -144,7 +144,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Every default shown, except where the help says it in words or there is none."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False) or "default" in (action.help or ""):
+        if action.default is None or action.default is False or "default" in action.help:
             return action.help
         return super()._get_help_string(action)
 
@@ -217,7 +217,7 @@ def _add_run_options(p, steps):
         "--pretrain-steps",
         type=_positive_int,
         default=None,
-        help="steps for the base, if not cached (default: 600)",
+        help=f"steps for the base, if not cached (default: {pipeline.BaseSpec.steps})",
     )
     _add_base_options(p)
 
@@ -588,12 +588,9 @@ def cmd_bench(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``minift`` command's parser: every option described, every default shown."""
-    formatter = argparse.ArgumentDefaultsHelpFormatter
-    parser = _Parser(
-        prog="minift",
-        description="LLM fine-tuning from scratch in NumPy.",
-        formatter_class=formatter,
-    )
+    formatter = _HelpFormatter
+    description = "LLM fine-tuning from scratch in NumPy."
+    parser = _Parser(prog="minift", description=description, formatter_class=formatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name, help, **kw):
@@ -658,18 +655,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="score the validation split every N steps, printed as it is made (and in --log)",
     )
     g = p.add_argument_group("method options (each applies to the methods that have it)")
-    g.add_argument("--r", type=_positive_int, help="LoRA rank (default: the method's, 8)")
-    g.add_argument("--lora-alpha", type=_number(0, low_open=True), help="LoRA scale α: s = α/r")
+    g.add_argument("--r", type=_positive_int, help="LoRA and DoRA rank (default: 8)")
     g.add_argument(
-        "--lora-dropout", type=_number(0, 1, high_open=True), help="dropout on LoRA's input"
+        "--lora-alpha", type=_number(0, low_open=True), help="LoRA scale α: s = α/r (default: 16)"
     )
-    g.add_argument("--target-modules", nargs="+", help="names or suffixes of the Linears to adapt")
     g.add_argument(
-        "--density", type=_number(0, 1, low_open=True), help="sparse: share of each matrix"
+        "--lora-dropout",
+        type=_number(0, 1, high_open=True),
+        help="dropout on LoRA's input (default: 0)",
     )
-    g.add_argument("--num-virtual-tokens", type=_positive_int, help="prompt, prefix: positions")
-    g.add_argument("--bottleneck-size", type=_positive_int, help="adapter: bottleneck width")
-    g.add_argument("--k", type=_positive_int, help="last-k blocks")
+    g.add_argument(
+        "--target-modules",
+        nargs="+",
+        help="names or suffixes of the Linears to adapt (default: the method's; lora: c_attn "
+        "attn.c_proj)",
+    )
+    g.add_argument(
+        "--density",
+        type=_number(0, 1, low_open=True),
+        help="sparse: share of each matrix (default: 0.05)",
+    )
+    g.add_argument(
+        "--num-virtual-tokens", type=_positive_int, help="prompt, prefix: positions (default: 8)"
+    )
+    g.add_argument(
+        "--bottleneck-size", type=_positive_int, help="adapter: bottleneck width (default: 16)"
+    )
+    g.add_argument("--k", type=_positive_int, help="last-k blocks (default: the method's)")
 
     p = command("evaluate", "evaluate a saved fine-tuned model on a test split")
     what = p.add_mutually_exclusive_group(required=True)
@@ -710,7 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--pretrain-steps",
         type=_positive_int,
         default=None,
-        help="steps for the base, if not cached",
+        help=f"steps for the base, if not cached (default: {pipeline.BaseSpec.steps})",
     )
     _add_base_options(p)
 

@@ -704,9 +704,10 @@ def test_every_option_is_described_and_every_default_shown():
                 continue
             label = action.option_strings[0] if action.option_strings else action.dest
             assert action.help and action.help.strip(), (name, label)
-            if action.default not in (None, False) and "default" not in action.help:
+            if action.default is not None and action.default is not False:
                 shown = " ".join(f"(default: {action.default})".split())
                 assert shown in text, (name, label, shown)
+        assert "(default: None)" not in text, name  # no default: the help says what happens
     finetune = " ".join(subparsers.choices["finetune"].format_help().split())
     assert "--steps STEPS optimizer steps (default: 200)" in finetune
     assert "--seed SEED the new head's init, dropout and batches (default: 0)" in finetune

@@ -7,16 +7,19 @@
     minift finetune --task T --method M [options]    fine-tune, evaluate, save to --out
         (both: --checkpoint-dir D saves checkpoints, --resume continues the latest bit for bit,
         --stop-at N interrupts, --log F appends a JSON line per step; finetune: --eval-every N)
+        (finetune: --data FILE.jsonl for your own examples instead of --task, --save-adapter D
+        for the adapter alone in PEFT's format)
     minift evaluate --task T --model DIR             evaluate a saved fine-tuned model
     minift generate --model DIR --prompt TEXT         let a saved model write
+    minift classify --model DIR TEXT...              a fine-tuned classifier's label for each text
     minift compare --out DIR        methods × tasks × seeds → results.json, results.md, plots
     minift count                    the trainable-parameter table of every method
     minift bench NAME [options]     run benchmarks/NAME.py of a source checkout (train_step,
                                     generate, gradcheck_time, param_counts, lr_sweep)
 
-Every error is one line naming what was wrong, and a non-zero exit status. Inputs are checked
-before any work (a base is loaded or pretrained) and an --out directory is made only when its
-results are written, so a failed run leaves nothing half-written behind.
+Every error is one line naming what was wrong (the option as typed), and exit status 2. Inputs
+are checked before any work (a base is loaded or pretrained) and an --out directory is made only
+when its results are written, so a failed run leaves nothing half-written behind.
 """
 
 from __future__ import annotations
@@ -58,8 +61,9 @@ METHOD_OPTIONS = {  # command-line option -> config field it sets, for the metho
 def _writable_dir(path: str, option: str = "--out") -> Path:
     """Prove that ``path`` can become a directory and be written, before any work; create nothing.
 
-    The directory itself is made only when the results are written (``_removed_on_failure``),
-    so a run that fails leaves no empty directory behind.
+    Its parent must exist (as for mkdir without -p): a mistyped parent would otherwise only be
+    found after the training it was meant to save. The directory itself is made only when the
+    results are written (``_removed_on_failure``), so a run that fails leaves no empty directory.
     """
     directory = Path(path)
     existing = directory  # the nearest ancestor that exists: where the directory would be made
@@ -67,6 +71,11 @@ def _writable_dir(path: str, option: str = "--out") -> Path:
         existing = existing.parent
     if not existing.is_dir():
         raise ValueError(f"{option}: cannot write to {directory}: {existing} is not a directory")
+    if existing not in (directory, directory.parent):
+        missing = directory.parent
+        raise ValueError(
+            f"{option}: cannot write to {directory}: its parent {missing} does not exist"
+        )
     try:
         with tempfile.NamedTemporaryFile(dir=existing):
             pass
@@ -94,11 +103,62 @@ def _removed_on_failure(directory: Path):
         raise
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _integer(minimum: int):
+    """An argparse type: an integer >= minimum, its errors in the words a person reads."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            wanted = "a positive integer" if minimum == 1 else f"an integer ≥ {minimum}"
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected ≥ {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _integer(1)
+_natural = _integer(0)
+
+
+def _number(low: float, high: float = math.inf, low_open=False, high_open=False):
+    """An argparse type: a finite number in the interval [low, high] (ends open if asked)."""
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        below = value < low or (low_open and value == low)
+        above = value > high or (high_open and value == high)
+        if not math.isfinite(value) or below or above:
+            raise argparse.ArgumentTypeError(f"expected a number in {interval}, got {text}")
+        return value
+
+    return parse
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every default shown, except where the help says it in words or there is none."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in action.help:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors that name the option as typed, raised to ``main``."""
+
+    def error(self, message):
+        raise _UsageError(f"{self.prog}: error: {message.removeprefix('argument ')}")
+
+
+class _UsageError(Exception):
+    pass
 
 
 def _settings(args) -> pipeline.RunSettings:
@@ -110,7 +170,7 @@ def _settings(args) -> pipeline.RunSettings:
         lr=args.lr,
         eval_examples=args.eval_examples,
         threads=args.threads,
-        eval_every=getattr(args, "eval_every", 0),
+        eval_every=getattr(args, "eval_every", None) or 0,
     )
 
 
@@ -129,34 +189,36 @@ def _base_spec(args) -> pipeline.BaseSpec:
 def _add_base_options(p):
     default = pipeline.BaseSpec()
     g = p.add_argument_group("the base model (pretrained once per choice, then cached)")
-    g.add_argument("--base-d-model", type=_positive_int, default=default.d_model)
-    g.add_argument("--base-n-layer", type=_positive_int, default=default.n_layer)
-    g.add_argument("--base-n-head", type=_positive_int, default=default.n_head)
+    g.add_argument("--base-d-model", type=_positive_int, default=default.d_model, help="width")
+    g.add_argument("--base-n-layer", type=_positive_int, default=default.n_layer, help="blocks")
+    g.add_argument(
+        "--base-n-head", type=_positive_int, default=default.n_head, help="attention heads"
+    )
 
 
 def _add_run_options(p, steps):
+    p.add_argument("--steps", type=_positive_int, default=steps, help="optimizer steps")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="examples per step")
     p.add_argument(
-        "--steps", type=_positive_int, default=steps, help=f"optimizer steps (default {steps})"
+        "--lr", type=float, default=None, help="learning rate (default: the method's, swept)"
     )
-    p.add_argument("--batch-size", type=_positive_int, default=16)
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's)")
     p.add_argument(
         "--threads",
         type=_positive_int,
         default=1,
-        help="train each batch as shares in this many threads (needs threadpoolctl; default 1)",
+        help="train each batch as shares in this many threads (needs threadpoolctl)",
     )
     p.add_argument(
         "--eval-examples",
         type=_positive_int,
         default=None,
-        help="evaluate on the first N test examples",
+        help="evaluate on the first N examples of a split (default: all)",
     )
     p.add_argument(
         "--pretrain-steps",
         type=_positive_int,
         default=None,
-        help="steps for the base, if not cached",
+        help=f"steps for the base, if not cached (default: {pipeline.BaseSpec.steps})",
     )
     _add_base_options(p)
 
@@ -169,7 +231,10 @@ def _add_checkpoint_options(p):
         help="save a checkpoint here every --checkpoint-every steps and at the end (atomically)",
     )
     g.add_argument(
-        "--checkpoint-every", type=_positive_int, default=None, help="default: a tenth of --steps"
+        "--checkpoint-every",
+        type=_positive_int,
+        default=None,
+        help="steps between checkpoints (default: a tenth of --steps)",
     )
     g.add_argument(
         "--resume",
@@ -210,18 +275,20 @@ def cmd_pretrain(args):
 def cmd_finetune(args):
     # every input is checked, and the method's config built, before the base is loaded (which may
     # pretrain it first) and before anything is written
-    task = pipeline.get_task(args.task)
     method = pipeline.get_method(args.method)
     settings = _settings(args)
+    spec = _base_spec(args)
+    task = _data_task(args, spec.block_size) if args.data else pipeline.get_task(args.task)
     config = _method_config(args, task.kind)
     tok = pipeline.standard_tokenizer()
-    spec = _base_spec(args)
     # the config must also fit the base's modules (--target-modules): tried on an untrained
     # model of the base's shape, which takes milliseconds where loading the base may pretrain it
     untrained = pipeline.GPT(spec.model_config(tok.vocab_size))
     untrained = pipeline.prepare_model(
         untrained, task, args.method, 0, tok, args.steps, copy.deepcopy(config)
     )
+    if args.data and pipeline.max_sequence(untrained) < spec.block_size:
+        task = _data_task(args, pipeline.max_sequence(untrained))  # a prompt takes positions
     options = _training_options(args, args.steps)
     if method.build is None and (
         options["checkpoint_dir"] or options["log_path"] or args.eval_every
@@ -229,32 +296,70 @@ def cmd_finetune(args):
         raise ValueError(
             f"--method: {args.method} does not train: no checkpoints, log or evaluations to make"
         )
+    if args.save_adapter:
+        _check_peft_format(args.method, config)
     run = pipeline.run_description(task, args.method, args.seed, untrained, spec, tok)
     if options["resume"]:
         train_config = pipeline.train_config(task.kind, args.method, args.seed, settings)
         pipeline.check_resume(options["checkpoint_dir"], run, train_config)
     out = _writable_dir(args.out) if args.out else None
+    adapter = _writable_dir(args.save_adapter, "--save-adapter") if args.save_adapter else None
     base = pipeline.load_base(spec)
     model = pipeline.prepare_model(
         base, task, args.method, args.seed, tok, args.steps, config=config
     )
     if method.build is not None:
         result, _ = pipeline.finetune(
-            model, task, args.method, args.seed, tok, settings, extra_state={"run": run}, **options
-        )
-        for scores in result.evals:
-            for name, value in scores.items():
-                if name != "step":
-                    print(f"step {scores['step']}: validation {name} = {value:.4f}")
+            model, task, args.method, args.seed, tok, settings, extra_state={"run": run},
+            on_validation=_print_validation, **options,
+        )  # fmt: skip
         if _stopped_early(result.step, args.steps, options):
             return
     metrics = pipeline.evaluate(model, task, tok, limit=args.eval_examples)
     for name, value in metrics.items():
-        print(f"{args.task} / {args.method}: {name} = {value:.4f}")
+        print(f"{task.name} / {args.method}: {name} = {value:.4f}")
     if out:
         with _removed_on_failure(out):
             pipeline.save_finetuned(model, out, task, args.method)
         print(f"saved to {out}")
+    if adapter:
+        with _removed_on_failure(adapter):
+            model.save_pretrained(adapter)
+        print(f"adapter saved to {adapter} (PEFT's adapter_config.json, adapter_model.safetensors)")
+
+
+def _print_validation(scores: dict) -> None:
+    """One line per validation score, as soon as it is made (above the progress bar)."""
+    from tqdm import tqdm
+
+    for name, value in scores.items():
+        if name != "step":
+            tqdm.write(f"step {scores['step']}: validation {name} = {value:.4f}", file=sys.stdout)
+
+
+def _data_task(args, block_size: int):
+    """--data FILE.jsonl as a Task; its errors name the option, the file and the line."""
+    try:
+        return pipeline.data_task(args.data, block_size, args.split_seed)
+    except ValueError as e:
+        raise ValueError(f"--data: {e}") from None
+
+
+def peft_format_methods() -> list[str]:
+    """The methods whose adapter Hugging Face PEFT can read (peft_type is one of PEFT's)."""
+    return [
+        name
+        for name, m in pipeline.METHODS.items()
+        if m.build is not None and not m.build("generation", 1).peft_type.startswith("MINIFT_")
+    ]
+
+
+def _check_peft_format(method: str, config) -> None:
+    if config is None or config.peft_type.startswith("MINIFT_"):
+        raise ValueError(
+            f"--save-adapter: method {method} has no PEFT adapter format; the methods that "
+            f"have one: {', '.join(peft_format_methods())} (--out saves any method's model)"
+        )
 
 
 def _training_options(args, steps: int) -> dict:
@@ -324,36 +429,100 @@ def _option(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
+def _finetuned_info(option: str, directory: str) -> dict:
+    """finetuned.json of the folder ``finetune --out`` wrote (its weights are checked on load)."""
+    path = Path(directory)
+    if not path.is_dir():
+        what = "is not a directory" if path.exists() else "does not exist"
+        raise ValueError(f"{option}: {path} {what}; expected a folder written by finetune --out")
+    if not (path / pipeline.FINETUNED_JSON).is_file():
+        raise ValueError(
+            f"{option}: {path} holds no {pipeline.FINETUNED_JSON}; expected a folder written by "
+            "finetune --out"
+        )
+    return pipeline.read_json(path / pipeline.FINETUNED_JSON, "fine-tuned model description")
+
+
 def cmd_evaluate(args):
-    pipeline.check_task(args.task)
+    _finetuned_info("--model", args.model)
     tok = pipeline.standard_tokenizer()
-    model = pipeline.load_finetuned(args.model, task=args.task)  # refuses another task's model
-    task = pipeline.get_task(args.task)
+    if args.data:
+        model = pipeline.load_finetuned(args.model)
+        task = _data_task(args, pipeline.max_sequence(model))
+        model = pipeline.load_finetuned(args.model, task=task.name)  # refuses another's model
+    else:
+        task = pipeline.get_task(args.task)
+        model = pipeline.load_finetuned(args.model, task=task.name)
     for name, value in pipeline.evaluate(model, task, tok, limit=args.eval_examples).items():
-        print(f"{args.task}: {name} = {value:.4f}")
+        print(f"{task.name}: {name} = {value:.4f}")
 
 
 def cmd_generate(args):
+    """A fine-tuned model reads <bos> prompt <sep> as it was trained to and writes its answer up
+    to <eos>; the pretrained base, which never saw the format, continues the raw prompt."""
     import numpy as np
 
-    if args.temperature < 0:
-        raise ValueError(f"--temperature: expected >= 0, got {args.temperature}")
+    from minift.data import decode_answer, encode_prompt
+
     tok = pipeline.standard_tokenizer()
     try:
-        ids = tok.encode(args.prompt)  # check the input before any model is built or trained
+        tok.encode(args.prompt)  # check the input before any model is built or trained
     except ValueError as e:
         raise ValueError(f"--prompt: {e}") from None
-    model = (
-        pipeline.load_finetuned(args.model) if args.model else pipeline.load_base(_base_spec(args))
-    )
+    if args.model:
+        info = _finetuned_info("--model", args.model)
+        if info.get("kind") == "classification":
+            raise ValueError(
+                f"--model: {args.model} holds a classifier (task {info.get('task')}), which "
+                "writes no text; use minift classify"
+            )
+        model = pipeline.load_finetuned(args.model)
+        ids, eos_id = encode_prompt(tok, args.prompt), tok.eos_id
+    else:
+        model = pipeline.load_base(_base_spec(args))
+        ids, eos_id = tok.encode(args.prompt), None
     out = model.generate(
         np.array([ids], dtype=np.int64),
         args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
+        top_p=args.top_p,
+        eos_id=eos_id,
         seed=args.seed,
     )
-    print(tok.decode(out[0].tolist()))
+    if args.model:
+        print(decode_answer(tok, out[0, len(ids) :]))
+    else:
+        print(tok.decode(out[0].tolist()))
+
+
+def cmd_classify(args):
+    """Each text's most likely label and its probability, softmax(logits)[label], one a line."""
+    import numpy as np
+
+    from minift.data import Example, encode_classification_batch
+    from minift.functional import softmax_forward
+
+    info = _finetuned_info("--model", args.model)
+    if info.get("kind") != "classification":
+        raise ValueError(
+            f"--model: {args.model} holds a {info.get('kind')} model (task {info.get('task')}), "
+            "not a classifier; use minift generate"
+        )
+    tok = pipeline.standard_tokenizer()
+    for i, text in enumerate(args.texts, 1):
+        try:
+            tok.encode(text)
+        except ValueError as e:
+            raise ValueError(f"TEXT {i}: {str(e).removeprefix('text: ')}") from None
+    model = pipeline.load_finetuned(args.model)
+    names = info.get("label_names") or [f"label {i}" for i in range(info["num_labels"])]
+    examples = [Example(text, 0) for text in args.texts]
+    idx, _ = encode_classification_batch(tok, examples, pipeline.max_sequence(model))
+    probs, _ = softmax_forward(np.asarray(model.forward(idx), dtype=np.float64))  # [B, labels]
+    for text, row in zip(args.texts, probs, strict=True):
+        label = int(row.argmax())
+        print(f"{names[label]}\t{row[label]:.4f}\t{text}")
 
 
 def cmd_compare(args, methods_default=COMPARE_METHODS):
@@ -418,18 +587,186 @@ def cmd_bench(args) -> int:
     return subprocess.run(argv, cwd=root).returncode
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="minift", description="LLM fine-tuning from scratch in NumPy."
-    )
+def build_parser() -> argparse.ArgumentParser:
+    """The ``minift`` command's parser: every option described, every default shown."""
+    formatter = _HelpFormatter
+    description = "LLM fine-tuning from scratch in NumPy."
+    parser = _Parser(prog="minift", description=description, formatter_class=formatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="pretrain, fine-tune four ways, print the table (minutes)")
+    def command(name, help, **kw):
+        return sub.add_parser(name, help=help, description=help, formatter_class=formatter, **kw)
+
+    methods = pipeline.method_names()
+    p = command("demo", "pretrain, fine-tune four ways, print the table (minutes)")
+    p.add_argument("--out", default="minift-demo", help="where results and plots go")
+    p.add_argument("--task", default=DEMO_TASK, choices=pipeline.TASK_NAMES, help="the task")
+    p.add_argument("--seeds", type=_positive_int, default=2, help="runs per method: seeds 0..N-1")
+    _add_compare_options(p, workers=min(2, os.cpu_count() or 1))
+    _add_run_options(p, steps=150)
+
+    p = command("pretrain", "pretrain the base model")
     p.add_argument(
-        "--out", default="minift-demo", help="where results and plots go (default ./minift-demo)"
+        "--steps", type=_positive_int, default=pipeline.BaseSpec.steps, help="optimizer steps"
     )
-    p.add_argument("--task", default=None, help=f"default: {DEMO_TASK}")
-    p.add_argument("--seeds", type=_positive_int, default=2)
+    p.add_argument("--seed", type=_natural, default=0, help="initialisation and batches")
+    p.add_argument("--out", default=None, help="a directory (default: the cache)")
+    _add_base_options(p)
+    _add_checkpoint_options(p)
+
+    p = command("finetune", "fine-tune the base on a task (or your data) with a method")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--task", choices=pipeline.TASK_NAMES, help="a built-in task")
+    what.add_argument(
+        "--data",
+        metavar="FILE.jsonl",
+        help='your examples, one JSON object a line: {"prompt", "completion"} to generate, '
+        '{"text", "label"} to classify (see minift.data.userdata)',
+    )
+    p.add_argument("--method", required=True, choices=methods, help="the fine-tuning method")
+    p.add_argument(
+        "--split-seed",
+        type=_natural,
+        default=0,
+        help="with --data: shuffles the file before a tenth each is cut off for test and "
+        "validation",
+    )
+    p.add_argument(
+        "--seed", type=_natural, default=0, help="the new head's init, dropout and batches"
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="save the whole fine-tuned model here (finetuned.json + model.safetensors), for "
+        "evaluate, generate and classify",
+    )
+    p.add_argument(
+        "--save-adapter",
+        metavar="DIR",
+        default=None,
+        help="save only the adapter, in Hugging Face PEFT's format (adapter_config.json + "
+        f"adapter_model.safetensors); methods: {', '.join(peft_format_methods())}",
+    )
+    _add_run_options(p, steps=200)
+    _add_checkpoint_options(p)
+    p.add_argument(
+        "--eval-every",
+        type=_positive_int,
+        default=None,
+        help="score the validation split every N steps, printed as it is made (and in --log)",
+    )
+    g = p.add_argument_group("method options (each applies to the methods that have it)")
+    g.add_argument("--r", type=_positive_int, help="LoRA and DoRA rank (default: 8)")
+    g.add_argument(
+        "--lora-alpha", type=_number(0, low_open=True), help="LoRA scale α: s = α/r (default: 16)"
+    )
+    g.add_argument(
+        "--lora-dropout",
+        type=_number(0, 1, high_open=True),
+        help="dropout on LoRA's input (default: 0)",
+    )
+    g.add_argument(
+        "--target-modules",
+        nargs="+",
+        help="names or suffixes of the Linears to adapt (default: the method's; lora: c_attn "
+        "attn.c_proj)",
+    )
+    g.add_argument(
+        "--density",
+        type=_number(0, 1, low_open=True),
+        help="sparse: share of each matrix (default: 0.05)",
+    )
+    g.add_argument(
+        "--num-virtual-tokens", type=_positive_int, help="prompt, prefix: positions (default: 8)"
+    )
+    g.add_argument(
+        "--bottleneck-size", type=_positive_int, help="adapter: bottleneck width (default: 16)"
+    )
+    g.add_argument("--k", type=_positive_int, help="last-k blocks (default: the method's)")
+
+    p = command("evaluate", "evaluate a saved fine-tuned model on a test split")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--task", choices=pipeline.TASK_NAMES, help="the task it was tuned for")
+    what.add_argument("--data", metavar="FILE.jsonl", help="the file it was fine-tuned on")
+    p.add_argument("--split-seed", type=_natural, default=0, help="as given to finetune")
+    p.add_argument("--model", required=True, help="a folder written by finetune --out")
+    p.add_argument(
+        "--eval-examples",
+        type=_positive_int,
+        default=None,
+        help="the first N test examples (default: all)",
+    )
+
+    p = command("generate", "let a model write")
+    p.add_argument("--prompt", required=True, help="the text to answer (or, base: continue)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="a generation model from finetune --out, given <bos> prompt <sep> as in training "
+        "and stopped at <eos> (default: the pretrained base, given the raw prompt)",
+    )
+    p.add_argument("--max-new-tokens", type=_positive_int, default=200, help="at most this many")
+    p.add_argument(
+        "--temperature", type=_number(0), default=0.8, help="0: greedy; higher: more random"
+    )
+    p.add_argument(
+        "--top-k", type=_positive_int, default=None, help="sample among the k most likely"
+    )
+    p.add_argument(
+        "--top-p",
+        type=_number(0, 1, low_open=True),
+        default=None,
+        help="sample among the fewest most likely tokens of mass >= p (nucleus sampling)",
+    )
+    p.add_argument("--seed", type=_natural, default=0, help="the sampling's random generator")
+    p.add_argument(
+        "--pretrain-steps",
+        type=_positive_int,
+        default=None,
+        help=f"steps for the base, if not cached (default: {pipeline.BaseSpec.steps})",
+    )
+    _add_base_options(p)
+
+    p = command("classify", "a fine-tuned classifier's label for each text")
+    p.add_argument("--model", required=True, help="a classifier folder from finetune --out")
+    p.add_argument("texts", nargs="+", metavar="TEXT", help="the texts to classify")
+
+    p = command("compare", "methods × tasks × seeds, with confidence intervals")
+    p.add_argument("--out", required=True, help="where results and plots go")
+    p.add_argument(
+        "--tasks", nargs="+", default=None, choices=pipeline.TASK_NAMES,
+        help="default: babi-qa, kjv-books (or stdlib-modules), en-fr-numbers",
+    )  # fmt: skip
+    p.add_argument(
+        "--methods", nargs="+", default=None,
+        choices=[*methods, *pipeline.BASELINES.values()],
+        help=f"default: {' '.join(COMPARE_METHODS)}",
+    )  # fmt: skip
+    p.add_argument("--seeds", type=_positive_int, default=3, help="runs per method: seeds 0..N-1")
+    _add_compare_options(p, workers=1)
+    _add_run_options(p, steps=300)
+
+    p = command("count", "trainable parameters of every method")
+    p.add_argument("--d-model", type=_positive_int, default=pipeline.BaseSpec.d_model, help="width")
+    p.add_argument(
+        "--n-layer", type=_positive_int, default=pipeline.BaseSpec.n_layer, help="blocks"
+    )
+    p.add_argument(
+        "--n-head", type=_positive_int, default=pipeline.BaseSpec.n_head, help="attention heads"
+    )
+
+    p = sub.add_parser(
+        "bench",
+        help="run a benchmark of a source checkout (python -m benchmarks.NAME)",
+        description="Runs python -m benchmarks.NAME with the options that follow; "
+        "`minift bench NAME --help` lists them.",
+    )
+    p.add_argument("name", choices=BENCHMARKS, help="the benchmark")
+    p.add_argument("options", nargs=argparse.REMAINDER, help="passed to the benchmark")
+    return parser
+
+
+def _add_compare_options(p, workers: int):
     p.add_argument(
         "--in-process",
         action="store_true",
@@ -438,91 +775,23 @@ def main(argv=None) -> int:
     p.add_argument(
         "--workers",
         type=_positive_int,
-        default=min(2, os.cpu_count() or 1),
-        help="runs at a time, each process with one BLAS thread (default: 2 where there are 2 "
-        "cores)",
+        default=workers,
+        help="runs at a time, each process with one BLAS thread",
     )
-    _add_run_options(p, steps=150)
 
-    p = sub.add_parser("pretrain", help="pretrain the base model")
-    p.add_argument("--steps", type=_positive_int, default=pipeline.BaseSpec.steps)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="a directory (default: the cache)")
-    _add_base_options(p)
-    _add_checkpoint_options(p)
 
-    p = sub.add_parser("finetune", help="fine-tune the base on a task with a method")
-    p.add_argument("--task", required=True, help=", ".join(pipeline.TASK_NAMES))
-    p.add_argument("--method", required=True, help=", ".join(pipeline.method_names()))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None)
-    _add_run_options(p, steps=200)
-    _add_checkpoint_options(p)
-    p.add_argument(
-        "--eval-every",
-        type=_positive_int,
-        default=0,
-        help="score the validation split every N steps (printed, and in --log)",
-    )
-    g = p.add_argument_group("method options (each applies to the methods that have it)")
-    g.add_argument("--r", type=int)
-    g.add_argument("--lora-alpha", type=float)
-    g.add_argument("--lora-dropout", type=float)
-    g.add_argument("--target-modules", nargs="+")
-    g.add_argument("--density", type=float)
-    g.add_argument("--num-virtual-tokens", type=int)
-    g.add_argument("--bottleneck-size", type=int)
-    g.add_argument("--k", type=int, help="last-k blocks")
-
-    p = sub.add_parser("evaluate", help="evaluate a saved fine-tuned model")
-    p.add_argument("--task", required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--eval-examples", type=_positive_int, default=None)
-
-    p = sub.add_parser("generate", help="let a model write")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--model", default=None, help="a saved model (default: the pretrained base)")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=_positive_int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pretrain-steps", type=_positive_int, default=None)
-    _add_base_options(p)
-
-    p = sub.add_parser("compare", help="methods × tasks × seeds, with confidence intervals")
-    p.add_argument("--out", required=True)
-    p.add_argument("--tasks", nargs="+", default=None)
-    p.add_argument("--methods", nargs="+", default=None)
-    p.add_argument("--seeds", type=_positive_int, default=3)
-    p.add_argument("--in-process", action="store_true")
-    p.add_argument(
-        "--workers",
-        type=_positive_int,
-        default=1,
-        help="runs at a time, each process with one BLAS thread (default 1)",
-    )
-    _add_run_options(p, steps=300)
-
-    p = sub.add_parser("count", help="trainable parameters of every method")
-    p.add_argument("--d-model", type=_positive_int, default=pipeline.BaseSpec.d_model)
-    p.add_argument("--n-layer", type=_positive_int, default=pipeline.BaseSpec.n_layer)
-    p.add_argument("--n-head", type=_positive_int, default=pipeline.BaseSpec.n_head)
-
-    p = sub.add_parser(
-        "bench",
-        help="run a benchmark of a source checkout (python -m benchmarks.NAME)",
-        description="Runs python -m benchmarks.NAME with the options that follow; "
-        "`minift bench NAME --help` lists them.",
-    )
-    p.add_argument("name", choices=BENCHMARKS)
-    p.add_argument("options", nargs=argparse.REMAINDER, help="passed to the benchmark")
-
-    args = parser.parse_args(argv)
+def main(argv=None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as e:
+        print(e, file=sys.stderr)
+        return 2
     try:
         if args.command == "bench":
             return cmd_bench(args)
         elif args.command == "demo":
-            args.tasks = [args.task or DEMO_TASK]
+            args.tasks = [args.task]
             args.methods = DEMO_METHODS
             cmd_compare(args)
         else:
@@ -531,6 +800,7 @@ def main(argv=None) -> int:
                 "finetune": cmd_finetune,
                 "evaluate": cmd_evaluate,
                 "generate": cmd_generate,
+                "classify": cmd_classify,
                 "compare": cmd_compare,
                 "count": cmd_count,
             }

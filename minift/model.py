@@ -223,11 +223,17 @@ class GPT(Module):
 
     # -- generation --------------------------------------------------------------------------
 
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, seed=None, use_cache=True):
-        """Append ``max_new_tokens`` tokens to idx [B, T] and return [B, T + max_new_tokens].
+    def generate(
+        self, idx, max_new_tokens, temperature=1.0, top_k=None, seed=None, use_cache=True,
+        top_p=None, eos_id=None,
+    ):  # fmt: skip
+        """Append up to ``max_new_tokens`` tokens to idx [B, T] and return [B, T + n].
 
         temperature 0 is greedy (argmax); otherwise sample from softmax(logits / temperature),
-        restricted to the ``top_k`` most likely tokens when given. With ``use_cache`` the keys and
+        restricted to the ``top_k`` most likely tokens when given, then to the nucleus of mass
+        ``top_p`` when given (``nucleus_mask``). With ``eos_id``, a row that writes it is done
+        (its later positions repeat ``eos_id``) and generation stops when every row is done, so
+        n <= max_new_tokens. With ``use_cache`` the keys and
         values of earlier tokens are kept, so each new token costs one position instead of the
         whole sequence; the output is the same (a test proves it). Past ``block_size`` the context
         is cropped to the last block_size tokens, as without the cache. Runs in evaluation mode
@@ -236,13 +242,14 @@ class GPT(Module):
         block = self.config.block_size
         self._check_idx(np.asarray(idx)[:, -block:])
         return generate_tokens(
-            self, self.forward, idx, max_new_tokens, block, temperature, top_k, seed, use_cache
-        )
+            self, self.forward, idx, max_new_tokens, block, temperature, top_k, seed, use_cache,
+            top_p=top_p, eos_id=eos_id,
+        )  # fmt: skip
 
 
 def generate_tokens(
     model, forward, idx, max_new_tokens, window, temperature=1.0, top_k=None, seed=None,
-    use_cache=True,
+    use_cache=True, top_p=None, eos_id=None,
 ):  # fmt: skip
     """The sampling loop behind every ``generate``: ``forward(idx, kv_cache=...) -> logits``.
 
@@ -255,12 +262,15 @@ def generate_tokens(
         raise ValueError(f"temperature: expected >= 0, got {temperature}")
     if top_k is not None and not 1 <= top_k <= config.vocab_size:
         raise ValueError(f"top_k: expected in [1, {config.vocab_size}], got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p: expected in (0, 1], got {top_p}")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: expected >= 0, got {max_new_tokens}")
     rng = np.random.default_rng(seed)
     was_training = model.training
     model.eval()
     out = np.asarray(idx)
+    done = np.zeros(out.shape[0], dtype=bool)  # rows that wrote eos_id
     try:
         cache, fed = None, 0
         for _ in range(max_new_tokens):
@@ -273,14 +283,19 @@ def generate_tokens(
             else:
                 fed += 1
                 logits = forward(out[:, -1:], kv_cache=cache)
-            next_id = _sample(logits[:, -1, :], temperature, top_k, rng)
+            next_id = _sample(logits[:, -1, :], temperature, top_k, top_p, rng)
+            if eos_id is not None:
+                next_id = np.where(done, eos_id, next_id)
+                done |= next_id == eos_id
             out = np.concatenate([out, next_id[:, None]], axis=1)
+            if done.all():
+                break
     finally:
         model.train(was_training)
     return out
 
 
-def _sample(logits, temperature, top_k, rng):  # [B, V] -> int [B]
+def _sample(logits, temperature, top_k, top_p, rng):  # [B, V] -> int [B]
     if temperature == 0:
         return logits.argmax(axis=-1)
     z = logits.astype(np.float64) / temperature
@@ -288,7 +303,28 @@ def _sample(logits, temperature, top_k, rng):  # [B, V] -> int [B]
         kth = np.sort(z, axis=-1)[:, -top_k][:, None]
         z = np.where(z < kth, -np.inf, z)
     p, _ = F.softmax_forward(z)
+    if top_p is not None:
+        p = np.where(nucleus_mask(p, top_p), p, 0.0)
+        p /= p.sum(axis=-1, keepdims=True)
     return np.array([rng.choice(p.shape[-1], p=row) for row in p])
+
+
+def nucleus_mask(p, top_p):  # [B, V] probabilities, p in (0, 1] -> bool [B, V]
+    """The nucleus of nucleus (top-p) sampling (Holtzman et al. 2020): for each row, the
+    smallest set of most likely tokens whose probability mass is at least ``top_p``.
+
+    With the row sorted in decreasing order, p₍₁₎ >= p₍₂₎ >= …, the nucleus is its first k
+    tokens, k = min{k : p₍₁₎ + … + p₍ₖ₎ >= top_p}. Always at least the most likely token, so a
+    tiny top_p is greedy decoding. Ties at the edge go to the lower token id (a stable sort).
+    """
+    order = np.argsort(-p, axis=-1, kind="stable")  # [B, V] most likely first
+    mass = np.cumsum(np.take_along_axis(p, order, axis=-1), axis=-1)  # [B, V] p₍₁₎ + … + p₍ₖ₎
+    # k − 1 = how many prefixes fall short of top_p; the mass of all V reaches it up to rounding
+    k = np.minimum((mass < top_p).sum(axis=-1) + 1, p.shape[-1])  # [B]
+    kept_sorted = np.arange(p.shape[-1]) < k[:, None]  # [B, V]
+    mask = np.zeros(p.shape, dtype=bool)
+    np.put_along_axis(mask, order, kept_sorted, axis=-1)
+    return mask
 
 
 def _check_upstream(dout, expected_shape, name):

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from minift.checkpoint import atomic_write_json, load_model, read_json, save_model
 from minift.data import (
@@ -44,6 +45,7 @@ from minift.data import (
     example_sampler,
     lm_sampler,
     load_corpus,
+    load_jsonl_task,
     load_task,
     standard_tokenizer,
 )
@@ -171,6 +173,12 @@ TASK_OPTIONS = {"babi-qa": {"max_sentences": 2}}
 def get_task(name: str) -> Task:
     """The task as the pipeline runs it (splits fixed across seeds: the seeds vary training)."""
     return load_task(check_task(name), seed=0, **TASK_OPTIONS.get(name, {}))
+
+
+def data_task(path, block_size: int, split_seed: int = 0) -> Task:
+    """The user's own examples from a JSON Lines file (minift.data.userdata), checked against
+    the standard tokenizer and ``block_size``; split by ``split_seed``."""
+    return load_jsonl_task(path, standard_tokenizer(), block_size, split_seed)
 
 
 def check_task(name: str) -> str:
@@ -403,6 +411,7 @@ def finetune(
     stop_at: int | None = None,
     log_path=None,
     extra_state: dict | None = None,
+    on_validation=None,
 ):
     """Train ``model`` (from prepare_model) on the task's training split; (TrainResult, Trainer).
 
@@ -410,19 +419,23 @@ def finetune(
     the end, ``extra_state`` (``run_description``) inside each; ``resume`` continues from the
     latest, bit for bit; ``stop_at`` ends early, as an interruption would. ``log_path``: one
     JSON line of metrics per step, appended. ``settings.eval_every`` scores the validation split
-    during training (never the test split).
+    during training (never the test split); ``on_validation({"step": n, metric: value, …})`` is
+    called with each score as soon as it is made (the command line prints it).
     """
     config = train_config(task.kind, method, seed, settings, checkpoint_every=checkpoint_every)
     sampler = example_sampler(tok, task.train, max_sequence(model), task.kind)
 
-    def on_validation(m):
-        return evaluate(m, task, tok, "val", settings.eval_examples)
+    def validate(m):
+        scores = evaluate(m, task, tok, "val", settings.eval_examples)
+        if on_validation is not None:
+            on_validation({"step": trainer.step, **scores})
+        return scores
 
     trainer = Trainer(
         model,
         config,
         sampler,
-        evaluate=on_validation if settings.eval_every else None,
+        evaluate=validate if settings.eval_every else None,
         log_path=log_path,
         checkpoint_dir=checkpoint_dir,
         extra_state=extra_state,
@@ -441,8 +454,10 @@ def run_description(task: Task, method: str, seed: int, model: Module, base: Bas
     ``extra_state``, key "run"), so that a checkpoint describes itself and ``check_resume`` can
     refuse to continue another run's. ``model``: prepared (an untrained one gives the same)."""
     peft_config = getattr(model, "peft_config", None)
+    data = {"data_sha256": task.info["sha256"]} if "sha256" in task.info else {}
     return {
         "task": task.name,
+        **data,  # a user's file: another file of the same name is another run
         "method": method,
         "seed": seed,
         "base": asdict(base),
@@ -640,10 +655,13 @@ def compare(
     settings: RunSettings,
     base_spec=None,
     isolate=True,
-    out=sys.stderr,
+    out=None,
     workers: int = 1,
 ):
     """Every (task, method, seed): records, loss curves; each run in a fresh process if isolate.
+
+    ``out`` (default: standard error) shows one progress bar over all the runs, with the time
+    left, and a line as each run ends.
 
     ``workers`` > 1 (with isolate) runs that many at a time, each process with ONE BLAS thread
     (two runs with two threads each on two cores slow each other down many times over); their
@@ -672,11 +690,14 @@ def compare(
         results = _in_parallel_children(jobs, workers)
     else:
         results = (_run_isolated(job) if isolate else run_one(*job) for job in jobs)
-    for i, ((t, m, s), result) in enumerate(zip(runs, results, strict=True), 1):
-        print(f"[{i}/{len(runs)}] {t} / {m} / seed {s}", file=out, flush=True)
-        records.extend(result.records)
-        if result.losses:
-            curves.setdefault(t, {}).setdefault(m, []).append(result.losses)
+    out = out if out is not None else sys.stderr
+    with tqdm(total=len(runs), desc="all runs", unit="run", file=out, mininterval=0) as bar:
+        for i, ((t, m, s), result) in enumerate(zip(runs, results, strict=True), 1):
+            bar.write(f"[{i}/{len(runs)}] {t} / {m} / seed {s}", file=out)
+            bar.update(1)
+            records.extend(result.records)
+            if result.losses:
+                curves.setdefault(t, {}).setdefault(m, []).append(result.losses)
     return records, curves
 
 
@@ -918,6 +939,7 @@ def save_finetuned(model: Module, out_dir, task: Task, method: str) -> None:
         "task": task.name,
         "kind": task.kind,
         "num_labels": task.num_labels if task.kind == "classification" else None,
+        "label_names": list(task.label_names) if task.kind == "classification" else None,
         "method": method,
         "model_config": model.config.to_dict(),
         "peft_config": peft_config.to_dict() if peft_config is not None else None,
@@ -937,11 +959,15 @@ _FINETUNED_FIELDS = {  # field of finetuned.json -> (types it may hold, what the
     "task": (str, "a task name"),
     "kind": (str, "'classification' or 'generation'"),
     "num_labels": ((int, type(None)), "a number of labels or null"),
+    "label_names": ((list, type(None)), "a list of label names or null"),
     "method": (str, "a method name"),
     "model_config": (dict, "an object of GPTConfig's fields"),
     "peft_config": ((dict, type(None)), "an object or null"),
     "tokenizer": (dict, "an object"),
 }
+
+
+_OPTIONAL_FIELDS = {"label_names"}  # absent from the files of earlier versions
 
 
 def load_finetuned(directory, task: str | None = None) -> Module:
@@ -966,6 +992,8 @@ def load_finetuned(directory, task: str | None = None) -> Module:
         )
     check_config_digest(metadata, info, info_path, weights_path)
     for name, (types, expected) in _FINETUNED_FIELDS.items():
+        if name in _OPTIONAL_FIELDS and name not in info:
+            continue
         if name not in info:
             raise ValueError(f"{info_path}: {name}: missing")
         if not isinstance(info[name], types) or isinstance(info[name], bool):
@@ -980,6 +1008,13 @@ def load_finetuned(directory, task: str | None = None) -> Module:
     if info["kind"] not in ("classification", "generation"):
         raise ValueError(f"{info_path}: kind: expected {_FINETUNED_FIELDS['kind'][1]}, "
                          f"got {info['kind']!r}")  # fmt: skip
+    names = info.get("label_names")
+    if names is not None and (
+        not all(isinstance(n, str) for n in names) or len(names) != info["num_labels"]
+    ):
+        raise ValueError(
+            f"{info_path}: label_names: expected {info['num_labels']} strings, got {names!r}"
+        )
     try:
         tokenizer = CharTokenizer.from_dict(info["tokenizer"])
     except (KeyError, TypeError, ValueError) as e:

@@ -1,6 +1,7 @@
 """The `minift` command: every subcommand runs end to end on tiny settings; bad input exits
 non-zero with a one-line message and leaves nothing half-written."""
 
+import argparse
 import contextlib
 import io
 import json
@@ -159,11 +160,11 @@ def test_finetune_in_two_threads(tmp_path, capsys):
     [
         (
             ["finetune", "--task", "poetry", "--method", "lora"],
-            "task: unknown 'poetry'; choose one of babi-qa",
+            "--task: invalid choice: 'poetry' (choose from 'babi-qa',",
         ),
         (
             ["finetune", "--task", "babi-qa", "--method", "qlora"],
-            "method: unknown 'qlora'; choose one of base, full",
+            "--method: invalid choice: 'qlora' (choose from 'base', 'full',",
         ),
         (
             ["finetune", "--task", "babi-qa", "--method", "lora", "--lr", "-1"],
@@ -183,13 +184,53 @@ def test_finetune_in_two_threads(tmp_path, capsys):
         ),
         (
             ["finetune", "--task", "babi-qa", "--method", "lora", "--r", "-1"],
-            "r: expected a positive integer rank, got -1",
+            "--r: expected ≥ 1, got -1",
+        ),
+        (
+            ["finetune", "--task", "babi-qa", "--method", "lora", "--r", "0"],
+            "--r: expected ≥ 1, got 0",
+        ),
+        (
+            ["finetune", "--task", "babi-qa", "--method", "lora", "--steps", "abc"],
+            "--steps: expected a positive integer, got 'abc'",
+        ),
+        (
+            ["finetune", "--task", "babi-qa", "--method", "lora", "--seed", "-1"],
+            "--seed: expected ≥ 0, got -1",
+        ),
+        (
+            ["finetune", "--task", "babi-qa", "--method", "lora", "--lora-dropout", "1"],
+            "--lora-dropout: expected a number in [0, 1), got 1",
+        ),
+        (
+            ["finetune", "--task", "babi-qa", "--method", "bitfit", "--save-adapter", "adapter"],
+            "--save-adapter: method bitfit has no PEFT adapter format; the methods that have "
+            "one: lora, dora, adalora, ia3, prompt, prefix",
+        ),
+        (
+            ["finetune", "--task", "babi-qa", "--method", "lora", "--save-adapter", "no/a"],
+            "--save-adapter: cannot write to no/a: its parent no does not exist",
+        ),
+        (
+            ["finetune", "--data", "missing.jsonl", "--method", "lora"],
+            "--data: missing.jsonl: cannot read: No such file or directory",
+        ),
+        (
+            ["finetune", "--task", "babi-qa", "--data", "x.jsonl", "--method", "lora"],
+            "--data: not allowed with argument --task",
         ),
         (
             ["finetune", "--task", "babi-qa", "--method", "lora", "--target-modules", "nope"],
             "target_modules: ['nope'] matched no Linear module",
         ),
         (["generate", "--prompt", "日本"], "--prompt: text: character '日' (U+65E5) at position 0"),
+        (["generate", "--prompt", "a", "--top-p", "0"], "--top-p: expected a number in (0, 1]"),
+        (["generate", "--prompt", "a", "--top-p", "1.5"], "--top-p: expected a number in (0, 1]"),
+        (["generate", "--prompt", "a", "--temperature", "-1"], "--temperature: expected a num"),
+        (["generate", "--prompt", "a", "--model", "nope"], "--model: nope does not exist;"),
+        (["evaluate", "--task", "babi-qa", "--model", "nope"], "--model: nope does not exist;"),
+        (["classify", "--model", "nope", "some text"], "--model: nope does not exist;"),
+        (["classify", "--model", "."], "minift classify: error: the following arguments are"),
     ],
 )
 def test_bad_input_is_one_line_and_a_non_zero_exit(argv, message, tmp_path, monkeypatch, capsys):
@@ -198,8 +239,10 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(argv, message, tmp_path, monk
     cold = tmp_path / "cold-cache"
     cold.mkdir()
     monkeypatch.setenv("MINIFT_CACHE", str(cold))
+    monkeypatch.chdir(tmp_path)  # relative paths in argv are in tmp_path
     out = ["--out", str(tmp_path / "out")] if argv[0] == "finetune" else []
-    code, _, err = run(capsys, *argv, *out, *(TINY_BASE if argv[0] == "generate" else FAST))
+    extra = {"finetune": FAST, "generate": TINY_BASE}.get(argv[0], [])
+    code, _, err = run(capsys, *argv, *out, *extra)
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1
     assert list(cold.iterdir()) == []
@@ -232,7 +275,7 @@ def test_an_output_directory_that_cannot_be_written(argv, tmp_path, monkeypatch,
 
 def test_a_failed_save_removes_the_directories_it_made(tmp_path, monkeypatch, capsys):
     """The disk fills up as finetuned.json is written, after model.safetensors: the new --out
-    directory (and its new parent) go, so no half-saved model is left."""
+    directory goes, so no half-saved model is left."""
     import errno
 
     from minift import pipeline
@@ -246,7 +289,7 @@ def test_a_failed_save_removes_the_directories_it_made(tmp_path, monkeypatch, ca
         write_json(path, obj)
 
     monkeypatch.setattr(pipeline, "atomic_write_json", full_disk_for_finetuned_json)
-    out = tmp_path / "new" / "ft"
+    out = tmp_path / "ft"
     code, _, err = run(capsys, "finetune", "--task", "stdlib-modules", "--method", "bitfit",
                        "--out", str(out), *FAST)  # fmt: skip
     assert code == 2 and "No space left on device" in err.strip().splitlines()[-1]
@@ -451,10 +494,10 @@ def test_resume_refuses_another_runs_checkpoint_before_any_work(tmp_path, monkey
     assert list(cold.iterdir()) == [] and not (tmp_path / "new").exists()
 
 
-def test_unknown_subcommand_exits_non_zero():
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["nope"])
-    assert exit_info.value.code != 0
+def test_unknown_subcommand_is_one_line_and_exit_status_2(capsys):
+    code, _, err = run(capsys, "nope")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "minift: error: command: invalid choice: 'nope' (choose from 'demo'," in err
 
 
 def test_no_stray_files_after_a_failed_run(tmp_path, capsys):
@@ -462,3 +505,241 @@ def test_no_stray_files_after_a_failed_run(tmp_path, capsys):
     code, _, _ = run(capsys, "demo", "--out", str(out), "--task", "poetry", *FAST)
     assert code == 2
     assert not out.exists()  # proven writable, but made only when results are written
+
+
+# -- your own data, adapters in PEFT's format, classify, generate -----------------------------
+
+TINY_SPEC = pipeline.BaseSpec(steps=2, d_model=32, n_layer=1, n_head=2)
+SUM_LINES = [
+    {"prompt": f"{a} plus {b}", "completion": str(a + b)} for a in range(6) for b in range(5)
+]
+ANIMAL_LINES = [
+    {"text": f"{word} number {i}", "label": label}
+    for i in range(8)
+    for word, label in [("cat", "mammal"), ("owl", "bird"), ("dog", "mammal"), ("eel", "fish")]
+]
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def sums(tmp_path_factory, cache):
+    """A LoRA generation model fine-tuned on a data file: (the file, its --out, its adapter)."""
+    folder = tmp_path_factory.mktemp("sums")
+    data = write_jsonl(folder / "sums.jsonl", SUM_LINES)
+    out, adapter = folder / "model", folder / "adapter"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINIFT_CACHE", str(cache))
+        argv = ["finetune", "--data", str(data), "--method", "lora", "--r", "2", "--lr", "0.05"]
+        argv += ["--out", str(out), "--save-adapter", str(adapter), *FAST]
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert cli.main(argv) == 0
+    return data, out, adapter
+
+
+@pytest.fixture(scope="module")
+def animals(tmp_path_factory, cache):
+    """A classifier fine-tuned on a data file with string labels: (the file, its --out)."""
+    folder = tmp_path_factory.mktemp("animals")
+    data = write_jsonl(folder / "animals.jsonl", ANIMAL_LINES)
+    out = folder / "model"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINIFT_CACHE", str(cache))
+        argv = ["finetune", "--data", str(data), "--method", "lora", "--out", str(out), *FAST]
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert cli.main(argv) == 0
+    return data, out
+
+
+def test_finetune_on_a_data_file_prints_its_scores_and_evaluate_reads_it_back(sums, capsys):
+    data, out, _ = sums
+    assert sorted(p.name for p in out.iterdir()) == ["finetuned.json", "model.safetensors"]
+    assert json.loads((out / "finetuned.json").read_text())["task"] == "data:sums.jsonl"
+    code, stdout, err = run(capsys, "evaluate", "--data", str(data), "--model", str(out))
+    assert code == 0, err
+    assert stdout.startswith("data:sums.jsonl: exact_match = ") and "chrf = " in stdout
+    code, _, err = run(capsys, "evaluate", "--task", "stdlib-modules", "--model", str(out))
+    assert code == 2 and "holds a model fine-tuned for data:sums.jsonl, not stdlib-modules" in err
+
+
+def test_the_saved_adapter_loads_onto_the_base_with_the_fine_tuned_models_logits(sums):
+    from minift.peft import PeftModel
+
+    _, out, adapter = sums
+    assert sorted(p.name for p in adapter.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    idx = np.array([[1, 20, 21, 22, 2, 30]])
+    finetuned = pipeline.load_finetuned(out).forward(idx)
+    loaded = PeftModel.from_pretrained(pipeline.load_base(TINY_SPEC), adapter).forward(idx)
+    np.testing.assert_array_equal(loaded, finetuned)
+    base = pipeline.load_base(TINY_SPEC).forward(idx)
+    assert not np.allclose(loaded, base)  # the adapter did train: the test could fail
+
+
+@pytest.mark.reference
+def test_an_adapter_saved_by_the_command_loads_in_hugging_face_peft_with_equal_logits(
+    sums, tmp_path
+):
+    from helpers import hf_gpt2, import_references
+
+    from minift.peft import PeftModel
+
+    torch, _, peft_lib = import_references()
+    _, _, adapter = sums
+    base = pipeline.load_base(TINY_SPEC)
+    base64 = pipeline.GPT(base.config, dtype=np.float64)
+    base64.load_state_dict({k: v.astype(np.float64) for k, v in base.state_dict().items()})
+    hf = hf_gpt2(base64, tmp_path / "base")  # saved with minift.hub, read by transformers
+    hf = peft_lib.PeftModel.from_pretrained(hf, adapter)
+    idx = np.array([[1, 20, 21, 22, 2, 30, 40, 50]])
+    ours = PeftModel.from_pretrained(base64, adapter).forward(idx)
+    with torch.no_grad():
+        theirs = hf(torch.tensor(idx)).logits.numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-9)
+
+
+def test_generate_reads_the_trained_format_and_stops_at_end_of_sequence(sums, capsys):
+    """What the command prints is the greedy answer to <bos> prompt <sep>, cut at <eos>."""
+    from minift.data import decode_answer, encode_prompt
+
+    _, out, _ = sums
+    tok = pipeline.standard_tokenizer()
+    ids = np.array([encode_prompt(tok, "3 plus 4")])
+    model = pipeline.load_finetuned(out)
+    expected = decode_answer(tok, model.generate(ids, 30, temperature=0)[0, ids.shape[1] :])
+    code, stdout, _ = run(capsys, "generate", "--model", str(out), "--prompt", "3 plus 4",
+                          "--max-new-tokens", "30", "--temperature", "0")  # fmt: skip
+    assert code == 0 and stdout == expected + "\n"
+    # nucleus sampling with a vanishing p is greedy decoding, whatever the temperature and seed
+    for seed in ["0", "7"]:
+        code, nucleus, _ = run(capsys, "generate", "--model", str(out), "--prompt", "3 plus 4",
+                               "--max-new-tokens", "30", "--temperature", "2", "--top-p", "1e-9",
+                               "--seed", seed)  # fmt: skip
+        assert code == 0 and nucleus == stdout
+
+
+def test_generate_with_a_seed_repeats_and_another_seed_varies(sums, capsys):
+    _, out, _ = sums
+    argv = ["generate", "--model", str(out), "--prompt", "1 plus 1", "--temperature", "5"]
+    argv += ["--max-new-tokens", "20", "--top-p", "0.99"]
+    outputs = [run(capsys, *argv, "--seed", str(s))[1] for s in [1, 1, 2, 3, 4]]
+    assert outputs[0] == outputs[1] and len(set(outputs)) > 1
+
+
+def test_classify_prints_each_texts_label_and_probability(animals, capsys):
+    from minift.data import Example, encode_classification_batch
+    from minift.functional import softmax_forward
+
+    _, out = animals
+    texts = ["cat number 3", "eel number 1", "owl"]
+    code, stdout, err = run(capsys, "classify", "--model", str(out), *texts)
+    assert code == 0, err
+    model = pipeline.load_finetuned(out)
+    tok = pipeline.standard_tokenizer()
+    idx, _ = encode_classification_batch(tok, [Example(t, 0) for t in texts], 128)
+    probs, _ = softmax_forward(model.forward(idx).astype(np.float64))
+    names = ["bird", "fish", "mammal"]  # the file's labels, sorted
+    expected = [
+        f"{names[p.argmax()]}\t{p.max():.4f}\t{t}" for t, p in zip(texts, probs, strict=True)
+    ]
+    assert stdout.splitlines() == expected
+
+
+def test_classify_and_generate_refuse_the_other_kind_of_model(sums, animals, capsys):
+    code, stdout, err = run(capsys, "classify", "--model", str(sums[1]), "some text")
+    assert code == 2 and stdout == "" and len(err.strip().splitlines()) == 1
+    assert "holds a generation model (task data:sums.jsonl), not a classifier" in err
+    code, stdout, err = run(capsys, "generate", "--model", str(animals[1]), "--prompt", "x")
+    assert code == 2 and stdout == "" and "holds a classifier (task data:animals.jsonl)" in err
+    code, _, err = run(capsys, "classify", "--model", str(animals[1]), "ok", "日")
+    assert code == 2 and "TEXT 2: character '日' (U+65E5) at position 0" in err
+
+
+def test_a_folder_without_a_model_is_one_clear_line(tmp_path, capsys):
+    code, _, err = run(capsys, "classify", "--model", str(tmp_path), "text")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"--model: {tmp_path} holds no finetuned.json; expected a folder written by" in err
+
+
+def test_a_bad_line_of_the_data_file_is_named_before_any_work(tmp_path, monkeypatch, capsys):
+    cold = tmp_path / "cold-cache"
+    cold.mkdir()
+    monkeypatch.setenv("MINIFT_CACHE", str(cold))
+    data = tmp_path / "bad.jsonl"
+    data.write_text(json.dumps(SUM_LINES[0]) + "\n" + '{"prompt": "a", "answer": "b"}\n')
+    code, _, err = run(capsys, "finetune", "--data", str(data), "--method", "lora", *FAST)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"--data: {data}: line 2: expected the keys prompt, completion" in err
+    assert list(cold.iterdir()) == []
+
+
+@pytest.mark.parametrize("flag", ["--out", "--save-adapter"])
+def test_an_output_whose_parent_is_missing_is_refused_before_any_work(
+    flag, tmp_path, monkeypatch, capsys
+):
+    cold = tmp_path / "cold-cache"
+    cold.mkdir()
+    monkeypatch.setenv("MINIFT_CACHE", str(cold))
+    target = tmp_path / "no-such-dir" / "x"
+    code, _, err = run(capsys, "finetune", "--task", "stdlib-modules", "--method", "lora",
+                       flag, str(target), *FAST)  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"{flag}: cannot write to {target}: its parent {target.parent} does not exist" in err
+    assert list(cold.iterdir()) == [] and not target.parent.exists()
+
+
+def test_every_option_is_described_and_every_default_shown():
+    parser = cli.build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subparsers.choices.items():
+        text = " ".join(sub.format_help().split())
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            label = action.option_strings[0] if action.option_strings else action.dest
+            assert action.help and action.help.strip(), (name, label)
+            if action.default is not None and action.default is not False:
+                shown = " ".join(f"(default: {action.default})".split())
+                assert shown in text, (name, label, shown)
+        assert "(default: None)" not in text, name  # no default: the help says what happens
+    finetune = " ".join(subparsers.choices["finetune"].format_help().split())
+    assert "--steps STEPS optimizer steps (default: 200)" in finetune
+    assert "--seed SEED the new head's init, dropout and batches (default: 0)" in finetune
+
+
+def test_validation_scores_are_printed_while_training_runs(tmp_path, monkeypatch, capsys):
+    """Before step 3 trains, the validation lines of steps 1 and 2 are already on stdout."""
+    from minift.train import Trainer
+
+    printed_before_step = []
+    step = Trainer._train_step
+
+    def recording_step(self):
+        printed_before_step.append(capsys.readouterr().out)
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "_train_step", recording_step)
+    code = cli.main(["finetune", "--task", "stdlib-modules", "--method", "bitfit", *FAST,
+                     "--steps", "3", "--eval-every", "1"])  # fmt: skip
+    assert code == 0
+    so_far = "".join(printed_before_step)
+    assert "step 1: validation accuracy = " in printed_before_step[1]
+    assert "step 2: validation accuracy = " in printed_before_step[2]
+    assert "step 3: validation accuracy" not in so_far
+
+
+def test_compare_shows_one_progress_bar_with_an_eta_over_all_runs(tmp_path, capsys):
+    runs = ["--tasks", "stdlib-modules", "--methods", "majority", "bitfit", "--seeds", "2"]
+    code, _, err = run(capsys, "compare", "--out", str(tmp_path / "c"), "--in-process", *runs,
+                       *FAST)  # fmt: skip
+    assert code == 0
+    bars = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("all runs")]
+    assert bars and "3/3" in bars[-1]  # majority once (no seed), bitfit twice
+    assert any("1/3" in b and "<" in b for b in bars)  # elapsed<remaining: the ETA
+    assert "[2/3] stdlib-modules / bitfit / seed 0" in err

@@ -12,6 +12,7 @@ tasks.py      Example, Task, load_task: babi-qa (§6.1), kjv-books and stdlib-mo
               en-fr-numbers (§6.3)
 formats.py    <bos> prompt <sep> answer <eos> with the prompt masked to −100; classification
 metrics.py    accuracy, exact match, chrF (sentence and corpus, as sacrebleu computes it)
+userdata.py   a user's own examples from a JSON Lines file (``minift finetune --data``)
 """
 
 from minift.data.corpus import (
@@ -34,6 +35,7 @@ from minift.data.formats import (
 from minift.data.metrics import accuracy, chrf, corpus_chrf, exact_match
 from minift.data.tasks import TASK_NAMES, Example, Task, load_task
 from minift.data.tokenizer import SPECIAL_TOKENS, CharTokenizer, standard_tokenizer
+from minift.data.userdata import load_jsonl_task
 
 __all__ = [
     "ALPHABET",
@@ -57,6 +59,7 @@ __all__ = [
     "example_sampler",
     "load_corpus",
     "lm_sampler",
+    "load_jsonl_task",
     "load_task",
     "normalize_text",
     "standard_tokenizer",

@@ -235,8 +235,11 @@ class PromptTuningModel(PeftModel):
         if wte.trainable:
             wte.accumulate_grad(F.embedding_backward(dtok, tok_cache))
 
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, seed=None, use_cache=True):
-        """GPT.generate with the prompt in front; returns [B, T + max_new_tokens] REAL tokens.
+    def generate(
+        self, idx, max_new_tokens, temperature=1.0, top_k=None, seed=None, use_cache=True,
+        top_p=None, eos_id=None,
+    ):  # fmt: skip
+        """GPT.generate with the prompt in front; returns [B, T + n] REAL tokens (n as there).
 
         The context window is block_size − n real tokens (the prompt takes n positions); past
         it the oldest tokens are dropped and the prompt is put in front again. With the cache,
@@ -248,8 +251,9 @@ class PromptTuningModel(PeftModel):
         window = model.config.block_size - self.prompt.shape[0]
         _check_idx(np.asarray(idx)[:, -window:], model.config, self.prompt.shape[0], 0)
         return generate_tokens(
-            model, self.forward, idx, max_new_tokens, window, temperature, top_k, seed, use_cache
-        )
+            model, self.forward, idx, max_new_tokens, window, temperature, top_k, seed, use_cache,
+            top_p=top_p, eos_id=eos_id,
+        )  # fmt: skip
 
     def unload(self) -> Module:
         """Remove the prompt and return the model as it was (all of it trainable)."""

@@ -13,9 +13,9 @@ Names follow Hugging Face's GPT-2 (``h.0.attn.c_attn.weight``), with Linear weig
 [in, out] as GPT-2 stores them, so the optimizer, the gradient checker, the parameter counter and
 the checkpoints all speak the same keys.
 
-The layers run the fast paths of ``minift.fast`` where there is one (LayerNorm, GELU, the
-attention, the embedding's backward): the same math as ``minift.functional``'s clear versions,
-with fewer temporary arrays, each tested equal to its clear version in tests/test_fast.py.
+The layers run the fused variants of ``minift.functional`` where there is one (LayerNorm, GELU,
+the attention, the embedding's backward): each sits beneath its clear pair, computes the same
+math with fewer temporary arrays and is tested equal to it in tests/test_functional_fused.py.
 
 Shape legend: B batch, T time, C channels (d_model), nh heads, hs head size, P extra key rows.
 """
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from minift import fast
 from minift import functional as F
 from minift.param import Param
 
@@ -261,7 +260,7 @@ class Embedding(Module):
 
     def backward(self, dout):
         if self.weight.trainable:
-            add_fresh_grad(self.weight, fast.embedding_backward_sorted(dout, self._cache))
+            add_fresh_grad(self.weight, F.embedding_backward_sorted(dout, self._cache))
 
 
 class LayerNorm(Module):
@@ -274,14 +273,14 @@ class LayerNorm(Module):
         self._cache = None
 
     def forward(self, x):  # [..., C] -> [..., C]
-        out, self._cache = fast.layer_norm_forward_fused(
+        out, self._cache = F.layer_norm_forward_fused(
             x, self.weight.value, self.bias.value, self.eps
         )
         return out
 
     def backward(self, dout):
         need_dparams = self.weight.trainable or self.bias.trainable  # frozen: no dγ, dβ
-        dx, dgamma, dbeta = fast.layer_norm_backward_fused(dout, self._cache, need_dparams)
+        dx, dgamma, dbeta = F.layer_norm_backward_fused(dout, self._cache, need_dparams)
         if need_dparams:
             add_fresh_grad(self.weight, dgamma)
             add_fresh_grad(self.bias, dbeta)
@@ -296,12 +295,12 @@ class GELU(Module):
         self._cache = None
 
     def forward(self, x):
-        fwd = F.gelu_erf_forward if self.exact else fast.gelu_forward_fused
+        fwd = F.gelu_erf_forward if self.exact else F.gelu_forward_fused
         out, self._cache = fwd(x)
         return out
 
     def backward(self, dout):
-        bwd = F.gelu_erf_backward if self.exact else fast.gelu_backward_fused
+        bwd = F.gelu_erf_backward if self.exact else F.gelu_backward_fused
         return bwd(dout, self._cache)
 
 
@@ -384,7 +383,7 @@ class Attention(Module):
             extra_k = kv_cache.k if extra_k is None else np.concatenate([extra_k, kv_cache.k], 2)
             extra_v = kv_cache.v if extra_v is None else np.concatenate([extra_v, kv_cache.v], 2)
         if extra_k is None:  # no prefix, no cached keys: the fused path
-            y, mha_cache = fast.mha_forward_fused(qkv, self.n_head, mask)
+            y, mha_cache = F.mha_forward_fused(qkv, self.n_head, mask)
         else:
             y, mha_cache = F.mha_forward(qkv, self.n_head, mask, extra_k, extra_v)
         if kv_cache is not None:
@@ -399,7 +398,7 @@ class Attention(Module):
     def backward(self, dout):
         mha_cache, n_prefix = self._cache
         dy = self.c_proj.backward(self.resid_dropout.backward(dout))
-        dqkv, dextra_k, dextra_v = fast.mha_backward_into_qkv(dy, mha_cache)
+        dqkv, dextra_k, dextra_v = F.mha_backward_fused(dy, mha_cache)
         if self.prefix is not None:
             self.prefix.backward(dextra_k[:, :, :n_prefix], dextra_v[:, :, :n_prefix])
         return self.c_attn.backward(dqkv)

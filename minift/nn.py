@@ -13,18 +13,28 @@ Names follow Hugging Face's GPT-2 (``h.0.attn.c_attn.weight``), with Linear weig
 [in, out] as GPT-2 stores them, so the optimizer, the gradient checker, the parameter counter and
 the checkpoints all speak the same keys.
 
-The layers run the fast paths of ``minift.fast`` where there is one (LayerNorm, GELU, the
-attention, the embedding's backward): the same math as ``minift.functional``'s clear versions,
-with fewer temporary arrays, each tested equal to its clear version in tests/test_fast.py.
+What runs: LayerNorm, GELU, the attention and the embedding's backward run the fused variants
+that sit beneath their clear pairs in ``minift.functional`` (the same math with fewer temporary
+arrays, each tested equal to its pair). One switch makes every layer run the clear pairs instead:
+
+    with nn.clear_ops():    # or MINIFT_CLEAR_OPS=1 in the environment, read at import
+        ...                 # every forward in here, and later its backward, runs the clear pairs
+
+Each layer reads the switch in its forward and records the choice in its cache, so its backward
+runs the pair its forward ran even if the switch has flipped in between. The switch is one
+process-wide flag, not a per-thread one, so the threads of ``minift.parallel`` read what their
+caller set; set it from one thread only.
 
 Shape legend: B batch, T time, C channels (d_model), nh heads, hs head size, P extra key rows.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import numpy as np
 
-from minift import fast
 from minift import functional as F
 from minift.param import Param
 
@@ -43,7 +53,44 @@ __all__ = [
     "Block",
     "add_fresh_grad",
     "check_model_dtype",
+    "clear_ops",
+    "clear_ops_enabled",
 ]
+
+
+# ------------------------------------------------------------------------------------------------
+# The switch between the fused variants (the default: faster) and the clear pairs
+
+CLEAR_OPS_ENV = "MINIFT_CLEAR_OPS"
+
+
+def _clear_ops_from_env() -> bool:
+    value = os.environ.get(CLEAR_OPS_ENV, "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{CLEAR_OPS_ENV}: expected 0 or 1 (or unset), got {value!r}")
+    return value == "1"
+
+
+_clear_ops = _clear_ops_from_env()
+
+
+def clear_ops_enabled() -> bool:
+    """True when the layers' forwards run the clear pairs of ``minift.functional``."""
+    return _clear_ops
+
+
+@contextlib.contextmanager
+def clear_ops(enabled: bool = True):
+    """Run every layer's forward on the clear pairs (``enabled=False``: on the fused variants)
+    inside the block; the previous setting comes back on exit, so blocks nest."""
+    global _clear_ops
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled: expected True or False, got {enabled!r}")
+    previous, _clear_ops = _clear_ops, enabled
+    try:
+        yield
+    finally:
+        _clear_ops = previous
 
 
 class Module:
@@ -256,12 +303,15 @@ class Embedding(Module):
         self._cache = None
 
     def forward(self, ids):  # int [...] -> [..., dim]
-        out, self._cache = F.embedding_forward(ids, self.weight.value)
+        out, cache = F.embedding_forward(ids, self.weight.value)
+        self._cache = (_clear_ops, cache)  # the backward is the only part with a fused variant
         return out
 
     def backward(self, dout):
+        clear, cache = self._cache
         if self.weight.trainable:
-            add_fresh_grad(self.weight, fast.embedding_backward_sorted(dout, self._cache))
+            bwd = F.embedding_backward if clear else F.embedding_backward_sorted
+            add_fresh_grad(self.weight, bwd(dout, cache))
 
 
 class LayerNorm(Module):
@@ -274,14 +324,19 @@ class LayerNorm(Module):
         self._cache = None
 
     def forward(self, x):  # [..., C] -> [..., C]
-        out, self._cache = fast.layer_norm_forward_fused(
-            x, self.weight.value, self.bias.value, self.eps
-        )
+        clear = _clear_ops
+        fwd = F.layer_norm_forward if clear else F.layer_norm_forward_fused
+        out, cache = fwd(x, self.weight.value, self.bias.value, self.eps)
+        self._cache = (clear, cache)
         return out
 
     def backward(self, dout):
+        clear, cache = self._cache
         need_dparams = self.weight.trainable or self.bias.trainable  # frozen: no dγ, dβ
-        dx, dgamma, dbeta = fast.layer_norm_backward_fused(dout, self._cache, need_dparams)
+        if clear:
+            dx, dgamma, dbeta = F.layer_norm_backward(dout, cache)
+        else:
+            dx, dgamma, dbeta = F.layer_norm_backward_fused(dout, cache, need_dparams)
         if need_dparams:
             add_fresh_grad(self.weight, dgamma)
             add_fresh_grad(self.bias, dbeta)
@@ -296,13 +351,20 @@ class GELU(Module):
         self._cache = None
 
     def forward(self, x):
-        fwd = F.gelu_erf_forward if self.exact else fast.gelu_forward_fused
-        out, self._cache = fwd(x)
+        clear = _clear_ops
+        if self.exact:  # the erf form has no fused variant
+            fwd = F.gelu_erf_forward
+        else:
+            fwd = F.gelu_forward if clear else F.gelu_forward_fused
+        out, cache = fwd(x)
+        self._cache = (clear, cache)
         return out
 
     def backward(self, dout):
-        bwd = F.gelu_erf_backward if self.exact else fast.gelu_backward_fused
-        return bwd(dout, self._cache)
+        clear, cache = self._cache
+        if self.exact:
+            return F.gelu_erf_backward(dout, cache)
+        return (F.gelu_backward if clear else F.gelu_backward_fused)(dout, cache)
 
 
 class Dropout(Module):
@@ -374,6 +436,7 @@ class Attention(Module):
         self._cache = None
 
     def forward(self, x, mask=None, kv_cache: LayerKVCache | None = None):  # [B,T,C] -> [B,T,C]
+        clear = _clear_ops
         qkv = self.c_attn.forward(x)  # (B, T, 3C)
         extra_k = extra_v = None
         n_prefix = 0
@@ -383,8 +446,8 @@ class Attention(Module):
         if kv_cache is not None and kv_cache.length:
             extra_k = kv_cache.k if extra_k is None else np.concatenate([extra_k, kv_cache.k], 2)
             extra_v = kv_cache.v if extra_v is None else np.concatenate([extra_v, kv_cache.v], 2)
-        if extra_k is None:  # no prefix, no cached keys: the fused path
-            y, mha_cache = fast.mha_forward_fused(qkv, self.n_head, mask)
+        if extra_k is None and not clear:  # the fused variant takes no extra key rows
+            y, mha_cache = F.mha_forward_fused(qkv, self.n_head, mask)
         else:
             y, mha_cache = F.mha_forward(qkv, self.n_head, mask, extra_k, extra_v)
         if kv_cache is not None:
@@ -393,13 +456,14 @@ class Attention(Module):
                 F.split_heads(qkv[..., C : 2 * C], self.n_head),
                 F.split_heads(qkv[..., 2 * C :], self.n_head),
             )
-        self._cache = (mha_cache, n_prefix)
+        self._cache = (clear, mha_cache, n_prefix)
         return self.resid_dropout.forward(self.c_proj.forward(y))
 
     def backward(self, dout):
-        mha_cache, n_prefix = self._cache
+        clear, mha_cache, n_prefix = self._cache
         dy = self.c_proj.backward(self.resid_dropout.backward(dout))
-        dqkv, dextra_k, dextra_v = fast.mha_backward_into_qkv(dy, mha_cache)
+        mha_backward = F.mha_backward if clear else F.mha_backward_fused
+        dqkv, dextra_k, dextra_v = mha_backward(dy, mha_cache)
         if self.prefix is not None:
             self.prefix.backward(dextra_k[:, :, :n_prefix], dextra_v[:, :, :n_prefix])
         return self.c_attn.backward(dqkv)

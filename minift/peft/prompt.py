@@ -45,13 +45,16 @@ heads like the model's own), placed in front of the sequence's keys and values:
     K = [K_ℓ ; X·W_k],   V = [V_ℓ ; X·W_v]        (B, nh, n + T, hs)
     y_t = Σ_{p<n} a_tp · V_ℓ[p]  +  Σ_{j≤t} a_tj · v_j,   a_t = softmax over the n + t + 1 keys
 
-Every query sees all n prefix rows (they have no position and no causal restriction); among
-the sequence's own keys attention stays causal. The sequence keeps its positions 0 … T−1, so
-T ≤ block_size as without prefixes. (Hugging Face's GPT-2, which PEFT drives through
-``past_key_values``, counts the prefix as n past tokens and gives the sequence positions
-n … n+T−1; the paper's author considers either fine. minift keeps 0 … T−1.) Prefix rows are
-exactly what a KV cache holds, so the model's ``Attention`` takes them through the same door
-(its ``prefix`` hook), and generation with a cache needs nothing new.
+Every query sees all n prefix rows (they have no causal restriction); among the sequence's own
+keys attention stays causal. The prefix counts as n earlier tokens, as in PEFT, which hands it
+to Hugging Face's GPT-2 as ``past_key_values``: the sequence takes positions n … n+T−1,
+
+    x_t = wte[idx_t] + wpe[n + t],      t = 0 … T−1,    so n + T ≤ block_size
+
+and a PEFT prefix adapter gives the same logits here as there (a reference test holds it to
+1e-10). Prefix rows are exactly what a KV cache holds, so the model's ``Attention`` takes them
+through the same door (its ``prefix`` hook); with a cache of P generated tokens the next token
+sits at position n + P, and generation keeps a window of block_size − n real tokens.
 
 What a prefix is NOT: a no-op when zero. With K_ℓ = 0 and V_ℓ = 0 each zero key scores 0, takes
 the weight e⁰ = 1 in the softmax and contributes a zero value, so every head's output shrinks:
@@ -379,6 +382,7 @@ class LayerPrefix:
 
     def __init__(self, encoder: PrefixEncoder, layer: int, n_head: int):
         self.encoder, self.layer, self.n_head = encoder, layer, n_head
+        self.n_positions = encoder.embedding.shape[0]  # n: the sequence's positions start here
         self._cache = None
 
     def forward(self, B: int):
@@ -604,6 +608,11 @@ class PrefixTuningConfig(PromptLearningConfig):
         if any(block.attn.prefix is not None for block in model.h):
             raise ValueError("model: an attention layer already has a prefix; unload() it first")
         c = model.config
+        if self.num_virtual_tokens >= c.block_size:
+            raise ValueError(
+                f"num_virtual_tokens: expected fewer than block_size={c.block_size} (the prefix "
+                f"takes n positions before the real tokens), got {self.num_virtual_tokens}"
+            )
         encoder = PrefixEncoder(
             self.num_virtual_tokens,
             c.d_model,

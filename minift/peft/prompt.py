@@ -441,6 +441,7 @@ class PromptLearningConfig(PeftConfig):
 
     mergeable = False  # nothing to fold into a weight: the prompt is an input
     default_target_modules = ()
+    fields_peft_lacks = ("target_modules",)  # PEFT's prompt-learning configs have none
     peft_model_class: ClassVar[type[PeftModel]] = PeftModel
 
     def __post_init__(self):
@@ -497,6 +498,9 @@ class PromptTuningConfig(PromptLearningConfig):
     ``prompt_tuning_init``: "RANDOM" (N(0, 0.02²)) or "TEXT" (P = wte[ids], with
     ``prompt_tuning_init_token_ids`` exactly num_virtual_tokens ids in [0, vocab_size)).
     ``prompt_tuning_init_text`` and ``tokenizer_name_or_path`` are PEFT's and only recorded.
+    adapter_config.json leaves the token ids out (PEFT has no such field) and, without a
+    tokenizer_name_or_path, says "RANDOM" for "TEXT" (PEFT refuses "TEXT" without one): the
+    init does not matter to a saved adapter, whose P is loaded over it.
     """
 
     prompt_tuning_init: str = "RANDOM"
@@ -507,6 +511,14 @@ class PromptTuningConfig(PromptLearningConfig):
     peft_type = "PROMPT_TUNING"
     peft_model_class = PromptTuningModel
     not_mergeable_reason = "the prompt is an input (virtual tokens), not a change of any weight"
+    fields_peft_lacks = ("target_modules", "prompt_tuning_init_token_ids")
+
+    def peft_fields(self, peft_model):
+        # PEFT refuses "TEXT" without a tokenizer to encode the text with. A saved adapter is
+        # its trained P, which replaces whatever the init drew, so such a file says "RANDOM"
+        if self.prompt_tuning_init == "TEXT" and not self.tokenizer_name_or_path:
+            return {"prompt_tuning_init": "RANDOM"}
+        return {}
 
     def __post_init__(self):
         super().__post_init__()

@@ -1,6 +1,7 @@
 """peft/base.py: target matching as PEFT does it, freezing, counting, PEFT's line, adapter files."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -39,10 +40,53 @@ def gpt(config=TINY):
         (["c_proj"], ["h.0.attn.c_proj", "h.0.mlp.c_proj", "h.1.attn.c_proj", "h.1.mlp.c_proj"]),
         (r"h\.1\..*c_(attn|fc)", ["h.1.attn.c_attn", "h.1.mlp.c_fc"]),
         (["h.0.mlp.c_fc"], ["h.0.mlp.c_fc"]),
+        # Hugging Face's names, as PEFT writes them, select the same layers
+        (["transformer.h.0.mlp.c_fc"], ["h.0.mlp.c_fc"]),
+        (r".*transformer\.h\.\d+\.attn\.c_attn", ["h.0.attn.c_attn", "h.1.attn.c_attn"]),
+        (r"transformer\.h\.1\.mlp\.c_fc", ["h.1.mlp.c_fc"]),
     ],
 )
 def test_targets_match_as_peft_matches_them(targets, expected):
     assert match_target_modules(gpt(), targets) == expected
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                r"h\.0",
+                r"h\.1",
+                r"h\.\d+",
+                r".*",
+                r"transformer\.h\.\d+",
+                r".*\.h\.1",
+                r"(transformer\.)?h\.0",
+            ]
+        ),
+        min_size=1,
+        max_size=2,
+    ),
+    st.lists(
+        st.sampled_from([r"attn\.c_attn", r"mlp\.c_fc", r"\w+\.c_proj", r"mlp\..*"]), min_size=1
+    ),
+)
+def test_a_written_regex_selects_on_hugging_faces_names_what_minift_selected(heads, tails):
+    """What PEFT will do with the file (fullmatch on transformer.h.…) equals what minift did."""
+    from minift.peft.base import peft_target_modules
+
+    regex = "|".join(f"{h}\\.{t}" for h in heads for t in tails)
+    model = gpt()
+    candidates = [n for n, m in model.named_modules() if isinstance(m, minift.nn.Linear) and n]
+    try:
+        chosen = match_target_modules(model, regex)
+    except ValueError:
+        return  # matches nothing: refused before anything is written
+    written = peft_target_modules(regex, chosen, candidates)
+    assert isinstance(written, str)
+    hf_selected = [n for n in candidates if re.fullmatch(written, f"transformer.{n}")]
+    assert hf_selected == chosen
+    assert match_target_modules(model, written) == chosen  # and read back by minift
 
 
 def test_a_regex_must_match_the_whole_name():

@@ -256,3 +256,29 @@ def test_adapter_loader_survives_truncated_and_bit_flipped_files(
         assert name in str(e), f"the message should name {name}: {e}"
         return
     np.testing.assert_array_equal(loaded.forward(idx), expected)  # loaded: then it is the same
+
+
+def test_a_peft_classifier_file_naming_both_usual_heads_loads_and_nothing_else_is_let_pass(
+    tmp_path,
+):
+    """PEFT writes modules_to_save ["classifier", "score"] for any SEQ_CLS adapter."""
+    cfg = minift.GPTConfig(**{**TINY.to_dict(), "pad_token_id": 0})
+
+    def classifier():
+        return minift.GPTForSequenceClassification(cfg, num_labels=2, dtype=np.float64)
+
+    get_peft_model(classifier(), LoraConfig(r=2, modules_to_save=["score"])).save_pretrained(
+        tmp_path
+    )
+    as_if_written_elsewhere(tmp_path / "adapter_model.safetensors")
+    path = tmp_path / "adapter_config.json"
+    raw = json.loads(path.read_text())
+    assert raw["task_type"] == "SEQ_CLS"
+    raw["modules_to_save"] = ["classifier", "score"]
+    path.write_text(json.dumps(raw))
+    loaded = PeftModel.from_pretrained(classifier(), tmp_path, is_trainable=True)
+    assert loaded.peft_config.modules_to_save == ["score"] and loaded.score.weight.trainable
+    for task_type, modules in (("CAUSAL_LM", ["classifier", "score"]), ("SEQ_CLS", ["head"])):
+        path.write_text(json.dumps({**raw, "task_type": task_type, "modules_to_save": modules}))
+        with pytest.raises(ValueError, match="modules_to_save: no module '(classifier|head)'"):
+            PeftModel.from_pretrained(classifier(), tmp_path)

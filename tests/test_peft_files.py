@@ -293,3 +293,76 @@ def test_prompt_configs_leave_out_what_peft_does_not_know(tmp_path):
     prefix = PrefixTuningConfig(num_virtual_tokens=2)
     saved = saved_config(get_peft_model(base_model(0), prefix), tmp_path / "prefix")
     assert "target_modules" not in saved and saved["task_type"] == "CAUSAL_LM"
+
+
+# ------------------------------------------------------------------------------------------------
+# A sequence classifier: task_type SEQ_CLS, the head trained fully (modules_to_save)
+
+
+def hf_classifier(torch, transformers, model):
+    """transformers' GPT2ForSequenceClassification with ``model``'s weights, in float64."""
+    c = model.config
+    hf_config = transformers.GPT2Config(
+        vocab_size=c.vocab_size,
+        n_positions=c.block_size,
+        n_embd=c.d_model,
+        n_layer=c.n_layer,
+        n_head=c.n_head,
+        num_labels=model.score.weight.shape[1],
+        pad_token_id=c.pad_token_id,
+        activation_function="gelu_new",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        layer_norm_epsilon=c.layer_norm_eps,
+    )
+    hf = transformers.GPT2ForSequenceClassification(hf_config).double().eval()
+    state = {
+        (k if k.startswith("score.") else "transformer." + k): torch.tensor(v)
+        for k, v in model.state_dict().items()
+    }
+    state["score.weight"] = state["score.weight"].T.contiguous()  # nn.Linear: [out, in]
+    hf.load_state_dict(state)
+    return hf
+
+
+def classifier(seed):
+    cfg = minift.GPTConfig(**{**CONFIG.to_dict(), "pad_token_id": 0})
+    model = minift.GPTForSequenceClassification(cfg, num_labels=3, seed=seed, dtype=np.float64)
+    randomize_params(model.named_parameters(), seed)
+    return model
+
+
+PADDED = np.array([[3, 4, 5, 0, 0], [6, 7, 8, 9, 10]])  # the first sequence ends in padding
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("direction", ["minift_to_peft", "peft_to_minift"])
+def test_a_classifier_adapter_means_the_same_in_peft_both_ways(tmp_path, direction):
+    torch, transformers, peft_lib = import_references()
+    model = classifier(9)
+    hf = hf_classifier(torch, transformers, model)
+    if direction == "minift_to_peft":
+        peft = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, modules_to_save=["score"]))
+        randomize_params({n: p for n, p in peft.named_parameters().items() if p.trainable}, 10)
+        expected = peft.forward(PADDED)
+        peft.save_pretrained(tmp_path)
+        assert json.loads((tmp_path / "adapter_config.json").read_text())["task_type"] == "SEQ_CLS"
+        with recorded_complaints() as complaints:
+            hf = peft_lib.PeftModel.from_pretrained(hf, tmp_path)
+        assert complaints == []
+        got = hf_logits(torch, hf, PADDED)
+    else:
+        theirs = peft_lib.LoraConfig(
+            task_type="SEQ_CLS", r=2, lora_alpha=4, target_modules=["c_attn"], fan_in_fan_out=True
+        )
+        hf = peft_lib.get_peft_model(hf, theirs)
+        with torch.no_grad():
+            for p in hf.parameters():
+                if p.requires_grad:
+                    p.copy_(0.3 * torch.randn_like(p))
+        hf.eval()
+        expected = hf_logits(torch, hf, PADDED)
+        hf.save_pretrained(tmp_path)
+        got = PeftModel.from_pretrained(model, tmp_path).forward(PADDED)
+    np.testing.assert_allclose(got, expected, rtol=TOL, atol=TOL)

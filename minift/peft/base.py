@@ -322,6 +322,10 @@ def peft_task_type(model: Module) -> str | None:
     return None
 
 
+# the heads PEFT's PeftModelForSequenceClassification adds to modules_to_save, whichever exists
+_PEFT_SEQ_CLS_HEADS = ("classifier", "score")
+
+
 # ------------------------------------------------------------------------------------------------
 # Counting
 
@@ -516,6 +520,13 @@ class PeftModel(Module):
                 f"{sorted(PEFT_TYPES)}"
             )
         config = PEFT_TYPES[peft_type].from_dict(raw, str(config_path))
+        if raw.get("task_type") == "SEQ_CLS" and config.modules_to_save:
+            # PEFT adds the names of both its usual heads to a classifier's modules_to_save and
+            # trains whichever the model has: the other one names nothing, here as there
+            present = {name for name, _ in model._children()}
+            config.modules_to_save = [
+                m for m in config.modules_to_save if m in present or m not in _PEFT_SEQ_CLS_HEADS
+            ]
         peft_model = get_peft_model(model, config, seed=seed)
         peft_model.load_adapter_weights(directory / ADAPTER_WEIGHTS_NAME)
         if not is_trainable:

@@ -80,6 +80,15 @@ METHODS = {
         lambda: PrefixTuningConfig(num_virtual_tokens=N_VIRTUAL),
         ("PrefixTuningConfig", {"num_virtual_tokens": N_VIRTUAL}),
     ),
+    "prefix_projection": (  # the file holds the projected P, as PEFT's does
+        lambda: PrefixTuningConfig(
+            num_virtual_tokens=N_VIRTUAL, prefix_projection=True, encoder_hidden_size=5
+        ),
+        (
+            "PrefixTuningConfig",
+            {"num_virtual_tokens": N_VIRTUAL, "prefix_projection": True, "encoder_hidden_size": 5},
+        ),
+    ),
 }
 
 
@@ -177,7 +186,7 @@ def test_an_adapter_minift_writes_loads_quietly_in_peft_with_the_same_logits(tmp
     assert complaints == []
     got = real_positions(method, hf_logits(torch, hf, idx))
     np.testing.assert_allclose(got, expected, rtol=TOL, atol=TOL)
-    if method not in ("prompt", "prefix"):
+    if not method.startswith(("prompt", "prefix")):
         assert peft_adapted_layers(hf) == sorted(peft._tuner_layers())
 
 
@@ -203,7 +212,7 @@ def test_an_adapter_peft_writes_loads_in_minift_with_the_same_logits(tmp_path, m
         hf.save_pretrained(tmp_path / "adapter")
     loaded = PeftModel.from_pretrained(model, tmp_path / "adapter")
     np.testing.assert_allclose(loaded.forward(idx), expected, rtol=TOL, atol=TOL)
-    if method not in ("prompt", "prefix"):
+    if not method.startswith(("prompt", "prefix")):
         assert sorted(loaded._tuner_layers()) == peft_adapted_layers(hf)
 
 

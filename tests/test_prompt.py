@@ -397,8 +397,9 @@ def test_trainable_count_equals_the_closed_form(n, L, C, h, projection, method):
     assert count.frozen == minift.GPT(cfg).num_parameters()
 
 
-@pytest.mark.parametrize("method", ["prompt", "prefix"])
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_the_adapter_file_is_pefts_layout_and_loads_back(tmp_path, method):
+    """A projection adapter is saved as PEFT saves it: its projected P, in inference mode."""
     rng = np.random.default_rng(11)
     peft = peft_of(tiny_model(11), METHODS[method]())
     idx = rng.integers(0, 11, (2, 5))
@@ -416,6 +417,7 @@ def test_the_adapter_file_is_pefts_layout_and_loads_back(tmp_path, method):
     }
     assert saved["num_attention_heads"] == 2 and saved["num_transformer_submodules"] == 1
     assert saved["task_type"] == "CAUSAL_LM"
+    assert saved["inference_mode"] is (method == "prefix_projection")
     loaded = PeftModel.from_pretrained(tiny_model(11), tmp_path)
     np.testing.assert_array_equal(loaded.forward(idx), expected)
 

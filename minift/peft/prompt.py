@@ -402,6 +402,19 @@ class PrefixTuningModel(PeftModel):
     """get_peft_model's result for prefix tuning: the model itself runs the prefixes (through
     each Attention's ``prefix``), so forward, backward and generate are the model's own."""
 
+    def adapter_state_dict(self):
+        """PEFT's file: the prefix P [n, 2LC] as "prompt_embeddings". Under the projection, P is
+        the MLP's output as it stands; the MLP itself is not saved (nor by PEFT): the file is
+        the prefix, not the way it was trained."""
+        tensors = super().adapter_state_dict()
+        encoder = self.base_model.prompt_encoder
+        if encoder.prefix_projection:
+            tensors = {k: v for k, v in tensors.items() if ".prompt_encoder." not in k}
+            layers = range(len(self.base_model.h))
+            columns = [encoder.layer_forward(layer)[0] for layer in layers]  # [n, 2C] each
+            tensors["prompt_embeddings"] = np.ascontiguousarray(np.concatenate(columns, axis=1))
+        return tensors
+
     def unload(self) -> Module:
         """Remove the prefixes and return the model as it was (all of it trainable)."""
         model = self.base_model
@@ -588,9 +601,10 @@ class PrefixTuningConfig(PromptLearningConfig):
     ``encoder_hidden_size`` defaults to C. ``init_weights``: None (random: P ~ N(0, 1), as PEFT)
     or "zero" (P = 0 at step 0, which is NOT the base model: see the module docstring). As in
     PEFT, an adapter in ``inference_mode`` is built in the direct form even with
-    ``prefix_projection`` (PEFT saves the projected P, never the MLP). Files: the direct form is
-    PEFT's, one tensor "prompt_embeddings" [n, 2LC]; a projection adapter trained here saves its
-    MLP under minift's own names.
+    ``prefix_projection`` (PEFT saves the projected P, never the MLP). Files are PEFT's: one
+    tensor "prompt_embeddings" [n, 2LC], the projected P for a projection adapter, whose
+    adapter_config.json then says ``inference_mode: true`` as PEFT's does; loaded (here or in
+    PEFT), it is the direct prefix it computed, and with ``is_trainable`` it trains P directly.
     """
 
     encoder_hidden_size: int | None = None
@@ -608,6 +622,10 @@ class PrefixTuningConfig(PromptLearningConfig):
             raise ValueError(f"encoder_hidden_size: expected a positive integer or None, got {h!r}")
         if self.init_weights not in (None, "zero"):
             raise ValueError(f"init_weights: expected None or 'zero', got {self.init_weights!r}")
+
+    def peft_fields(self, peft_model):
+        # the file holds the projected P, which PEFT reads as a direct prefix in inference mode
+        return {"inference_mode": True} if self.uses_projection else {}
 
     @property
     def uses_projection(self) -> bool:

@@ -375,3 +375,32 @@ def test_a_classifier_adapter_means_the_same_in_peft_both_ways(tmp_path, directi
         hf.save_pretrained(tmp_path)
         got = PeftModel.from_pretrained(model, tmp_path).forward(PADDED)
     np.testing.assert_allclose(got, expected, rtol=TOL, atol=TOL)
+
+
+@pytest.mark.reference
+def test_a_pruned_adalora_adapter_minift_writes_gives_pefts_logits(tmp_path):
+    """Only the kept ranks are in the file, and rank_pattern says which: PEFT resizes to them."""
+    torch, _, peft_lib = import_references()
+    from minift.peft import RankAllocator
+
+    model = base_model(11)
+    hf = hf_gpt2(model, tmp_path / "base")
+    peft = get_peft_model(model, METHODS["adalora"][0]())
+    randomize_params({n: p for n, p in peft.named_parameters().items() if p.trainable}, 12)
+    pattern = {
+        "transformer.h.0.attn.c_attn.lora_E": [True, False, True],
+        "transformer.h.1.attn.c_attn.lora_E": [False, True, False],
+    }
+    RankAllocator(peft).mask_using_rank_pattern(peft, pattern)
+    peft.peft_config.rank_pattern = pattern
+    idx = tokens(13)
+    expected = peft.forward(idx)
+    peft.save_pretrained(tmp_path / "adapter")
+    with recorded_complaints() as complaints:
+        hf = peft_lib.PeftModel.from_pretrained(hf.eval(), tmp_path / "adapter")
+    # PEFT 0.21 checks rank_pattern keys as LoRA's (module names), though AdaLoRA's own name the
+    # λ (….lora_E, as its RankAllocator writes them): it says this of its own pruned files too,
+    # and then resizes by them all the same (the logits below)
+    ignored = "rank_pattern keys did not match any targeted module and were ignored"
+    assert [c for c in complaints if ignored not in c] == []
+    np.testing.assert_allclose(hf_logits(torch, hf, idx), expected, rtol=TOL, atol=TOL)

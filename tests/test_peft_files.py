@@ -1,10 +1,12 @@
 """PEFT's adapter files, both ways, for every method minift saves in PEFT's format.
 
-Each method is saved by minift and loaded by Hugging Face PEFT on a GPT2LMHeadModel with the same
-weights, and saved by PEFT and loaded by minift; the logits agree to 1e-10 in float64, PEFT loads
-minift's file without a warning, every field minift writes is one PEFT's config class has, and
-the layers PEFT adapts are the ones minift adapted. The last tests need no reference: they check
-how adapter_config.json says which layers to adapt.
+Each method (LoRA, rsLoRA, DoRA, LoRA on a regex, AdaLoRA, IA3, prompt tuning, prefix tuning
+direct and projected) is saved by minift and loaded by Hugging Face PEFT on a GPT2LMHeadModel with
+the same weights, and saved by PEFT and loaded by minift; the logits agree to 1e-10 in float64,
+PEFT loads minift's file without a warning, every field minift writes is one PEFT's config class
+has, and the layers PEFT adapts are the ones minift adapted. Then: prefix generation through the
+cache, a pruned AdaLoRA adapter, a sequence classifier (SEQ_CLS) both ways. The tests without the
+reference marker check how adapter_config.json says which layers to adapt.
 """
 
 import contextlib

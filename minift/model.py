@@ -1,7 +1,8 @@
 """GPT: a GPT-2-shaped decoder, every backward written by hand, and a sequence-classification head.
 
     tok = wte[idx]                      (B, T, C)      token embeddings
-    pos = wpe[P0 : P0 + T]              (T, C)         learned positions (P0 = tokens in the cache)
+    pos = wpe[P0 : P0 + T]              (T, C)         learned positions (P0 = tokens before these:
+                                                       the cache's, plus a prefix's n virtual ones)
     x   = dropout(tok + pos)
     x   = Block(x)  × n_layer           pre-LayerNorm: x + attn(ln_1 x), then x + mlp(ln_2 x)
     h   = ln_f(x)
@@ -135,11 +136,20 @@ class GPT(Module):
         return idx
 
     def _check_length(self, T, n_cached, name):
-        if n_cached + T > self.config.block_size:
+        n_prefix = self._prefix_positions()
+        if n_prefix + n_cached + T > self.config.block_size:
             extra = f" (+{n_cached} cached)" if n_cached else ""
+            if n_prefix:
+                extra += f" (+{n_prefix} virtual tokens of the prefix, which take positions)"
             raise ValueError(
                 f"{name}: sequence length {T}{extra} exceeds block_size={self.config.block_size}"
             )
+
+    def _prefix_positions(self) -> int:
+        """How many positions a prefix takes before the sequence (prefix tuning: its n virtual
+        tokens, as Hugging Face's GPT-2 counts them), 0 without one."""
+        prefix = self.h._items[0].attn.prefix if self.h._items else None
+        return 0 if prefix is None else prefix.n_positions
 
     # -- forward / backward ------------------------------------------------------------------
 
@@ -164,7 +174,8 @@ class GPT(Module):
             self._check_length(inputs_embeds.shape[1], n_cached, "inputs_embeds")
             tok = inputs_embeds.astype(self.dtype, copy=False)
         T = tok.shape[1]
-        pos = self.wpe.forward(np.arange(n_cached, n_cached + T))  # (T, C)
+        P0 = self._prefix_positions() + n_cached
+        pos = self.wpe.forward(np.arange(P0, P0 + T))  # (T, C)
         x = self.drop.forward(tok + pos)
         for i, block in enumerate(self.h):
             x = block.forward(x, mask, None if kv_cache is None else kv_cache.layers[i])
@@ -236,10 +247,10 @@ class GPT(Module):
         n <= max_new_tokens. With ``use_cache`` the keys and
         values of earlier tokens are kept, so each new token costs one position instead of the
         whole sequence; the output is the same (a test proves it). Past ``block_size`` the context
-        is cropped to the last block_size tokens, as without the cache. Runs in evaluation mode
-        (no dropout) and restores the mode it found.
+        is cropped to the last block_size tokens (block_size − n under an n-token prefix), as
+        without the cache. Runs in evaluation mode (no dropout) and restores the mode it found.
         """
-        block = self.config.block_size
+        block = self.config.block_size - self._prefix_positions()
         self._check_idx(np.asarray(idx)[:, -block:])
         return generate_tokens(
             self, self.forward, idx, max_new_tokens, block, temperature, top_k, seed, use_cache,

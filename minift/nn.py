@@ -421,8 +421,10 @@ class Attention(Module):
 
     ``prefix`` (None by default) may hold a module whose ``forward(B)`` returns key/value rows
     (k, v) [B, nh, P, hs] that every query also attends to, and whose ``backward(dk, dv)`` takes
-    their gradients: the hook prefix tuning plugs into. ``kv_cache`` (generation) supplies the
-    keys/values of earlier tokens and receives this call's.
+    their gradients: the hook prefix tuning plugs into (its ``n_positions`` = P tells the GPT
+    that the rows count as P earlier tokens, so the sequence's positions start at P).
+    ``kv_cache`` (generation) supplies the keys/values of earlier tokens and receives this
+    call's.
     """
 
     def __init__(self, d_model, n_head, dropout, *, rng, dtype, proj_std):

@@ -524,9 +524,11 @@ def _shown(value) -> str:
 
 
 def max_sequence(model) -> int:
-    """The longest input the model takes: block_size, less the positions prompt tuning uses."""
+    """The longest input the model takes: block_size, less the positions that prompt and prefix
+    tuning's virtual tokens take before it."""
     cfg = getattr(model, "peft_config", None)
-    used = cfg.num_virtual_tokens if cfg is not None and cfg.peft_type == "PROMPT_TUNING" else 0
+    virtual = cfg is not None and cfg.peft_type in ("PROMPT_TUNING", "PREFIX_TUNING")
+    used = cfg.num_virtual_tokens if virtual else 0
     return model.config.block_size - used
 
 

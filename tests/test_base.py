@@ -1,6 +1,7 @@
 """peft/base.py: target matching as PEFT does it, freezing, counting, PEFT's line, adapter files."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -39,10 +40,53 @@ def gpt(config=TINY):
         (["c_proj"], ["h.0.attn.c_proj", "h.0.mlp.c_proj", "h.1.attn.c_proj", "h.1.mlp.c_proj"]),
         (r"h\.1\..*c_(attn|fc)", ["h.1.attn.c_attn", "h.1.mlp.c_fc"]),
         (["h.0.mlp.c_fc"], ["h.0.mlp.c_fc"]),
+        # Hugging Face's names, as PEFT writes them, select the same layers
+        (["transformer.h.0.mlp.c_fc"], ["h.0.mlp.c_fc"]),
+        (r".*transformer\.h\.\d+\.attn\.c_attn", ["h.0.attn.c_attn", "h.1.attn.c_attn"]),
+        (r"transformer\.h\.1\.mlp\.c_fc", ["h.1.mlp.c_fc"]),
     ],
 )
 def test_targets_match_as_peft_matches_them(targets, expected):
     assert match_target_modules(gpt(), targets) == expected
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                r"h\.0",
+                r"h\.1",
+                r"h\.\d+",
+                r".*",
+                r"transformer\.h\.\d+",
+                r".*\.h\.1",
+                r"(transformer\.)?h\.0",
+            ]
+        ),
+        min_size=1,
+        max_size=2,
+    ),
+    st.lists(
+        st.sampled_from([r"attn\.c_attn", r"mlp\.c_fc", r"\w+\.c_proj", r"mlp\..*"]), min_size=1
+    ),
+)
+def test_a_written_regex_selects_on_hugging_faces_names_what_minift_selected(heads, tails):
+    """What PEFT will do with the file (fullmatch on transformer.h.…) equals what minift did."""
+    from minift.peft.base import peft_target_modules
+
+    regex = "|".join(f"{h}\\.{t}" for h in heads for t in tails)
+    model = gpt()
+    candidates = [n for n, m in model.named_modules() if isinstance(m, minift.nn.Linear) and n]
+    try:
+        chosen = match_target_modules(model, regex)
+    except ValueError:
+        return  # matches nothing: refused before anything is written
+    written = peft_target_modules(regex, chosen, candidates)
+    assert isinstance(written, str)
+    hf_selected = [n for n in candidates if re.fullmatch(written, f"transformer.{n}")]
+    assert hf_selected == chosen
+    assert match_target_modules(model, written) == chosen  # and read back by minift
 
 
 def test_a_regex_must_match_the_whole_name():
@@ -212,3 +256,29 @@ def test_adapter_loader_survives_truncated_and_bit_flipped_files(
         assert name in str(e), f"the message should name {name}: {e}"
         return
     np.testing.assert_array_equal(loaded.forward(idx), expected)  # loaded: then it is the same
+
+
+def test_a_peft_classifier_file_naming_both_usual_heads_loads_and_nothing_else_is_let_pass(
+    tmp_path,
+):
+    """PEFT writes modules_to_save ["classifier", "score"] for any SEQ_CLS adapter."""
+    cfg = minift.GPTConfig(**{**TINY.to_dict(), "pad_token_id": 0})
+
+    def classifier():
+        return minift.GPTForSequenceClassification(cfg, num_labels=2, dtype=np.float64)
+
+    get_peft_model(classifier(), LoraConfig(r=2, modules_to_save=["score"])).save_pretrained(
+        tmp_path
+    )
+    as_if_written_elsewhere(tmp_path / "adapter_model.safetensors")
+    path = tmp_path / "adapter_config.json"
+    raw = json.loads(path.read_text())
+    assert raw["task_type"] == "SEQ_CLS"
+    raw["modules_to_save"] = ["classifier", "score"]
+    path.write_text(json.dumps(raw))
+    loaded = PeftModel.from_pretrained(classifier(), tmp_path, is_trainable=True)
+    assert loaded.peft_config.modules_to_save == ["score"] and loaded.score.weight.trainable
+    for task_type, modules in (("CAUSAL_LM", ["classifier", "score"]), ("SEQ_CLS", ["head"])):
+        path.write_text(json.dumps({**raw, "task_type": task_type, "modules_to_save": modules}))
+        with pytest.raises(ValueError, match="modules_to_save: no module '(classifier|head)'"):
+            PeftModel.from_pretrained(classifier(), tmp_path)

@@ -562,7 +562,12 @@ def test_a_lora_adapter_on_bert_gives_the_same_output_in_hugging_face_peft(tmp_p
     hf = transformers.BertModel.from_pretrained(tmp_path / "base", torch_dtype=torch.float64)
     hf = peft_lib.PeftModel.from_pretrained(hf.eval(), tmp_path / "adapter")
     with torch.no_grad():
-        theirs = hf(torch.tensor(ids), torch.tensor(mask), torch.tensor(types)).last_hidden_state
+        # by name: the file says FEATURE_EXTRACTION, whose PeftModel takes inputs_embeds third
+        theirs = hf(
+            input_ids=torch.tensor(ids),
+            attention_mask=torch.tensor(mask),
+            token_type_ids=torch.tensor(types),
+        ).last_hidden_state
     np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-9, atol=1e-9)
 
 

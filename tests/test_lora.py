@@ -292,7 +292,11 @@ def test_save_and_load_round_trip_in_peft_format(tmp_path):
 
     saved = json.loads((tmp_path / "adapter_config.json").read_text())
     assert saved["peft_type"] == "LORA" and saved["r"] == 2 and saved["lora_alpha"] == 4
-    assert saved["target_modules"] == ["c_attn", "attn.c_proj"]
+    # the layers the targets resolved to, by Hugging Face's names, which PEFT matches exactly
+    assert saved["target_modules"] == [
+        f"transformer.h.{i}.attn.{m}" for i in range(TINY.n_layer) for m in ("c_attn", "c_proj")
+    ]
+    assert saved["task_type"] == "CAUSAL_LM" and saved["base_model_name_or_path"] is None
     assert saved["fan_in_fan_out"] is True  # GPT-2's Conv1D layout, filled in from the model
     tensors, meta = load_tensors(tmp_path / "adapter_model.safetensors")
     assert meta["format"] == "pt" and len(meta["minift_sha256"]) == 64

@@ -237,11 +237,12 @@ def test_a_bit_flipped_saved_model_is_refused_or_loads_identically(
     _loads_identically_or_is_refused(tmp_path, saved_lora[2])
 
 
-def test_prompt_tuning_leaves_fewer_positions_for_the_input():
+def test_prompt_and_prefix_tuning_leave_fewer_positions_for_the_input():
     tok = pipeline.standard_tokenizer()
     base = pipeline.load_base(TINY, progress=False)
-    model = pipeline.prepare_model(base, toy_classification(), "prompt", 0, tok)
-    assert pipeline.max_sequence(model) == TINY.block_size - 8
+    for method in ("prompt", "prefix"):  # both put 8 virtual tokens before the input
+        model = pipeline.prepare_model(base, toy_classification(), method, 0, tok)
+        assert pipeline.max_sequence(model) == TINY.block_size - 8
     lora = pipeline.prepare_model(base, toy_classification(), "lora", 0, tok)
     assert pipeline.max_sequence(lora) == TINY.block_size
 

@@ -63,14 +63,15 @@ def method_model(peft):
 # An independent reference: the GPT forward with plain loops, with virtual tokens or prefixes
 
 
-def naive_logits(state, embeds, n_layer, n_head, prefix=None):
-    """Logits of GPT-2 from input EMBEDDINGS [B, T', C] (positions 0 … T'−1); ``prefix`` is
-    PEFT's prompt_embeddings [n, 2·L·C], unpacked as PEFT unpacks past_key_values."""
+def naive_logits(state, embeds, n_layer, n_head, prefix=None, start=0):
+    """Logits of GPT-2 from input EMBEDDINGS [B, T', C] at positions start … start+T'−1;
+    ``prefix`` is PEFT's prompt_embeddings [n, 2·L·C], unpacked as PEFT unpacks
+    past_key_values."""
     out = []
     for x0 in embeds:
         T, C = x0.shape
         hs = C // n_head
-        x = x0 + state["wpe.weight"][:T]
+        x = x0 + state["wpe.weight"][start : start + T]
         for layer in range(n_layer):
             p = f"h.{layer}."
             a = ref._layer_norm(x, state[p + "ln_1.weight"], state[p + "ln_1.bias"])
@@ -109,15 +110,17 @@ def test_prompt_tuning_matches_the_loop_reference_on_prompt_then_tokens():
     np.testing.assert_allclose(peft.forward(idx), expected, rtol=1e-10, atol=1e-12)
 
 
-def test_prefix_tuning_matches_the_loop_reference_with_peft_layout_and_positions_0_to_T():
-    """A full block_size sequence runs (prefixes take no positions), positions 0…T−1."""
+def test_prefix_tuning_matches_the_loop_reference_with_peft_layout_and_positions_n_to_n_plus_T():
+    """The prefix counts as n earlier tokens (as in PEFT): the real ones sit at n … n+T−1, and
+    the longest sequence that fits is block_size − n."""
     rng = np.random.default_rng(1)
-    peft = peft_of(tiny_model(1), PrefixTuningConfig(num_virtual_tokens=3))
-    idx = rng.integers(0, 11, (2, TINY.block_size))
+    n = 3
+    peft = peft_of(tiny_model(1), PrefixTuningConfig(num_virtual_tokens=n))
+    idx = rng.integers(0, 11, (2, TINY.block_size - n))
     state = peft.state_dict()
-    assert state["prompt_encoder.embedding"].shape == (3, 2 * 2 * 8)
+    assert state["prompt_encoder.embedding"].shape == (n, 2 * 2 * 8)
     expected = naive_logits(
-        state, state["wte.weight"][idx], 2, 2, state["prompt_encoder.embedding"]
+        state, state["wte.weight"][idx], 2, 2, state["prompt_encoder.embedding"], start=n
     )
     np.testing.assert_allclose(peft.forward(idx), expected, rtol=1e-10, atol=1e-12)
 
@@ -131,7 +134,7 @@ def test_prefix_tuning_matches_the_loop_reference_with_peft_layout_and_positions
 def test_every_trainable_param_matches_finite_differences_through_the_gpt(seed, method):
     rng = np.random.default_rng(seed)
     peft = peft_of(tiny_model(seed % 5), METHODS[method](), seed % 7)
-    T = 5 if method == "prompt" else 8
+    T = TINY.block_size - 3  # every method's n = 3 virtual tokens take positions
     idx, targets = rng.integers(0, 11, (2, T)), rng.integers(0, 11, (2, T))
     targets[0, :2] = -100
     report = check_gradients(cross_entropy_loss(peft, idx, targets), peft.named_parameters())
@@ -291,7 +294,7 @@ def test_a_zero_prefix_is_not_a_no_op_it_scales_each_head_by_z_over_z_plus_n():
 def test_kv_cache_logits_equal_the_uncached_forward(method):
     rng = np.random.default_rng(7)
     peft = peft_of(tiny_model(7), METHODS[method]())
-    T = 5 if method == "prompt" else 8
+    T = TINY.block_size - 3
     idx = rng.integers(0, 11, (3, T))
     full = peft.forward(idx)
     cache = minift.KVCache(TINY.n_layer)
@@ -394,8 +397,9 @@ def test_trainable_count_equals_the_closed_form(n, L, C, h, projection, method):
     assert count.frozen == minift.GPT(cfg).num_parameters()
 
 
-@pytest.mark.parametrize("method", ["prompt", "prefix"])
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_the_adapter_file_is_pefts_layout_and_loads_back(tmp_path, method):
+    """A projection adapter is saved as PEFT saves it: its projected P, in inference mode."""
     rng = np.random.default_rng(11)
     peft = peft_of(tiny_model(11), METHODS[method]())
     idx = rng.integers(0, 11, (2, 5))
@@ -413,6 +417,7 @@ def test_the_adapter_file_is_pefts_layout_and_loads_back(tmp_path, method):
     }
     assert saved["num_attention_heads"] == 2 and saved["num_transformer_submodules"] == 1
     assert saved["task_type"] == "CAUSAL_LM"
+    assert saved["inference_mode"] is (method == "prefix_projection")
     loaded = PeftModel.from_pretrained(tiny_model(11), tmp_path)
     np.testing.assert_array_equal(loaded.forward(idx), expected)
 
@@ -482,9 +487,23 @@ def test_a_sequence_longer_than_block_size_minus_n_is_refused():
         peft.forward(np.zeros((1, 6), dtype=int))
 
 
-def test_a_prompt_that_fills_the_block_is_refused():
+def test_a_sequence_longer_than_block_size_minus_n_is_refused_under_a_prefix():
+    peft = get_peft_model(tiny_model(), PrefixTuningConfig(num_virtual_tokens=3))
+    peft.forward(np.zeros((1, 5), dtype=int))  # 3 + 5 = block_size fits
+    with pytest.raises(
+        ValueError, match=r"length 6 \(\+3 virtual tokens of the prefix, which take positions\)"
+    ):
+        peft.forward(np.zeros((1, 6), dtype=int))
+    cache = minift.KVCache(TINY.n_layer)
+    peft.forward(np.zeros((1, 4), dtype=int), kv_cache=cache)
+    with pytest.raises(ValueError, match=r"length 2 \(\+4 cached\) \(\+3 virtual tokens"):
+        peft.forward(np.zeros((1, 2), dtype=int), kv_cache=cache)
+
+
+@pytest.mark.parametrize("config_cls", [PromptTuningConfig, PrefixTuningConfig])
+def test_a_prompt_or_prefix_that_fills_the_block_is_refused(config_cls):
     with pytest.raises(ValueError, match="num_virtual_tokens: expected fewer than block_size=8"):
-        get_peft_model(tiny_model(), PromptTuningConfig(num_virtual_tokens=8))
+        get_peft_model(tiny_model(), config_cls(num_virtual_tokens=8))
 
 
 def test_text_init_ids_must_be_in_the_vocabulary():

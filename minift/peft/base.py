@@ -23,7 +23,15 @@ Target modules are matched as PEFT matches them: a string is a regular expressio
 match the WHOLE dotted name (``re.fullmatch``); a list matches a name equal to an entry or ending
 in ``"." + entry`` (``"c_attn"`` matches ``h.0.attn.c_attn``; ``"attn.c_proj"`` matches only the
 attention's output projection, not the MLP's). A target that matches nothing is an error that
-lists the modules that exist.
+lists the modules that exist. A module answers to two names, minift's (``h.0.attn.c_attn``) and
+Hugging Face's (``transformer.h.0.attn.c_attn``, see ``hf_gpt2_name``), so that a target written
+for either, by minift or by PEFT, selects the same modules.
+
+Adapter files are PEFT's (``save_pretrained``): adapter_config.json holds the config's fields
+that PEFT knows, the ``task_type`` of the model (``peft_task_type``), ``base_model_name_or_path``
+(None: minift does not know where the weights came from) and the target modules in a form that
+PEFT, matching Hugging Face's names, resolves to exactly the layers minift wrapped
+(``peft_target_modules``).
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 
 PEFT_TYPES: dict[str, type[PeftConfig]] = {}  # "LORA" -> LoraConfig, filled by each method
+MINIFT_ONLY = "MINIFT_"  # the peft_type of a method PEFT does not have: its files are minift's
 
 
 def register(config_cls):
@@ -107,8 +116,17 @@ class PeftConfig:
 
     # -- adapter files ------------------------------------------------------------------------
 
+    # fields minift keeps that PEFT's config class for this method does not have: left out of
+    # adapter_config.json, since PEFT warns about ("Unexpected keyword arguments") and drops them
+    fields_peft_lacks: ClassVar[tuple[str, ...]] = ()
+
     def to_dict(self) -> dict[str, Any]:
+        """Every field, as a run records it (the file's version: ``PeftModel.adapter_config``)."""
         return {"peft_type": self.peft_type, **dataclasses.asdict(self)}
+
+    def peft_fields(self, peft_model: PeftModel) -> dict[str, Any]:
+        """Fields whose value in adapter_config.json depends on the model (default: none)."""
+        return {}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "adapter config") -> PeftConfig:
@@ -189,9 +207,10 @@ _NEUTRAL_FIELDS = {
 
 
 def _matches(name: str, targets: list[str] | str) -> bool:
+    names = {name, hf_gpt2_name(name)}  # minift's and Hugging Face's: a target may use either
     if isinstance(targets, str):
-        return re.fullmatch(targets, name) is not None
-    return any(name == t or name.endswith("." + t) for t in targets)
+        return any(re.fullmatch(targets, n) is not None for n in names)
+    return any(n == t or n.endswith("." + t) for n in names for t in targets)
 
 
 def match_target_modules(model: Module, targets: list[str] | str, kind=Linear) -> list[str]:
@@ -211,6 +230,56 @@ def match_target_modules(model: Module, targets: list[str] | str, kind=Linear) -
             f"{kinds} (full names like {example!r})"
         )
     return matched
+
+
+# PEFT matches a regex against Hugging Face's names; this optional head lets a regex written
+# for minift's names (h.0.attn.c_attn) match them too, and nothing else
+_HF_OPTIONAL_PREFIX = r"(?:transformer\.)?"
+
+
+def peft_target_modules(
+    targets: list[str] | str | None, wrapped: list[str], candidates: list[str]
+) -> list[str] | str:
+    r"""``target_modules`` as adapter_config.json writes it: what PEFT resolves to ``wrapped``.
+
+    PEFT matches every entry against Hugging Face's names (``transformer.h.0.attn.c_attn``).
+    A list (or None, the method's default) is written as the names of the ``wrapped`` layers,
+    Hugging Face's, which PEFT matches exactly. A regex stays a regex: unchanged if on
+    Hugging Face's names of the ``candidates`` (the model's Linear layers) it selects the same
+    layers, else behind ``(?:transformer\.)?``, which makes it match a name with or without
+    ``transformer.``, the rule minift applies (``_matches``).
+    """
+    chosen = [hf_gpt2_name(n) for n in wrapped]
+    if not isinstance(targets, str):
+        return chosen
+    hf_names = [hf_gpt2_name(n) for n in candidates]
+    for pattern in (targets, f"{_HF_OPTIONAL_PREFIX}(?:{targets})"):
+        if {n for n in hf_names if re.fullmatch(pattern, n)} == set(chosen):
+            return pattern
+    return chosen  # the method wrapped fewer layers than the regex selects: the exact list
+
+
+def peft_task_type(model: Module) -> str | None:
+    """PEFT's ``task_type`` for the Hugging Face class a minift model is saved as.
+
+    GPT -> GPT2LMHeadModel: "CAUSAL_LM"; GPTForSequenceClassification ->
+    GPT2ForSequenceClassification: "SEQ_CLS"; BertModel -> BertModel: "FEATURE_EXTRACTION";
+    anything else None (PEFT's plain PeftModel).
+    """
+    from minift.bert import BertModel
+    from minift.model import GPT, GPTForSequenceClassification
+
+    if isinstance(model, GPTForSequenceClassification):
+        return "SEQ_CLS"
+    if isinstance(model, GPT):
+        return "CAUSAL_LM"
+    if isinstance(model, BertModel):
+        return "FEATURE_EXTRACTION"
+    return None
+
+
+# the heads PEFT's PeftModelForSequenceClassification adds to modules_to_save, whichever exists
+_PEFT_SEQ_CLS_HEADS = ("classifier", "score")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -349,11 +418,44 @@ class PeftModel(Module):
             if p.trainable
         }
 
+    def _targetable_modules(self) -> list[str]:
+        """The model's Linear layers as they were before the method (a wrapped layer under its
+        own name, its base_layer not counted again)."""
+        wrapped = self._tuner_layers()
+        inside = tuple(name + "." for name in wrapped)
+        plain = [
+            n
+            for n, m in self.named_modules()
+            if n and isinstance(m, Linear) and not n.startswith(inside)
+        ]
+        return wrapped + plain
+
+    def adapter_config(self) -> dict[str, Any]:
+        """What adapter_config.json holds: the config as PEFT reads it (module docstring), or
+        for a method of minift's own (``MINIFT_…``), which PEFT cannot load, minift's dict."""
+        cfg = self.peft_config
+        if cfg.peft_type.startswith(MINIFT_ONLY):
+            return cfg.to_dict()
+        config = {
+            "peft_type": cfg.peft_type,
+            "task_type": getattr(cfg, "task_type", None) or peft_task_type(self.base_model),
+            "base_model_name_or_path": None,
+            **cfg.to_dict(),
+        }
+        for name in cfg.fields_peft_lacks:
+            config.pop(name, None)
+        wrapped = self._tuner_layers()
+        if "target_modules" in config and wrapped:
+            candidates = self._targetable_modules()
+            config["target_modules"] = peft_target_modules(cfg.target_modules, wrapped, candidates)
+        config.update(cfg.peft_fields(self))
+        return config
+
     def save_pretrained(self, directory) -> None:
         """Write adapter_model.safetensors, then adapter_config.json (each atomically)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        config = self.peft_config.to_dict()
+        config = self.adapter_config()
         metadata = {"format": "pt", CONFIG_DIGEST_KEY: json_digest(config)}
         save_tensors(directory / ADAPTER_WEIGHTS_NAME, self.adapter_state_dict(), metadata)
         atomic_write_json(directory / ADAPTER_CONFIG_NAME, config)
@@ -374,6 +476,13 @@ class PeftModel(Module):
                 f"{sorted(PEFT_TYPES)}"
             )
         config = PEFT_TYPES[peft_type].from_dict(raw, str(config_path))
+        if raw.get("task_type") == "SEQ_CLS" and config.modules_to_save:
+            # PEFT adds the names of both its usual heads to a classifier's modules_to_save and
+            # trains whichever the model has: the other one names nothing, here as there
+            present = {name for name, _ in model._children()}
+            config.modules_to_save = [
+                m for m in config.modules_to_save if m in present or m not in _PEFT_SEQ_CLS_HEADS
+            ]
         peft_model = get_peft_model(model, config, seed=seed)
         peft_model.load_adapter_weights(directory / ADAPTER_WEIGHTS_NAME)
         if not is_trainable:

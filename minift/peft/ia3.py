@@ -83,7 +83,7 @@ from minift import functional as F
 from minift.nn import Linear
 from minift.param import Param
 from minift.peft.adapted import AdaptedLinear
-from minift.peft.base import PeftConfig, hf_layout, register
+from minift.peft.base import PeftConfig, hf_gpt2_name, hf_layout, register
 
 # ------------------------------------------------------------------------------------------------
 # The math, as pure functions
@@ -245,9 +245,16 @@ class IA3Config(PeftConfig):
         ff = self.feedforward_modules
         if ff is None:
             ff = list(self.default_feedforward_modules)
+        names = {module_name, hf_gpt2_name(module_name)}  # as target_modules, either name
         if isinstance(ff, str):
-            return re.fullmatch(ff, module_name) is not None
-        return any(module_name.endswith(entry) for entry in ff)
+            return any(re.fullmatch(ff, n) is not None for n in names)
+        return any(n.endswith(entry) for n in names for entry in ff)
+
+    def peft_fields(self, peft_model):
+        # PEFT wants feedforward_modules ⊆ target_modules, which the file lists as the wrapped
+        # layers' names: so the feed-forward ones, by the same names
+        wrapped = peft_model._tuner_layers()
+        return {"feedforward_modules": [hf_gpt2_name(n) for n in wrapped if self.is_feedforward(n)]}
 
     def wrap(self, name, layer, rng):
         return IA3Linear(layer, self.is_feedforward(name), self.init_ia3_weights, rng=rng)

@@ -45,13 +45,16 @@ heads like the model's own), placed in front of the sequence's keys and values:
     K = [K_ℓ ; X·W_k],   V = [V_ℓ ; X·W_v]        (B, nh, n + T, hs)
     y_t = Σ_{p<n} a_tp · V_ℓ[p]  +  Σ_{j≤t} a_tj · v_j,   a_t = softmax over the n + t + 1 keys
 
-Every query sees all n prefix rows (they have no position and no causal restriction); among
-the sequence's own keys attention stays causal. The sequence keeps its positions 0 … T−1, so
-T ≤ block_size as without prefixes. (Hugging Face's GPT-2, which PEFT drives through
-``past_key_values``, counts the prefix as n past tokens and gives the sequence positions
-n … n+T−1; the paper's author considers either fine. minift keeps 0 … T−1.) Prefix rows are
-exactly what a KV cache holds, so the model's ``Attention`` takes them through the same door
-(its ``prefix`` hook), and generation with a cache needs nothing new.
+Every query sees all n prefix rows (they have no causal restriction); among the sequence's own
+keys attention stays causal. The prefix counts as n earlier tokens, as in PEFT, which hands it
+to Hugging Face's GPT-2 as ``past_key_values``: the sequence takes positions n … n+T−1,
+
+    x_t = wte[idx_t] + wpe[n + t],      t = 0 … T−1,    so n + T ≤ block_size
+
+and a PEFT prefix adapter gives the same logits here as there (a reference test holds it to
+1e-10). Prefix rows are exactly what a KV cache holds, so the model's ``Attention`` takes them
+through the same door (its ``prefix`` hook); with a cache of P generated tokens the next token
+sits at position n + P, and generation keeps a window of block_size − n real tokens.
 
 What a prefix is NOT: a no-op when zero. With K_ℓ = 0 and V_ℓ = 0 each zero key scores 0, takes
 the weight e⁰ = 1 in the softmax and contributes a zero value, so every head's output shrinks:
@@ -383,6 +386,7 @@ class LayerPrefix:
 
     def __init__(self, encoder: PrefixEncoder, layer: int, n_head: int):
         self.encoder, self.layer, self.n_head = encoder, layer, n_head
+        self.n_positions = encoder.embedding.shape[0]  # n: the sequence's positions start here
         self._cache = None
 
     def forward(self, B: int):
@@ -401,6 +405,19 @@ class LayerPrefix:
 class PrefixTuningModel(PeftModel):
     """get_peft_model's result for prefix tuning: the model itself runs the prefixes (through
     each Attention's ``prefix``), so forward, backward and generate are the model's own."""
+
+    def adapter_state_dict(self):
+        """PEFT's file: the prefix P [n, 2LC] as "prompt_embeddings". Under the projection, P is
+        the MLP's output as it stands; the MLP itself is not saved (nor by PEFT): the file is
+        the prefix, not the way it was trained."""
+        tensors = super().adapter_state_dict()
+        encoder = self.base_model.prompt_encoder
+        if encoder.prefix_projection:
+            tensors = {k: v for k, v in tensors.items() if ".prompt_encoder." not in k}
+            layers = range(len(self.base_model.h))
+            columns = [encoder.layer_forward(layer)[0] for layer in layers]  # [n, 2C] each
+            tensors["prompt_embeddings"] = np.ascontiguousarray(np.concatenate(columns, axis=1))
+        return tensors
 
     def unload(self) -> Module:
         """Remove the prefixes and return the model as it was (all of it trainable)."""
@@ -441,6 +458,7 @@ class PromptLearningConfig(PeftConfig):
 
     mergeable = False  # nothing to fold into a weight: the prompt is an input
     default_target_modules = ()
+    fields_peft_lacks = ("target_modules",)  # PEFT's prompt-learning configs have none
     peft_model_class: ClassVar[type[PeftModel]] = PeftModel
 
     def __post_init__(self):
@@ -497,6 +515,9 @@ class PromptTuningConfig(PromptLearningConfig):
     ``prompt_tuning_init``: "RANDOM" (N(0, 0.02²)) or "TEXT" (P = wte[ids], with
     ``prompt_tuning_init_token_ids`` exactly num_virtual_tokens ids in [0, vocab_size)).
     ``prompt_tuning_init_text`` and ``tokenizer_name_or_path`` are PEFT's and only recorded.
+    adapter_config.json leaves the token ids out (PEFT has no such field) and, without a
+    tokenizer_name_or_path, says "RANDOM" for "TEXT" (PEFT refuses "TEXT" without one): the
+    init does not matter to a saved adapter, whose P is loaded over it.
     """
 
     prompt_tuning_init: str = "RANDOM"
@@ -507,6 +528,14 @@ class PromptTuningConfig(PromptLearningConfig):
     peft_type = "PROMPT_TUNING"
     peft_model_class = PromptTuningModel
     not_mergeable_reason = "the prompt is an input (virtual tokens), not a change of any weight"
+    fields_peft_lacks = ("target_modules", "prompt_tuning_init_token_ids")
+
+    def peft_fields(self, peft_model):
+        # PEFT refuses "TEXT" without a tokenizer to encode the text with. A saved adapter is
+        # its trained P, which replaces whatever the init drew, so such a file says "RANDOM"
+        if self.prompt_tuning_init == "TEXT" and not self.tokenizer_name_or_path:
+            return {"prompt_tuning_init": "RANDOM"}
+        return {}
 
     def __post_init__(self):
         super().__post_init__()
@@ -576,9 +605,10 @@ class PrefixTuningConfig(PromptLearningConfig):
     ``encoder_hidden_size`` defaults to C. ``init_weights``: None (random: P ~ N(0, 1), as PEFT)
     or "zero" (P = 0 at step 0, which is NOT the base model: see the module docstring). As in
     PEFT, an adapter in ``inference_mode`` is built in the direct form even with
-    ``prefix_projection`` (PEFT saves the projected P, never the MLP). Files: the direct form is
-    PEFT's, one tensor "prompt_embeddings" [n, 2LC]; a projection adapter trained here saves its
-    MLP under minift's own names.
+    ``prefix_projection`` (PEFT saves the projected P, never the MLP). Files are PEFT's: one
+    tensor "prompt_embeddings" [n, 2LC], the projected P for a projection adapter, whose
+    adapter_config.json then says ``inference_mode: true`` as PEFT's does; loaded (here or in
+    PEFT), it is the direct prefix it computed, and with ``is_trainable`` it trains P directly.
     """
 
     encoder_hidden_size: int | None = None
@@ -597,6 +627,10 @@ class PrefixTuningConfig(PromptLearningConfig):
         if self.init_weights not in (None, "zero"):
             raise ValueError(f"init_weights: expected None or 'zero', got {self.init_weights!r}")
 
+    def peft_fields(self, peft_model):
+        # the file holds the projected P, which PEFT reads as a direct prefix in inference mode
+        return {"inference_mode": True} if self.uses_projection else {}
+
     @property
     def uses_projection(self) -> bool:
         return bool(self.prefix_projection) and not self.inference_mode
@@ -608,6 +642,11 @@ class PrefixTuningConfig(PromptLearningConfig):
         if any(block.attn.prefix is not None for block in model.h):
             raise ValueError("model: an attention layer already has a prefix; unload() it first")
         c = model.config
+        if self.num_virtual_tokens >= c.block_size:
+            raise ValueError(
+                f"num_virtual_tokens: expected fewer than block_size={c.block_size} (the prefix "
+                f"takes n positions before the real tokens), got {self.num_virtual_tokens}"
+            )
         encoder = PrefixEncoder(
             self.num_virtual_tokens,
             c.d_model,

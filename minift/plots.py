@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from minift.checkpoint import atomic_write_bytes
+from minift.files import atomic_write_bytes
 
 __all__ = [
     "plot_metric_vs_params",

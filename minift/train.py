@@ -589,10 +589,11 @@ def _sha256(path: Path) -> str:
 def _latest_checkpoint(root: Path) -> tuple[Path, str | None]:
     """The step directory latest.json names, and the SHA-256 it records of that manifest.
 
-    Where latest.json is missing, or names a step directory that is not there (a run killed
-    before its first latest.json, or in the middle of a save), the newest step directory that
-    verifies completely is taken instead, with a warning saying so; its manifest is then checked
-    against the files alone (None). A latest.json that is damaged is refused, never bypassed.
+    Where latest.json is missing (a run killed before its first latest.json), the newest step
+    directory that verifies completely is taken instead, with a warning saying so; its manifest is
+    then checked against the files alone (None). Where it names a step that a killed save set
+    aside, the set-aside copy is taken, checked against latest.json's digest. A latest.json that
+    is damaged is refused, never bypassed.
     """
     latest_path = root / LATEST
     if not latest_path.exists() and not latest_path.is_symlink():
@@ -613,7 +614,20 @@ def _latest_checkpoint(root: Path) -> tuple[Path, str | None]:
         )
     path = root / name
     if not path.exists():
-        return _newest_complete_step(root, f"{latest_path} names {name}, which is not in {root}")
+        # Only a save killed between setting the old step aside and renaming its replacement in
+        # leaves latest.json naming a missing step; the set-aside copy is then the very
+        # checkpoint latest.json vouches for. Without one, latest.json was changed or damaged.
+        for set_aside in sorted(root.glob(f"{_SET_ASIDE}.{name}-*")):
+            warnings.warn(
+                f"{latest_path} names {name}, which a killed save set aside: resuming from "
+                f"{set_aside.name}",
+                stacklevel=3,
+            )
+            return set_aside, digest
+        raise ValueError(
+            f'{latest_path}: "checkpoint": names {name}, which is not in {root} (changed or '
+            "damaged?); delete latest.json to resume from the newest complete step"
+        )
     if not path.is_dir():
         raise ValueError(f"{latest_path}: points to {name}, which is not a directory in {root}")
     return path, digest

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-import minift.checkpoint
+import minift.files
 from minift.plots import (
     plot_bars,
     plot_loss_curves,
@@ -188,7 +188,7 @@ def test_failing_rename_keeps_old_file_and_no_temporary(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(minift.checkpoint.os, "replace", broken_replace)
+    monkeypatch.setattr(minift.files.os, "replace", broken_replace)
     with pytest.raises(OSError, match="bars.png"):
         plot_bars({"a": 1.0}, path, "y", "t")
     assert path.read_bytes() == b"old figure"

@@ -138,7 +138,7 @@ def test_log_and_evaluation_every_n_steps(tmp_path):
 
 
 def test_a_failed_checkpoint_leaves_the_previous_one_intact(tmp_path, monkeypatch):
-    import minift.train as train_module
+    import minift.train_checkpoint as train_module
 
     config = TrainConfig(steps=2, batch_size=2, checkpoint_every=1)
     trainer = Trainer(
@@ -286,17 +286,17 @@ def test_adalora_resumes_bit_exactly_with_its_scores_and_rank_pattern(tmp_path, 
 
 
 def test_an_adalora_state_that_does_not_fit_is_refused_and_changes_nothing(tmp_path):
-    from safetensors.numpy import load_file, save_file
+    from minift.files import load_tensors, save_tensors
 
     config = TrainConfig(steps=12, batch_size=4, lr=1e-2, seed=1)
     Trainer(adalora_model(12), config, sample_batch, checkpoint_dir=tmp_path, progress=False).train(
         stop_at=3
     )
     step_dir = tmp_path / "step-0000003"
-    arrays = load_file(step_dir / "hooks.safetensors")
+    arrays, _ = load_tensors(step_dir / "hooks.safetensors")
     key = next(k for k in arrays if k.endswith("lora_E"))
     arrays[key] = np.zeros(7, dtype=arrays[key].dtype)  # r is 4
-    save_file(arrays, step_dir / "hooks.safetensors")
+    save_tensors(step_dir / "hooks.safetensors", arrays)
     reseal(step_dir)
     trainer = Trainer(adalora_model(12), config, sample_batch, progress=False)
     trainer.train(stop_at=1)  # some state of its own to keep
@@ -374,7 +374,7 @@ def full_state(trainer):
         "optimizer_meta": meta,
         "scheduler": trainer.scheduler.state_dict(),
         "data_rng": trainer.data_rng.bit_generator.state,
-        "dropout_rngs": [g.bit_generator.state for g in trainer._generators()],
+        "dropout_rngs": [g.bit_generator.state for g in trainer.dropout_generators()],
         "step": trainer.step,
     }
 
@@ -469,11 +469,17 @@ def test_a_truncated_checkpoint_file_is_refused_naming_it(saved, name, data):
 @settings(max_examples=30, deadline=None)
 @given(data=st.data())
 def test_a_bit_flipped_checkpoint_file_is_refused_naming_it(saved, name, data):
+    """Refused, but for one flip: latest.json naming a step that is not there (step-1000003)
+    falls back to the newest complete step, which load_damaged proves is the saved state."""
     blob = checkpoint_file(saved[0], name).read_bytes()
     position = data.draw(st.integers(0, len(blob) - 1), label="position")
     damaged = bytearray(blob)
     damaged[position] ^= 1 << data.draw(st.integers(0, 7), label="bit")
-    assert load_damaged(saved, name, bytes(damaged)) == "refused"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outcome = load_damaged(saved, name, bytes(damaged))
+    fell_back = any("the newest complete checkpoint" in str(w.message) for w in caught)
+    assert outcome == "refused" or (name == "latest.json" and fell_back)
 
 
 def test_only_latest_json_may_lose_its_final_newline(saved):
@@ -716,7 +722,7 @@ def _interrupted_run(root: Path, kill_at: int | None, count_file: Path) -> None:
     cleanup runs) just before its ``kill_at``-th write; with None, count the writes instead."""
     import os
 
-    import minift.train as train_module
+    import minift.train_checkpoint as train_module
 
     writes = 0
 

@@ -43,7 +43,9 @@ from tqdm import tqdm
 
 from minift.functional import cross_entropy
 from minift.nn import Dropout, Module
-from minift.optim import SGD, AdamW, LRScheduler, clip_grad_norm, layerwise_lr_groups, warmup_cosine
+from minift.optim import SGD, AdamW
+from minift.param_groups import layerwise_lr_groups
+from minift.schedule import LRScheduler, clip_grad_norm, warmup_cosine
 from minift.train_checkpoint import (  # noqa: F401 (importable from here, as before)
     CHECKPOINT_FILES,
     TRAINER_FIELDS,

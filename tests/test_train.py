@@ -611,6 +611,174 @@ def test_an_explicit_step_directory_is_verified_too(saved, tmp_path):
         fresh_trainer(root).load_checkpoint(root / "step-0000002")
 
 
+# -- every way a step folder can be damaged: one class each, refused naming file and field ----
+
+
+def _rewrite_tensors(step_dir, file, edit):
+    """Rewrite one of the step's safetensors files with ``edit`` applied, every checksum (its
+    own, the manifest's, latest.json's) valid again: only the loader's own checks can catch it."""
+    from minift.files import load_tensors, save_tensors
+
+    tensors, metadata = load_tensors(step_dir / file)
+    edit(tensors)
+    save_tensors(step_dir / file, tensors, metadata)
+    reseal(step_dir)
+
+
+def _first_entry(tensors, prefix, value):
+    name = next(n for n in sorted(tensors) if n.startswith(prefix))
+    tensors[name] = tensors[name].copy()
+    tensors[name].flat[0] = value
+
+
+def _other_float(tensors, name):
+    other = np.float64 if tensors[name].dtype == np.float32 else np.float32
+    tensors[name] = tensors[name].astype(other)
+
+
+def _rename_digest_key(step_dir, file):
+    path = step_dir / file
+    blob = path.read_bytes()
+    assert blob.count(b'"minift_sha256"') == 1
+    path.write_bytes(blob.replace(b'"minift_sha256"', b'"minift_sha257"'))
+    reseal(step_dir)
+
+
+def _folder_instead(path):
+    path.unlink()
+    path.mkdir()
+
+
+def _link_to_a_folder_instead(path):
+    path.unlink()
+    (path.parent.parent / "elsewhere").mkdir()
+    path.symlink_to(path.parent.parent / "elsewhere")
+
+
+def _file_instead(path):
+    shutil.rmtree(path)
+    path.write_text("not a folder")
+
+
+# damage to step-0000003, the file the error names, a fragment of the message
+STEP_DAMAGE = {
+    "model-a-folder": (
+        lambda d: _folder_instead(d / "model.safetensors"),
+        "step-0000003/model.safetensors",
+        "a folder, expected a file",
+    ),
+    "optimizer-a-link-to-a-folder": (
+        lambda d: _link_to_a_folder_instead(d / "optimizer.safetensors"),
+        "step-0000003/optimizer.safetensors",
+        "a folder, expected a file",
+    ),
+    "manifest-a-folder": (
+        lambda d: _folder_instead(d / "manifest.json"),
+        "step-0000003/manifest.json",
+        "a folder, expected a file",
+    ),
+    "step-a-file": (
+        _file_instead,
+        "latest.json",
+        "points to step-0000003, which is not a directory",
+    ),
+    "model-nan": (
+        lambda d: _rewrite_tensors(
+            d, "model.safetensors", lambda t: _first_entry(t, "h.1.attn.c_proj.weight", np.nan)
+        ),
+        "step-0000003/model.safetensors",
+        "h.1.attn.c_proj.weight: holds nan at (0, 0)",
+    ),
+    "optimizer-inf": (
+        lambda d: _rewrite_tensors(
+            d, "optimizer.safetensors", lambda t: _first_entry(t, "exp_avg_sq/", np.inf)
+        ),
+        "step-0000003/optimizer.safetensors",
+        "holds inf at",
+    ),
+    "model-another-dtype": (
+        lambda d: _rewrite_tensors(d, "model.safetensors", lambda t: _other_float(t, "wpe.weight")),
+        "step-0000003/model.safetensors",
+        "wpe.weight: expected dtype",
+    ),
+    "optimizer-another-dtype": (
+        lambda d: _rewrite_tensors(
+            d,
+            "optimizer.safetensors",
+            lambda t: _other_float(t, next(n for n in sorted(t) if n.startswith("exp_avg/"))),
+        ),
+        "step-0000003/optimizer.safetensors",
+        "expected dtype",
+    ),
+    "model-a-shape-that-broadcasts": (
+        lambda d: _rewrite_tensors(
+            d, "model.safetensors", lambda t: t.update({"ln_f.weight": t["ln_f.weight"][:1]})
+        ),
+        "step-0000003/model.safetensors",
+        "ln_f.weight: expected shape (8,), got (1,)",
+    ),
+    "model-digest-key-renamed": (
+        lambda d: _rename_digest_key(d, "model.safetensors"),
+        "step-0000003/model.safetensors",
+        "no minift_sha256 in its header",
+    ),
+    "hooks-digest-key-renamed": (
+        lambda d: _rename_digest_key(d, "hooks.safetensors"),
+        "step-0000003/hooks.safetensors",
+        "no minift_sha256 in its header",
+    ),
+}
+
+
+def _on_disk(root):
+    out = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_symlink():
+            out[path] = ("link", str(path.readlink()))
+        elif path.is_dir():
+            out[path] = ("folder",)
+        else:
+            out[path] = ("file", path.read_bytes())
+    return out
+
+
+@pytest.mark.parametrize("damage", list(STEP_DAMAGE))
+def test_a_damaged_step_folder_is_refused_naming_file_and_field(saved, tmp_path, damage):
+    from minift.errors import FileFormatError
+
+    root = tmp_path / "run"
+    shutil.copytree(saved[0], root)
+    apply, file, fragment = STEP_DAMAGE[damage]
+    apply(root / "step-0000003")
+    on_disk = _on_disk(tmp_path)
+    trainer = fresh_trainer(root)
+    before = full_state(trainer)
+    with pytest.raises(FileFormatError) as error:
+        trainer.load_checkpoint()
+    assert str(root / file) in str(error.value)
+    assert fragment in str(error.value)
+    assert_same_state(full_state(trainer), before)
+    assert _on_disk(tmp_path) == on_disk
+
+
+def test_a_file_given_as_the_step_folder_or_the_checkpoint_folder_is_refused(saved, tmp_path):
+    from minift.errors import FileFormatError
+
+    root = tmp_path / "run"
+    shutil.copytree(saved[0], root)
+    trainer = fresh_trainer(root)
+    before = full_state(trainer)
+    file = root / "step-0000003" / "trainer.json"
+    with pytest.raises(FileFormatError, match=f"{file}: a file, expected a training checkpoint"):
+        trainer.load_checkpoint(file)
+    elsewhere = Trainer(
+        lora_model(seed=3), RESUME_CONFIG, sample_batch, checkpoint_dir=file, progress=False
+    )
+    with pytest.raises(FileFormatError, match=f"{file}: a file, expected a checkpoint folder"):
+        elsewhere.load_checkpoint()
+    assert_same_state(full_state(trainer), before)
+
+
 def test_extra_state_may_not_overwrite_the_trainers_fields():
     with pytest.raises(ValueError, match=r"extra_state: the keys \['step'\] are trainer.json's"):
         Trainer(minift.GPT(CFG), TrainConfig(), sample_batch, extra_state={"step": 0, "x": 1})

@@ -8,8 +8,11 @@ A model folder is laid out as Hugging Face lays out a GPT-2 model, so its loader
 
 The files are written and read by ``minift.files`` (atomic writes, the safetensors layout
 checked byte by byte, minift's checksums). Loading is strict: a config that differs from the
-model's, a missing, unexpected or mis-shaped tensor, and a truncated or corrupted file are each an
-error that names what is wrong, and the model is left unchanged.
+model's; a missing or unexpected tensor, or one of another shape (one that would broadcast
+included) or dtype, or holding NaN or ±inf; a weights file without the checksum minift writes
+into every file it saves; a truncated or corrupted file; a folder where a file should be or a
+file where the folder should be: each is a ``minift.errors.FileFormatError`` that names the file
+(and the field or tensor), and the model is left unchanged.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from minift.errors import FileFormatError
+
 # the floor's names, importable from here as they always were
 from minift.files import (  # noqa: F401
     CONFIG_DIGEST_KEY,
@@ -26,6 +31,7 @@ from minift.files import (  # noqa: F401
     atomic_write_bytes,
     atomic_write_json,
     check_config_digest,
+    check_tensor,
     json_digest,
     load_tensors,
     read_json,
@@ -141,19 +147,16 @@ def load_model(directory, dtype=None) -> GPT | GPTForSequenceClassification:
 
     ``dtype`` (np.float32 / np.float64) overrides the saved one; weights are cast to it.
     """
-    config_path = Path(directory) / CONFIG_NAME
+    config_path = _model_folder(directory) / CONFIG_NAME
     section = read_json(config_path, "checkpoint config").get("minift")
     if not isinstance(section, dict):
-        raise ValueError(f'{config_path}: no "minift" section; not a minift checkpoint')
+        raise FileFormatError(config_path, 'no "minift" section; not a minift checkpoint')
     known = {f.name for f in dataclasses.fields(GPTConfig)}
     unknown = sorted(section.keys() - known - {"class", "num_labels", "dtype"})
     if unknown:
-        raise ValueError(f'{config_path}: unknown fields in the "minift" section: {unknown}')
-    if section.get("dtype") not in ("float32", "float64"):
-        raise ValueError(
-            f"{config_path}: dtype: expected float32 or float64, got {section.get('dtype')!r}"
-        )
-    dtype = section["dtype"] if dtype is None else dtype
+        raise FileFormatError(config_path, f'unknown fields in the "minift" section: {unknown}')
+    saved_dtype = _saved_dtype(section, config_path)
+    dtype = saved_dtype if dtype is None else dtype
     class_name = section.get("class")
     try:
         config = GPTConfig(**{k: v for k, v in section.items() if k in known})
@@ -166,7 +169,7 @@ def load_model(directory, dtype=None) -> GPT | GPTForSequenceClassification:
                 f"class: expected GPT or GPTForSequenceClassification, got {class_name!r}"
             )
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{config_path}: {e}") from None
+        raise FileFormatError(config_path, str(e), field="minift") from None
     load_weights(model, directory)
     return model
 
@@ -174,35 +177,68 @@ def load_model(directory, dtype=None) -> GPT | GPTForSequenceClassification:
 def load_weights(model: GPT, directory) -> None:
     """Load ``directory``'s weights into ``model``, strictly; the model is unchanged on any error.
 
-    1. If config.json has a "minift" section, every field of it that shapes the weights or their
-       meaning (GPTConfig's architecture, class, num_labels) must equal the model's; ValueError
-       names each that differs. The training-time choices may differ: ``dropout``,
-       ``pad_token_id`` (a classifier fine-tuned from a pretrained LM picks its own) and the
-       dtype (values are cast to the model's). A config.json without the section, such as
-       Hugging Face's, is not compared.
-    2. ``model.load_state_dict`` checks every key and shape before it copies anything, and copies
-       INTO the existing arrays, so Params shared between modules stay shared.
+    1. If config.json has a "minift" section, minift wrote the folder: the weights file must
+       carry minift's checksum, each tensor must have the dtype the section names, and every
+       field of it that shapes the weights or their meaning (GPTConfig's architecture, class,
+       num_labels) must equal the model's; the error names each that differs. The
+       training-time choices may differ: ``dropout``, ``pad_token_id`` (a classifier fine-tuned
+       from a pretrained LM picks its own) and the dtype (values are cast to the model's). A
+       config.json without the section, such as Hugging Face's, is not compared.
+    2. Every tensor must be finite and have exactly its Param's shape (``ln_f.weight`` of shape
+       (1,) would broadcast, and is refused).
+    3. ``model.load_state_dict`` checks every key before it copies anything, and copies INTO the
+       existing arrays, so Params shared between modules stay shared.
     """
-    directory = Path(directory)
+    directory = _model_folder(directory)
     config_path = directory / CONFIG_NAME
     weights_path = directory / WEIGHTS_NAME
-    tensors, metadata = load_tensors(weights_path)
-    if config_path.exists():
+    raw = None
+    if config_path.exists() or config_path.is_symlink():  # a dangling link is refused, not absent
         raw = read_json(config_path, "checkpoint config")
+    section = raw.get("minift") if raw is not None else None
+    tensors, metadata = load_tensors(weights_path, require_digest=section is not None)
+    if raw is not None:
         check_config_digest(metadata, raw, config_path, weights_path)
-        section = raw.get("minift")
-        if section is not None:
-            differences = _config_differences(section, model)
-            if differences:
-                raise ValueError(
-                    "checkpoint: config differs from the model's: "
-                    + "; ".join(differences)
-                    + f" ({config_path})"
+    if section is not None:
+        differences = _config_differences(section, model)
+        if differences:
+            raise FileFormatError(
+                config_path, "config differs from the model's: " + "; ".join(differences)
+            )
+        saved_dtype = _saved_dtype(section, config_path)
+        for name, array in tensors.items():
+            if array.dtype != np.dtype(saved_dtype):
+                raise FileFormatError(
+                    weights_path,
+                    f"expected dtype {saved_dtype} ({CONFIG_NAME} says so), got {array.dtype}",
+                    field=name,
                 )
+    params = model.named_parameters()
+    for name, array in tensors.items():
+        if name in params:
+            check_tensor(weights_path, name, array, params[name].shape)
     try:
         model.load_state_dict(tensors)
     except ValueError as e:
-        raise ValueError(f"{weights_path}: {e}") from None
+        raise FileFormatError(weights_path, str(e)) from None
+
+
+def _model_folder(directory) -> Path:
+    """``directory`` as a Path, refused when it is a file (or a link to one)."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise FileFormatError(directory, "a file, expected a model folder")
+    return directory
+
+
+def _saved_dtype(section: dict, config_path) -> str:
+    """The dtype the "minift" section says the weights were saved in."""
+    dtype = section.get("dtype")
+    if dtype not in ("float32", "float64"):
+        raise FileFormatError(
+            config_path, f"expected float32 or float64, got {dtype!r}", field="minift.dtype"
+        )
+    return dtype
 
 
 _ABSENT = object()  # a field one side does not have

@@ -6,10 +6,11 @@
     LARS / LAMB   the same two updates, rescaled per parameter by a trust ratio ‖θ‖/‖u‖
                   (You et al. 2017 / 2019): the article's §2.2 "adaptive per-layer learning rate"
 
-and the tools a fine-tuning loop uses around them: parameter groups with their own hyper-parameters,
-layer-wise learning-rate decay (`layerwise_lr_groups`), global gradient clipping (`clip_grad_norm`),
-a warm-up + cosine schedule (`warmup_cosine`, `LRScheduler`), and optimizer state that a checkpoint
-saves and restores bit-exactly (`state_dict`, `load_state_dict`).
+with their state saved and restored bit-exactly for a checkpoint (``state_dict``,
+``load_state_dict``). What a loop uses around them lives beside its users, and is importable from
+here too: parameter groups and layer-wise learning-rate decay (minift/param_groups.py), global
+gradient clipping and the warm-up + cosine schedule (minift/schedule.py), the checks of a saved
+state (minift/optim_state.py), and the per-thread work arrays (minift/parallel.py).
 
 Notation. Every per-parameter array has the shape of its parameter, written [*]:
 
@@ -44,14 +45,25 @@ from __future__ import annotations
 
 import functools
 import math
-import re
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
+from minift.optim_state import checked_state
+from minift.parallel import ThreadScratch
 from minift.param import Param
+from minift.param_groups import (
+    check_bool,
+    check_lr,
+    check_real,
+    check_unit_interval,
+    check_weight_decay,
+    layerwise_lr_groups,
+    split_into_groups,
+    sum_of_squares,
+)
+from minift.schedule import LRScheduler, clip_grad_norm, warmup_cosine
 
 __all__ = [
     "Optimizer",
@@ -65,148 +77,8 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------------------
-# Parameter groups
-# ---------------------------------------------------------------------------------------------
-
-
-def _named_params(params: Any, where: str, next_index: list[int]) -> dict[str, Param]:
-    """A group's "params" as a dict name -> Param. A list is named by position: "0", "1", ...
-
-    ``next_index`` is shared by all the groups of one optimizer, so that lists in two different
-    groups continue the numbering ("0", "1" | "2", "3") instead of both starting at "0".
-    """
-    if isinstance(params, Param):
-        raise TypeError(
-            f"{where}: expected a dict name -> Param or a list of Params, got a single Param "
-            "(wrap it in a list)"
-        )
-    if isinstance(params, Mapping):
-        named = {}
-        for name, p in params.items():
-            if not isinstance(name, str):
-                raise TypeError(f"{where}: expected str names, got {type(name).__name__} {name!r}")
-            if not isinstance(p, Param):
-                raise TypeError(f"{where}[{name!r}]: expected a Param, got {type(p).__name__}")
-            named[name] = p
-        return named
-    if isinstance(params, (str, bytes)) or not isinstance(params, Iterable):
-        raise TypeError(
-            f"{where}: expected a dict name -> Param or a list of Params, "
-            f"got {type(params).__name__}"
-        )
-    named = {}
-    for position, p in enumerate(params):
-        if not isinstance(p, Param):
-            raise TypeError(f"{where}[{position}]: expected a Param, got {type(p).__name__}")
-        named[str(next_index[0])] = p
-        next_index[0] += 1
-    return named
-
-
-def _split_into_groups(params: Any) -> list[dict[str, Any]]:
-    """Every accepted form of ``params`` as a list of group dicts whose "params" is name -> Param.
-
-    Accepted: a dict name -> Param, a list of Params, or a list of group dicts
-    ``{"params": <dict or list>, <per-group options>}``. Each Param and each name may appear once
-    across all groups: a Param listed twice would be stepped twice per step.
-    """
-    if isinstance(params, Param):
-        raise TypeError("params: expected a dict name -> Param or a list, got a single Param")
-    if isinstance(params, Mapping):
-        raw_groups = [{"params": params}]
-    elif isinstance(params, (str, bytes)) or not isinstance(params, Iterable):
-        raise TypeError(
-            "params: expected a dict name -> Param, a list of Params or a list of param-group "
-            f"dicts, got {type(params).__name__}"
-        )
-    else:
-        items = list(params)
-        if not items:
-            raise ValueError("params: expected at least one Param, got an empty list")
-        is_group = [isinstance(item, Mapping) for item in items]
-        if all(is_group):
-            raw_groups = items
-        elif any(is_group):
-            raise TypeError("params: expected a list of Params OR a list of group dicts, got a mix")
-        else:
-            raw_groups = [{"params": items}]
-
-    next_index = [0]
-    group_of_name: dict[str, int] = {}
-    name_of_param: dict[int, str] = {}  # id(Param) -> its name, to catch a Param listed twice
-    groups = []
-    for i, raw in enumerate(raw_groups):
-        if "params" not in raw:
-            raise ValueError(f"param group {i}: missing the 'params' key (got keys {sorted(raw)})")
-        named = _named_params(raw["params"], f"param group {i} 'params'", next_index)
-        if not named:
-            raise ValueError(f"param group {i}: 'params' is empty, expected at least one Param")
-        for name, p in named.items():
-            if name in group_of_name:
-                raise ValueError(
-                    f"params: the name {name!r} appears twice "
-                    f"(param groups {group_of_name[name]} and {i})"
-                )
-            if id(p) in name_of_param:
-                raise ValueError(
-                    f"params: the same Param is listed twice, as {name_of_param[id(p)]!r} and "
-                    f"{name!r} (a shared weight must be listed once, or it is stepped twice)"
-                )
-            group_of_name[name] = i
-            name_of_param[id(p)] = name
-        groups.append({**raw, "params": named})
-    return groups
-
-
-# ---------------------------------------------------------------------------------------------
-# Hyper-parameter checks: each returns a Python float (see NEP 50 in the module docstring)
-# ---------------------------------------------------------------------------------------------
-
-
-def _real(value: Any, name: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{where}{name}: expected a real number, got {type(value).__name__}")
-    return float(value)
-
-
-def _check_lr(value: Any, where: str = "") -> float:
-    lr = _real(value, "lr", where)
-    if not (math.isfinite(lr) and lr >= 0.0):
-        raise ValueError(f"{where}lr: expected a finite number >= 0, got {lr}")
-    return lr
-
-
-def _check_weight_decay(value: Any, where: str = "") -> float:
-    weight_decay = _real(value, "weight_decay", where)
-    if not (math.isfinite(weight_decay) and weight_decay >= 0.0):
-        raise ValueError(f"{where}weight_decay: expected a finite number >= 0, got {weight_decay}")
-    return weight_decay
-
-
-def _check_unit_interval(value: Any, name: str, where: str = "") -> float:
-    """A decay rate in [0, 1): 1 would never forget, so the buffer would grow without bound."""
-    x = _real(value, name, where)
-    if not 0.0 <= x < 1.0:
-        raise ValueError(f"{where}{name}: expected a number in [0, 1), got {x}")
-    return x
-
-
-def _check_bool(value: Any, name: str, where: str = "") -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{where}{name}: expected True or False, got {type(value).__name__}")
-    return bool(value)
-
-
-# ---------------------------------------------------------------------------------------------
 # Norms and the trust ratio
 # ---------------------------------------------------------------------------------------------
-
-
-def _sum_of_squares(x: np.ndarray) -> float:
-    """Σ x² accumulated in float64, so a float32 sum of many squares neither overflows nor drops
-    small terms. (A temporary copy for a scalar; the parameters and state stay in their dtype.)"""
-    flat = np.asarray(x).ravel().astype(np.float64, copy=False)  # [n]
-    return float(np.dot(flat, flat))
 
 
 def _trust_ratio(theta: np.ndarray, update: np.ndarray) -> float:
@@ -215,8 +87,8 @@ def _trust_ratio(theta: np.ndarray, update: np.ndarray) -> float:
     Why 1 for ‖θ‖ = 0: a parameter that starts at zero (LoRA's B, a zero-initialised bias) would
     otherwise get r = 0 at every step and never move. Why 1 for ‖u‖ = 0: there is nothing to scale.
     """
-    theta_norm = math.sqrt(_sum_of_squares(theta))
-    update_norm = math.sqrt(_sum_of_squares(update))
+    theta_norm = math.sqrt(sum_of_squares(theta))
+    update_norm = math.sqrt(sum_of_squares(update))
     if theta_norm == 0.0 or update_norm == 0.0:
         return 1.0
     return theta_norm / update_norm
@@ -245,7 +117,7 @@ class Optimizer:
     def __init__(self, params: Any, defaults: dict[str, Any]):
         self.defaults = self._check_hyper(dict(defaults), "")
         self.param_groups: list[dict[str, Any]] = []
-        for i, group in enumerate(_split_into_groups(params)):
+        for i, group in enumerate(split_into_groups(params)):
             # the group's own keys win; the ones it leaves out take the constructor's values
             merged = {**self.defaults, **group}
             self.param_groups.append(self._check_hyper(merged, f"param group {i}: "))
@@ -336,87 +208,17 @@ class Optimizer:
     def load_state_dict(self, tensors: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
         """Restore what ``state_dict`` saved; strict, and all-or-nothing.
 
-        Everything is checked before anything is changed: the optimizer type, the number of
-        groups, each group's param names (unknown or missing), each tensor's name, shape and dtype,
+        Everything is checked before anything is changed (minift.optim_state): the optimizer
+        type, the groups and their param names, each tensor's name, shape, dtype and finiteness,
         and that every param with a step count has all its state arrays. The groups'
         hyper-parameters (including an lr a scheduler had set) are restored too, so stepping after
         loading is bit-identical to never having saved.
         """
-        this_type = type(self).__name__
-        if meta.get("type") != this_type:
-            raise ValueError(
-                f"optimizer type: this is {this_type}, the state was saved by {meta.get('type')!r}"
-            )
-        saved_groups = meta.get("groups")
-        if not isinstance(saved_groups, list) or len(saved_groups) != len(self.param_groups):
-            count = len(saved_groups) if isinstance(saved_groups, list) else saved_groups
-            raise ValueError(
-                f"param groups: expected {len(self.param_groups)} saved groups, got {count}"
-            )
-
-        param_of: dict[str, Param] = {}
-        group_index_of: dict[str, int] = {}
-        restored_hyper = []
-        for i, (group, saved) in enumerate(zip(self.param_groups, saved_groups, strict=True)):
-            names, saved_names = list(group["params"]), list(saved.get("params", []))
-            unknown = [n for n in saved_names if n not in group["params"]]
-            if unknown:
-                raise ValueError(
-                    f"param group {i}: unknown param {unknown[0]!r} in the saved state "
-                    "(this optimizer has no param of that name in this group)"
-                )
-            missing = [n for n in names if n not in saved_names]
-            if missing:
-                raise ValueError(f"param group {i}: param {missing[0]!r} missing from saved state")
-            absent = [key for key in self.defaults if key not in saved]
-            if absent:
-                raise ValueError(f"param group {i}: hyper-parameter {absent[0]!r} missing")
-            hyper = {key: saved[key] for key in self.defaults}
-            restored_hyper.append(self._check_hyper(hyper, f"saved param group {i}: "))
-            for name in names:
-                param_of[name] = group["params"][name]
-                group_index_of[name] = i
-
-        step_counts = dict(meta.get("step_counts", {}))
-        for name, t in step_counts.items():
-            if name not in param_of:
-                raise ValueError(f"step_counts: unknown param {name!r}")
-            if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 1:
-                raise ValueError(f"step_counts[{name!r}]: expected an integer >= 1, got {t!r}")
-
-        state: dict[str, dict[str, np.ndarray]] = {}
-        for key, array in tensors.items():
-            kind, slash, name = key.partition("/")
-            if not slash or kind not in self.state_names:
-                raise ValueError(
-                    f"state tensor {key!r}: expected '<state>/<param name>' with <state> one of "
-                    f"{self.state_names}"
-                )
-            if name not in param_of:
-                raise ValueError(f"state tensor {key!r}: unknown param {name!r}")
-            if name not in step_counts:
-                raise ValueError(f"state tensor {key!r}: param {name!r} has no step count in meta")
-            value = param_of[name].value
-            array = np.asarray(array)
-            if array.shape != value.shape:
-                raise ValueError(
-                    f"state tensor {key!r}: expected shape {value.shape}, got {array.shape}"
-                )
-            if array.dtype != value.dtype:
-                raise ValueError(
-                    f"state tensor {key!r}: expected dtype {value.dtype}, got {array.dtype}"
-                )
-            state.setdefault(name, {})[kind] = array.copy()  # a copy: stepping must not edit it
-        for name in step_counts:
-            for kind in self._state_kinds(restored_hyper[group_index_of[name]]):
-                if kind not in state.get(name, {}):
-                    raise ValueError(f"state tensor {kind + '/' + name!r} missing")
-
-        # every check passed: now commit
-        for group, hyper in zip(self.param_groups, restored_hyper, strict=True):
-            group.update(hyper)
+        hyper, state, step_counts = checked_state(self, tensors, meta)
+        for group, saved in zip(self.param_groups, hyper, strict=True):
+            group.update(saved)
         self.state = state
-        self.step_counts = {name: int(t) for name, t in step_counts.items()}
+        self.step_counts = step_counts
 
 
 def _jsonable(value: Any) -> Any:
@@ -465,10 +267,10 @@ class SGD(Optimizer):
         super().__init__(params, defaults)
 
     def _check_hyper(self, group: dict[str, Any], where: str) -> dict[str, Any]:
-        group["lr"] = _check_lr(group["lr"], where)
-        group["momentum"] = _check_unit_interval(group["momentum"], "momentum", where)
-        group["weight_decay"] = _check_weight_decay(group["weight_decay"], where)
-        group["trust_ratio"] = _check_bool(group["trust_ratio"], "trust_ratio", where)
+        group["lr"] = check_lr(group["lr"], where)
+        group["momentum"] = check_unit_interval(group["momentum"], "momentum", where)
+        group["weight_decay"] = check_weight_decay(group["weight_decay"], where)
+        group["trust_ratio"] = check_bool(group["trust_ratio"], "trust_ratio", where)
         return group
 
     def _state_kinds(self, group: dict[str, Any]) -> tuple[str, ...]:
@@ -543,10 +345,10 @@ class AdamW(Optimizer):
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, trust_ratio=trust_ratio
         )
         super().__init__(params, defaults)
-        self._scratch_buffers: dict[tuple, np.ndarray] = {}  # (dtype, thread) -> flat array
+        self._scratch = ThreadScratch()  # work arrays for the update, not optimizer state
 
     def _check_hyper(self, group: dict[str, Any], where: str) -> dict[str, Any]:
-        group["lr"] = _check_lr(group["lr"], where)
+        group["lr"] = check_lr(group["lr"], where)
         betas = group["betas"]
         if isinstance(betas, (str, bytes)) or not isinstance(betas, Iterable):
             raise TypeError(f"{where}betas: expected a pair (β1, β2), got {type(betas).__name__}")
@@ -554,15 +356,15 @@ class AdamW(Optimizer):
         if len(betas) != 2:
             raise ValueError(f"{where}betas: expected a pair (β1, β2), got {len(betas)} values")
         group["betas"] = (
-            _check_unit_interval(betas[0], "betas[0]", where),
-            _check_unit_interval(betas[1], "betas[1]", where),
+            check_unit_interval(betas[0], "betas[0]", where),
+            check_unit_interval(betas[1], "betas[1]", where),
         )
-        eps = _real(group["eps"], "eps", where)
+        eps = check_real(group["eps"], "eps", where)
         if not (math.isfinite(eps) and eps > 0.0):
             raise ValueError(f"{where}eps: expected a finite number > 0, got {eps}")
         group["eps"] = eps
-        group["weight_decay"] = _check_weight_decay(group["weight_decay"], where)
-        group["trust_ratio"] = _check_bool(group["trust_ratio"], "trust_ratio", where)
+        group["weight_decay"] = check_weight_decay(group["weight_decay"], where)
+        group["trust_ratio"] = check_bool(group["trust_ratio"], "trust_ratio", where)
         return group
 
     def _state_kinds(self, group: dict[str, Any]) -> tuple[str, ...]:
@@ -579,7 +381,7 @@ class AdamW(Optimizer):
         v = self.state[name]["exp_avg_sq"]  # [*]
         # one scratch array of θ's shape, reused by every parameter and every step, so a step
         # allocates nothing; the same operations in the same order as the formulas, bit for bit
-        tmp = self._scratch(theta)  # [*]
+        tmp = self._scratch.like(theta)  # [*]
 
         m *= beta1
         m += np.multiply(g, 1.0 - beta1, out=tmp)  # m ← β1 m + (1 − β1) g
@@ -608,212 +410,3 @@ class AdamW(Optimizer):
             step = np.divide(m, denom, out=denom)
             step *= lr / bias_correction1
             theta -= step  # θ ← θ − α m̂ / (√v̂ + ε)
-
-    def _scratch(self, like: np.ndarray) -> np.ndarray:
-        """A reusable work array shaped like ``like`` (a view into one flat buffer per dtype and
-        thread).
-
-        Not optimizer state: it is never saved and ``state_bytes`` does not count it.
-        """
-        key = (like.dtype, threading.get_ident())  # one per thread: updates may run in parallel
-        flat = self._scratch_buffers.get(key)
-        if flat is None or flat.size < like.size:
-            flat = self._scratch_buffers[key] = np.empty(like.size, dtype=like.dtype)
-        return flat[: like.size].reshape(like.shape)
-
-
-# ---------------------------------------------------------------------------------------------
-# Layer-wise learning-rate decay (discriminative fine-tuning)
-# ---------------------------------------------------------------------------------------------
-
-# a whole path component "h.{i}.": "transformer.h.3.mlp.c_fc.weight" is block 3, "each.0.w" is not
-_BLOCK_NAME = re.compile(r"(?:^|\.)h\.(\d+)\.")
-_EMBEDDING_NAME = re.compile(r"(?:^|\.)(?:wte|wpe)\.")
-
-
-def layerwise_lr_groups(
-    named_params: Mapping[str, Param],
-    base_lr: float,
-    decay: float,
-    weight_decay: float = 0.0,
-) -> list[dict[str, Any]]:
-    """Param groups whose lr shrinks from the head down (ULMFiT's discriminative fine-tuning,
-    Howard & Ruder 2018; "layer-wise lr decay").
-
-    Lower layers hold more general features that fine-tuning should disturb less. With L blocks
-    and decay γ in (0, 1], a param's depth is read from its GPT-2 name:
-
-        top         everything else (ln_f.*, heads such as score.*)   lr = base_lr
-        block i     names containing the component  h.{i}.            lr = base_lr · γ^(L − i)
-        embeddings  wte.*, wpe.*                                      lr = base_lr · γ^(L + 1)
-
-    so the last block h.{L−1} gets base_lr·γ and block 0 gets base_lr·γ^L. L is one more than the
-    largest block index among ALL the given params, frozen ones included: that is the number of
-    blocks of the model, even when its lower blocks are frozen and so absent from the groups.
-
-    Returns ``[{"name": "embeddings" | "h.{i}" | "top", "params": {name: Param}, "lr": ...,
-    "weight_decay": weight_decay}, ...]`` from the bottom up, for SGD or AdamW. Frozen params are
-    left out, and so is a group with no trainable param.
-    """
-    named = _named_params(named_params, "named_params", [0])
-    base_lr = _check_lr(base_lr, "base_")
-    decay = _real(decay, "decay", "")
-    if not 0.0 < decay <= 1.0:
-        raise ValueError(f"decay: expected a number in (0, 1], got {decay}")
-    weight_decay = _check_weight_decay(weight_decay)
-
-    def depth(name: str) -> str:
-        block = _BLOCK_NAME.search(name)
-        if block is not None:
-            return f"h.{int(block.group(1))}"
-        if _EMBEDDING_NAME.search(name) is not None:
-            return "embeddings"
-        return "top"
-
-    block_indices = [int(m.group(1)) for name in named if (m := _BLOCK_NAME.search(name))]
-    n_blocks = max(block_indices) + 1 if block_indices else 0  # L
-
-    lr_of = {"embeddings": base_lr * decay ** (n_blocks + 1), "top": base_lr}
-    for i in range(n_blocks):
-        lr_of[f"h.{i}"] = base_lr * decay ** (n_blocks - i)
-
-    members: dict[str, dict[str, Param]] = {key: {} for key in lr_of}
-    for name, p in named.items():
-        if p.trainable:
-            members[depth(name)][name] = p
-
-    order = ["embeddings", *(f"h.{i}" for i in range(n_blocks)), "top"]  # bottom up
-    return [
-        {"name": key, "params": members[key], "lr": lr_of[key], "weight_decay": weight_decay}
-        for key in order
-        if members[key]
-    ]
-
-
-# ---------------------------------------------------------------------------------------------
-# Gradient clipping
-# ---------------------------------------------------------------------------------------------
-
-
-def clip_grad_norm(params: Any, max_norm: float) -> float:
-    """Rescale all gradients TOGETHER so their global L2 norm is at most max_norm (as PyTorch).
-
-        ‖g‖ = √( Σ over trainable params with a grad  Σ over entries  g² )
-        if ‖g‖ > max_norm:   g ← g · max_norm / (‖g‖ + 1e-6)      for every grad, in place
-
-    One factor for all grads keeps the direction of the step and only shortens it.
-
-    ``params``: an optimizer, or any form an optimizer accepts (dict, list of Params, group dicts).
-    Returns ‖g‖ BEFORE clipping. A non-finite ‖g‖ (inf or nan) is returned as is and the grads are
-    left untouched: scaling by max_norm/inf would turn them into zeros and nans and hide the blow-up
-    that the training loop should report instead.
-    """
-    max_norm = _real(max_norm, "max_norm", "")
-    if not max_norm > 0.0:
-        raise ValueError(f"max_norm: expected a number > 0, got {max_norm}")
-    groups = params.param_groups if isinstance(params, Optimizer) else _split_into_groups(params)
-    grads = [
-        p.grad
-        for group in groups
-        for p in group["params"].values()
-        if p.trainable and p.grad is not None
-    ]
-    total_norm = math.sqrt(sum(_sum_of_squares(g) for g in grads))
-    if math.isfinite(total_norm) and total_norm > max_norm:
-        scale = max_norm / (total_norm + 1e-6)
-        for g in grads:
-            g *= scale
-    return total_norm
-
-
-# ---------------------------------------------------------------------------------------------
-# Learning-rate schedules
-# ---------------------------------------------------------------------------------------------
-
-
-def warmup_cosine(
-    step: int, *, warmup_steps: int, total_steps: int, min_ratio: float = 0.0
-) -> float:
-    """Multiplier of the base lr at optimizer step ``step`` (0-based): linear warm-up, cosine decay.
-
-        step < W:            (step + 1) / W                        1/W, 2/W, ..., 1
-        W ≤ step ≤ T − 1:    min_ratio + (1 − min_ratio) · ½ (1 + cos(π p)),
-                             p = (step − W) / (T − 1 − W)          1 at W, min_ratio at T − 1
-        step > T − 1:        the value at T − 1 (clamped)
-
-    with W = warmup_steps and T = total_steps. The warm-up starts at 1/W rather than 0 so the
-    first step is not wasted. When W ≥ T − 1 there is no room to decay: after warm-up the
-    multiplier stays 1.
-    """
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-        raise ValueError(f"step: expected an integer >= 0, got {step!r}")
-    if warmup_steps < 0:
-        raise ValueError(f"warmup_steps: expected >= 0, got {warmup_steps}")
-    if total_steps < 1:
-        raise ValueError(f"total_steps: expected >= 1, got {total_steps}")
-    if warmup_steps > total_steps:
-        raise ValueError(
-            f"warmup_steps: expected <= total_steps = {total_steps}, got {warmup_steps}"
-        )
-    min_ratio = _real(min_ratio, "min_ratio", "")
-    if not 0.0 <= min_ratio <= 1.0:
-        raise ValueError(f"min_ratio: expected a number in [0, 1], got {min_ratio}")
-
-    step = min(int(step), total_steps - 1)
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    decay_steps = max(1, total_steps - 1 - warmup_steps)
-    progress = (step - warmup_steps) / decay_steps  # p in [0, 1]
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-class LRScheduler:
-    """Sets every group's lr to base_lr × schedule_fn(t), t = 0, 1, 2, ... one call at a time.
-
-    The base lrs are each group's lr when the scheduler is built. Call ``scheduler.step()`` BEFORE
-    ``optimizer.step()``: optimizer step t then runs with base_lr × schedule_fn(t), e.g.
-
-        scheduler = LRScheduler(opt, partial(warmup_cosine, warmup_steps=100, total_steps=1000))
-        for t in range(1000):
-            ...backward...
-            scheduler.step()
-            opt.step()
-
-    ``state_dict()`` holds t AND the base lrs: a scheduler rebuilt after the optimizer's state was
-    loaded would otherwise take an already-scheduled lr for a base lr.
-    """
-
-    def __init__(self, optimizer: Optimizer, schedule_fn: Callable[[int], float]):
-        if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"optimizer: expected an Optimizer, got {type(optimizer).__name__}")
-        if not callable(schedule_fn):
-            raise TypeError(f"schedule_fn: expected a callable, got {type(schedule_fn).__name__}")
-        self.optimizer = optimizer
-        self.schedule_fn = schedule_fn
-        self.base_lrs = [float(group["lr"]) for group in optimizer.param_groups]  # [N]
-        self.t = 0
-
-    def step(self) -> None:
-        multiplier = float(self.schedule_fn(self.t))  # a Python float, whatever fn returns (NEP 50)
-        if not (math.isfinite(multiplier) and multiplier >= 0.0):
-            raise ValueError(
-                f"schedule_fn({self.t}): expected a finite multiplier >= 0, got {multiplier}"
-            )
-        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
-            group["lr"] = base_lr * multiplier
-        self.t += 1
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"t": self.t, "base_lrs": list(self.base_lrs)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        t, base_lrs = state["t"], state["base_lrs"]
-        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 0:
-            raise ValueError(f"t: expected an integer >= 0, got {t!r}")
-        if len(base_lrs) != len(self.optimizer.param_groups):
-            raise ValueError(
-                f"base_lrs: expected {len(self.optimizer.param_groups)} (one per param group), "
-                f"got {len(base_lrs)}"
-            )
-        self.base_lrs = [_check_lr(lr, "base_") for lr in base_lrs]
-        self.t = int(t)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
@@ -202,3 +203,22 @@ class DataParallel:
             wait(futures)
         for f in futures:
             f.result()  # raises a thread's exception here
+
+
+class ThreadScratch:
+    """Reusable work arrays, so that an update allocates nothing: ``like(x)`` is a view shaped
+    like ``x`` into one flat buffer per dtype AND per thread, because the updates of
+    ``DataParallel.run_tasks`` run in several threads at once and must not share one.
+
+    Not optimizer state: never saved, and ``Optimizer.state_bytes`` does not count it.
+    """
+
+    def __init__(self):
+        self._buffers: dict[tuple, np.ndarray] = {}  # (dtype, thread) -> flat array
+
+    def like(self, array: np.ndarray) -> np.ndarray:
+        key = (array.dtype, threading.get_ident())
+        flat = self._buffers.get(key)
+        if flat is None or flat.size < array.size:
+            flat = self._buffers[key] = np.empty(array.size, dtype=array.dtype)
+        return flat[: array.size].reshape(array.shape)

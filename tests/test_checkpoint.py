@@ -116,7 +116,7 @@ def test_loading_into_another_config_names_the_field(tmp_path):
     with pytest.raises(ValueError) as info:
         load_weights(model, tmp_path)
     message = str(info.value)
-    assert message.startswith("checkpoint: config differs from the model's: ")
+    assert message.startswith(f"{tmp_path / 'config.json'}: config differs from the model's: ")
     assert "n_layer: checkpoint 2, model 1" in message
     assert "n_head: checkpoint 2, model 4" in message
     assert "d_model" not in message and "vocab_size" not in message  # equal fields not named
@@ -473,3 +473,167 @@ def test_an_edited_config_is_caught_by_its_checksum(tmp_path):
     path.write_text(json.dumps(raw))
     with pytest.raises(ValueError, match="not the config model.safetensors was saved with"):
         load_weights(GPT(model.config), tmp_path)
+
+
+# -- every way a model folder can be damaged: one class each, for both loaders ----------------
+
+
+def _rewrite(directory: Path, edit) -> None:
+    """Rewrite model.safetensors with ``edit`` applied, its checksums valid again: a damage that
+    only the loader's own checks can catch."""
+    tensors, metadata = load_tensors(directory / "model.safetensors")
+    edit(tensors)
+    save_tensors(directory / "model.safetensors", tensors, metadata)
+
+
+def _replace_by_folder(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def _replace_by_link_to_folder(path: Path) -> None:
+    path.unlink()
+    (path.parent / "elsewhere").mkdir()
+    path.symlink_to(path.parent / "elsewhere")
+
+
+def _dangling_link(path: Path) -> None:
+    path.unlink()
+    path.symlink_to(path.parent / "nothing-here")
+
+
+def _set(name, value):
+    return lambda tensors: tensors.update({name: value})
+
+
+def _with_entry(name, index, value):
+    def edit(tensors):
+        tensors[name] = tensors[name].copy()
+        tensors[name][index] = value
+
+    return edit
+
+
+def _rename_digest_key(directory: Path) -> None:
+    """One flipped bit in the header renames minift_sha256: the layout stays valid."""
+    path = directory / "model.safetensors"
+    blob = path.read_bytes()
+    assert blob.count(b'"minift_sha256"') == 1
+    path.write_bytes(blob.replace(b'"minift_sha256"', b'"minift_sha257"'))
+
+
+# (damage to the saved folder, the file the error must name, a fragment of the message)
+MODEL_FOLDER_DAMAGE = {
+    "weights-a-folder": (
+        lambda d: _replace_by_folder(d / "model.safetensors"),
+        "model.safetensors",
+        "a folder, expected a file",
+    ),
+    "weights-a-link-to-a-folder": (
+        lambda d: _replace_by_link_to_folder(d / "model.safetensors"),
+        "model.safetensors",
+        "a folder, expected a file",
+    ),
+    "config-a-folder": (
+        lambda d: _replace_by_folder(d / "config.json"),
+        "config.json",
+        "a folder, expected a file",
+    ),
+    "config-a-dangling-link": (
+        lambda d: _dangling_link(d / "config.json"),
+        "config.json",
+        "no such file",
+    ),
+    "nan": (
+        lambda d: _rewrite(d, _with_entry("h.1.attn.c_proj.weight", (2, 3), np.nan)),
+        "model.safetensors",
+        "h.1.attn.c_proj.weight: holds nan at (2, 3)",
+    ),
+    "inf": (
+        lambda d: _rewrite(d, _with_entry("ln_f.bias", 0, -np.inf)),
+        "model.safetensors",
+        "ln_f.bias: holds -inf at (0,)",
+    ),
+    "float64-in-a-float32-model": (
+        lambda d: _rewrite(d, _set("wpe.weight", np.zeros((8, 8), np.float64))),
+        "model.safetensors",
+        "wpe.weight: expected dtype float32",
+    ),
+    "int32": (
+        lambda d: _rewrite(d, _set("ln_f.bias", np.zeros(8, np.int32))),
+        "model.safetensors",
+        "ln_f.bias: expected dtype float32",
+    ),
+    "a-shape-that-broadcasts": (
+        lambda d: _rewrite(d, _set("ln_f.weight", np.ones(1, np.float32))),
+        "model.safetensors",
+        "ln_f.weight: expected shape (8,), got (1,)",
+    ),
+    "digest-key-renamed": (
+        _rename_digest_key,
+        "model.safetensors",
+        "no minift_sha256 in its header",
+    ),
+}
+
+
+def _snapshot(directory: Path) -> dict:
+    """What is on disk under ``directory``: each entry's kind, link target and bytes."""
+    out = {}
+    for path in sorted(directory.rglob("*")):
+        if path.is_symlink():
+            out[path] = ("link", os.readlink(path))
+        elif path.is_dir():
+            out[path] = ("folder",)
+        else:
+            out[path] = ("file", path.read_bytes())
+    return out
+
+
+@pytest.mark.parametrize("damage", list(MODEL_FOLDER_DAMAGE))
+@pytest.mark.parametrize("loader", ["load_model", "load_weights"])
+def test_a_damaged_model_folder_is_refused_naming_file_and_field(tmp_path, loader, damage):
+    from minift.errors import FileFormatError
+
+    folder = tmp_path / "run"
+    save_model(_make(GPT), folder)
+    apply, file, fragment = MODEL_FOLDER_DAMAGE[damage]
+    apply(folder)
+    on_disk = _snapshot(tmp_path)
+    model = _make(GPT, seed=9)
+    before = model.state_dict()
+    with pytest.raises(FileFormatError) as info:
+        load_model(folder) if loader == "load_model" else load_weights(model, folder)
+    assert str(folder / file) in str(info.value)
+    assert fragment in str(info.value)
+    _assert_same_state(model.state_dict(), before)
+    assert _snapshot(tmp_path) == on_disk
+
+
+@pytest.mark.parametrize("loader", ["load_model", "load_weights"])
+def test_a_file_given_as_the_model_folder_is_refused_naming_it(tmp_path, loader):
+    from minift.errors import FileFormatError
+
+    save_model(_make(GPT), tmp_path / "run")
+    file = tmp_path / "run" / "model.safetensors"
+    model = _make(GPT, seed=9)
+    before = model.state_dict()
+    with pytest.raises(FileFormatError, match=f"{file}: a file, expected a model folder"):
+        load_model(file) if loader == "load_model" else load_weights(model, file)
+    _assert_same_state(model.state_dict(), before)
+
+
+def test_a_folder_without_minifts_section_may_lack_the_checksum(tmp_path):
+    """Only a folder minift wrote must carry minift's checksum: Hugging Face's files do not."""
+    model = _make(GPT)
+    save_model(model, tmp_path)
+    config = read_json(tmp_path / "config.json", "config")
+    del config["minift"]
+    atomic_write_json(tmp_path / "config.json", config)
+    tensors, _ = load_tensors(tmp_path / "model.safetensors")
+    import safetensors.numpy
+
+    safetensors.numpy.save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = _make(GPT, seed=9)
+    load_weights(loaded, tmp_path)
+    _assert_same_state(loaded.state_dict(), model.state_dict())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from functools import partial
 
 import numpy as np
@@ -646,6 +647,23 @@ def test_load_state_dict_is_strict_and_all_or_nothing():
         opt.load_state_dict(tensors, bad_lr)
     # nothing of the failed loads leaked in
     assert opt.state == {} and opt.step_counts == {} and opt.param_groups[0]["lr"] == 0.01
+
+
+@pytest.mark.parametrize("kind", ["exp_avg", "exp_avg_sq"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_load_state_dict_refuses_a_non_finite_state_naming_the_tensor(kind, bad):
+    """A NaN in a moment would turn the first step after a resume into NaN weights."""
+    tensors, meta = saved_adamw_state()
+    key = f"{kind}/h.0.ln_1.bias"
+    damaged = {**tensors, key: tensors[key].copy()}
+    damaged[key][3] = bad
+    named = make_named_params()
+    opt = AdamW(named, lr=0.01)
+    with pytest.raises(ValueError, match=re.escape(f"'{key}': holds {bad} at (3,)")):
+        opt.load_state_dict(damaged, meta)
+    assert opt.state == {} and opt.step_counts == {}
+    opt.load_state_dict(tensors, meta)  # the same state, finite, loads
+    assert np.array_equal(opt.state["h.0.ln_1.bias"][kind], tensors[key])
 
 
 @FAST

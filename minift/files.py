@@ -144,12 +144,13 @@ def atomic_write_json(path, obj) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def read_json(path, what: str) -> dict:
+def read_json(path, what: str, *, expect: type = dict) -> dict | list:
     """Read a JSON object from ``path``; ``what`` names the file in errors ("config", …).
 
     MissingFileError when the file is not there (a dangling link included); FileFormatError when
     it is a folder, unreadable, not UTF-8, not JSON (a key given twice included), or not a JSON
-    object.
+    object (``expect=list``: not a JSON list, for the few files that are one, as
+    sentence-transformers' modules.json).
     """
     path = Path(path)
     try:
@@ -166,8 +167,9 @@ def read_json(path, what: str) -> dict:
         obj = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
     except ValueError as e:  # JSONDecodeError, and a key given twice
         raise FileFormatError(path, f"{what} is not valid JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise FileFormatError(path, f"{what} must be a JSON object, got {_json_type(obj)}")
+    if not isinstance(obj, expect):
+        expected = "a JSON object" if expect is dict else f"a JSON {_json_type(expect())[2:]}"
+        raise FileFormatError(path, f"{what} must be {expected}, got {_json_type(obj)}")
     return obj
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "read_json",
+    "check_folder",
     "json_bool",
     "json_int",
     "json_number",
@@ -171,6 +172,20 @@ def read_json(path, what: str, *, expect: type = dict) -> dict | list:
         expected = "a JSON object" if expect is dict else f"a JSON {_json_type(expect())[2:]}"
         raise FileFormatError(path, f"{what} must be {expected}, got {_json_type(obj)}")
     return obj
+
+
+def check_folder(path, what: str) -> Path:
+    """``path`` as a Path if it is a folder; ``what`` says what it should hold, for the errors.
+
+    MissingFileError when nothing is there (a dangling link included); FileFormatError when a
+    file is there instead.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MissingFileError(path, f"no such folder ({what})")
+    if not path.is_dir():
+        raise FileFormatError(path, f"a file, expected a folder ({what})")
+    return path
 
 
 # -- JSON fields: each read with its type and range checked ----------------------------------

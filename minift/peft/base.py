@@ -604,7 +604,7 @@ class PeftModel(Module):
                     raise
                 # a field valid on its own that does not fit this model (a target it lacks)
                 raise _field_error(config_path, e, {field}) from None
-            peft_model._load_adapter_tensors(tensors, weights_path)
+            peft_model._load_adapter_tensors(tensors, weights_path, config_path)
         except BaseException:
             _restore_module_state(saved)
             raise
@@ -623,8 +623,9 @@ class PeftModel(Module):
         )
         self._load_adapter_tensors(tensors, path)
 
-    def _load_adapter_tensors(self, tensors: dict[str, np.ndarray], path) -> None:
+    def _load_adapter_tensors(self, tensors: dict[str, np.ndarray], path, config_path=None):
         cfg = self.peft_config
+        config_fields = {f.name for f in dataclasses.fields(cfg)}
         params = {
             cfg.peft_key(n): (n, p) for n, p in self.named_parameters().items() if p.trainable
         }
@@ -646,7 +647,12 @@ class PeftModel(Module):
             try:
                 value = cfg.from_peft_value(name, stored)
             except ValueError as e:  # a layout the config does not expect (IA3's ia3_l)
-                raise FileFormatError(path, str(e).removeprefix(f"{key}: "), field=key) from None
+                message = str(e).removeprefix(f"{key}: ")
+                field, _, rest = message.partition(": ")
+                if config_path is not None and field in config_fields:
+                    # the config's field is what does not fit (AdaLoRA's rank_pattern)
+                    raise FileFormatError(config_path, f"{key}: {rest}", field=field) from None
+                raise FileFormatError(path, message, field=key) from None
             if value.shape != p.shape:
                 raise FileFormatError(
                     path, f"expected shape {p.shape}, got {value.shape}", field=key

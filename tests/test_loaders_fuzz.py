@@ -26,9 +26,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -160,11 +160,12 @@ def write_wordpiece(folder):
 def write_sentence_encoder(folder):
     write_bert(folder)
     write_wordpiece(folder)
+    kinds = ["Transformer", "Pooling", "Normalize"]
+    paths = ["", "1_Pooling", "2_Normalize"]
     modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-    ]  # fmt: skip
+        {"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"}
+        for i, (kind, path) in enumerate(zip(kinds, paths, strict=True))
+    ]
     (folder / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
     (folder / "1_Pooling").mkdir()
     pooling = {"word_embedding_dimension": 8, "pooling_mode_cls_token": False,
@@ -468,3 +469,215 @@ def test_a_file_where_a_folder_should_be_is_refused_naming_it(saved, tmp_path, n
         shutil.rmtree(folder / rel)
         (folder / rel).write_bytes(b"not a folder")
         check_damaged(name, folder, expected, names=[rel], allow_same=False)
+
+
+# -- the values found to slip through before, one each ---------------------------------------------
+
+CASES = [  # (loader, file, its new content: bytes, or the fields to set; what the error says)
+    (
+        "adapter-lora",
+        "adapter_config.json",
+        {"lora_dropout": "0.1"},
+        'lora_dropout: expected a finite number, got "0.1"',
+    ),
+    (
+        "adapter-lora",
+        "adapter_config.json",
+        {"peft_type": ["LORA"]},
+        'peft_type: ["LORA"] is not one',
+    ),
+    (
+        "adapter-lora",
+        "adapter_config.json",
+        {"target_modules": r"h\.(\d"},
+        "target_modules: not a valid regular expression",
+    ),
+    (
+        "adapter-lora",
+        "adapter_config.json",
+        {"use_dora": "yes"},
+        'use_dora: expected true or false, got "yes"',
+    ),
+    (
+        "adapter-lora",
+        "adapter_config.json",
+        {"use_rslora": "no"},
+        'use_rslora: expected true or false, got "no"',
+    ),
+    (
+        "adapter-lora",
+        "adapter_config.json",
+        {"use_rslora": 1},
+        "use_rslora: expected true or false, got 1",
+    ),
+    (
+        "adapter-lora",
+        "adapter_config.json",
+        {"lora_alpha": -4},
+        "lora_alpha: expected a number > 0, got -4",
+    ),
+    (
+        "adapter-lora",
+        "adapter_config.json",
+        {"lora_alpha": 0},
+        "lora_alpha: expected a number > 0, got 0",
+    ),
+    ("adapter-lora", "adapter_config.json", {"r": 2.0}, "r: expected an integer, got 2.0"),
+    (
+        "adapter-lora",
+        "adapter_config.json",
+        {"target_modules": ["nosuch"]},
+        "target_modules: ['nosuch'] matched no",
+    ),
+    (
+        "adapter-ia3",
+        "adapter_config.json",
+        {"feedforward_modules": ["nosuch"]},
+        "feedforward_modules: expected a subset",
+    ),
+    ("adapter-adalora", "adapter_config.json", {"beta1": 1.5}, "beta1: expected a value in (0, 1)"),
+    (
+        "adapter-prompt",
+        "adapter_config.json",
+        {"num_virtual_tokens": "2"},
+        "num_virtual_tokens: expected an integer or null",
+    ),
+    ("adapter-sparse", "adapter_config.json", {"density": "0.5"}, "density: expected"),
+    (
+        "hf-gpt2",
+        "config.json",
+        {"layer_norm_epsilon": "x"},
+        'layer_norm_epsilon: expected a finite number ≥ 0.0, got "x"',
+    ),
+    (
+        "hf-gpt2",
+        "config.json",
+        {"resid_pdrop": [0.1]},
+        "resid_pdrop: expected a number in [0.0, 1.0), got a list",
+    ),
+    (
+        "hf-gpt2",
+        "config.json",
+        {"pad_token_id": [0]},
+        "pad_token_id: expected an integer in [0, 10], got a list",
+    ),
+    ("hf-gpt2", "config.json", {"n_layer": 2.5}, "n_layer: expected an integer ≥ 1, got 2.5"),
+    (
+        "hf-gpt2",
+        "config.json",
+        {"scale_attn_weights": "true"},
+        "scale_attn_weights: 'true' is not supported",
+    ),
+    (
+        "hf-bert",
+        "config.json",
+        {"layer_norm_eps": "1e-12"},
+        'layer_norm_eps: expected a finite number ≥ 0.0, got "1e-12"',
+    ),
+    ("hf-bert", "config.json", {"layer_norm_eps": 0}, "layer_norm_eps: expected > 0"),
+    ("wordpiece", "vocab.txt", b"[PAD]\n\xff\xfe\n", "vocabulary is not UTF-8 text"),
+    ("wordpiece", "tokenizer_config.json", b"", "tokenizer config is not valid JSON"),
+    (
+        "wordpiece",
+        "tokenizer_config.json",
+        b'{"do_lower_case": fa',
+        "tokenizer config is not valid JSON",
+    ),
+    ("wordpiece", "tokenizer_config.json", b'{"a": "\xff"}', "tokenizer config is not UTF-8 text"),
+    (
+        "wordpiece",
+        "tokenizer_config.json",
+        b"[]",
+        "tokenizer config must be a JSON object, got a list",
+    ),
+    (
+        "wordpiece",
+        "tokenizer_config.json",
+        b"null",
+        "tokenizer config must be a JSON object, got null",
+    ),
+    (
+        "wordpiece",
+        "tokenizer_config.json",
+        {"model_max_length": "64"},
+        'model_max_length: expected an integer ≥ 1, got "64"',
+    ),
+    (
+        "wordpiece",
+        "tokenizer_config.json",
+        {"do_lower_case": "false"},
+        'do_lower_case: expected true or false, got "false"',
+    ),
+    (
+        "wordpiece",
+        "tokenizer_config.json",
+        {"strip_accents": "no"},
+        'strip_accents: expected true or false, got "no"',
+    ),
+    (
+        "wordpiece",
+        "tokenizer_config.json",
+        {"unk_token": {"content": 5}},
+        'unk_token: expected an AddedToken object with a string "content"',
+    ),
+    (
+        "wordpiece",
+        "tokenizer_config.json",
+        {"unk_token": "[NOPE]"},
+        "unk_token: '[NOPE]' is not in the vocabulary",
+    ),
+    (
+        "sentence-encoder",
+        "modules.json",
+        b'[{"path": 3, "type": "Transformer"}]',
+        "path: expected a string, got 3",
+    ),
+    (
+        "sentence-encoder",
+        "sentence_bert_config.json",
+        {"max_seq_length": -1},
+        "max_seq_length: expected an integer ≥ 2, got -1",
+    ),
+    (
+        "sentence-encoder",
+        "sentence_bert_config.json",
+        {"max_seq_length": 1.5},
+        "max_seq_length: expected an integer ≥ 2, got 1.5",
+    ),
+    (
+        "sentence-encoder",
+        "sentence_bert_config.json",
+        {"max_seq_length": "8"},
+        'max_seq_length: expected an integer ≥ 2, got "8"',
+    ),
+    (
+        "sentence-encoder",
+        "sentence_bert_config.json",
+        {"max_seq_length": 11},
+        "max_seq_length: 11 exceeds the model's max_position_embeddings=10",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "rel", "content", "message"), CASES)
+def test_each_value_that_once_slipped_through_is_refused_naming_file_and_field(
+    saved, tmp_path, name, rel, content, message
+):
+    folder, expected, _ = damaged_copy(saved, name, tmp_path)
+    for weights in folder.glob("*.safetensors"):
+        as_if_written_elsewhere(weights)  # as a file PEFT wrote: the field's own check must act
+    if isinstance(content, bytes):
+        (folder / rel).write_bytes(content)
+    else:
+        (folder / rel).write_text(json.dumps({**json.loads((folder / rel).read_text()), **content}))
+    error = check_damaged(name, folder, expected, names=[f"{rel}: {message}"], allow_same=False)
+    assert isinstance(error, FileFormatError)
+
+
+def test_a_special_token_given_as_an_added_token_object_is_read_as_its_content(saved):
+    folder, _ = saved("wordpiece")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    assert isinstance(config["cls_token"], dict)  # the folder the other tests damage has one
+    tokenizer = hub.load_tokenizer(folder)
+    assert tokenizer.cls_token == "[CLS]" and tokenizer.cls_id == VOCAB.index("[CLS]")
+    assert tokenizer.model_max_length == 8 and tokenizer.lowercase

@@ -522,6 +522,12 @@ def load_sentence_encoder(folder, dtype=np.float32) -> SentenceEncoder:
             field="model_type",
         )
     tokenizer = load_tokenizer(folder)
+    if len(tokenizer) > model.config.vocab_size:
+        # an id the embedding table has no row for would fail at the first encode()
+        raise FileFormatError(
+            folder / "vocab.txt",
+            f"{len(tokenizer)} tokens, more than the model's vocab_size={model.config.vocab_size}",
+        )
     positions = model.config.max_position_embeddings
     if max_len is not None and max_len > positions:
         raise FileFormatError(

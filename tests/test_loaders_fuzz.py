@@ -681,3 +681,16 @@ def test_a_special_token_given_as_an_added_token_object_is_read_as_its_content(s
     tokenizer = hub.load_tokenizer(folder)
     assert tokenizer.cls_token == "[CLS]" and tokenizer.cls_id == VOCAB.index("[CLS]")
     assert tokenizer.model_max_length == 8 and tokenizer.lowercase
+
+
+def test_a_vocabulary_larger_than_the_models_embedding_table_is_refused_at_load(saved, tmp_path):
+    folder, expected, _ = damaged_copy(saved, "sentence-encoder", tmp_path)
+    with (folder / "vocab.txt").open("a", encoding="utf-8") as f:
+        f.write("zebra\n")
+    check_damaged(
+        "sentence-encoder",
+        folder,
+        expected,
+        names=["vocab.txt: 18 tokens, more than the model's vocab_size=17"],
+        allow_same=False,
+    )

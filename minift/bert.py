@@ -544,6 +544,10 @@ class SentenceEncoder:
     """
 
     def __init__(self, model: BertModel, tokenizer, max_seq_length: int = 256, normalize=True):
+        m = max_seq_length
+        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 2:
+            # checked here, not at the first encode(): 2 is room for [CLS] and [SEP]
+            raise ValueError(f"max_seq_length: expected an integer ≥ 2, got {m!r}")
         if max_seq_length > model.config.max_position_embeddings:
             raise ValueError(
                 f"max_seq_length: {max_seq_length} exceeds the model's max_position_embeddings="

@@ -49,6 +49,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "read_json",
+    "check_folder",
     "json_bool",
     "json_int",
     "json_number",
@@ -144,12 +145,13 @@ def atomic_write_json(path, obj) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def read_json(path, what: str) -> dict:
+def read_json(path, what: str, *, expect: type = dict) -> dict | list:
     """Read a JSON object from ``path``; ``what`` names the file in errors ("config", …).
 
     MissingFileError when the file is not there (a dangling link included); FileFormatError when
     it is a folder, unreadable, not UTF-8, not JSON (a key given twice included), or not a JSON
-    object.
+    object (``expect=list``: not a JSON list, for the few files that are one, as
+    sentence-transformers' modules.json).
     """
     path = Path(path)
     try:
@@ -166,9 +168,24 @@ def read_json(path, what: str) -> dict:
         obj = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
     except ValueError as e:  # JSONDecodeError, and a key given twice
         raise FileFormatError(path, f"{what} is not valid JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise FileFormatError(path, f"{what} must be a JSON object, got {_json_type(obj)}")
+    if not isinstance(obj, expect):
+        expected = "a JSON object" if expect is dict else f"a JSON {_json_type(expect())[2:]}"
+        raise FileFormatError(path, f"{what} must be {expected}, got {_json_type(obj)}")
     return obj
+
+
+def check_folder(path, what: str) -> Path:
+    """``path`` as a Path if it is a folder; ``what`` says what it should hold, for the errors.
+
+    MissingFileError when nothing is there (a dangling link included); FileFormatError when a
+    file is there instead.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MissingFileError(path, f"no such folder ({what})")
+    if not path.is_dir():
+        raise FileFormatError(path, f"a file, expected a folder ({what})")
+    return path
 
 
 # -- JSON fields: each read with its type and range checked ----------------------------------

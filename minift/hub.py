@@ -34,16 +34,17 @@ with checkpoint.load_model, classifier and dtype included.
 
 Strict, as checkpoint.py is: every tensor of the file is used or explained above, every
 parameter of the model is in the file, every shape equals the config's, every configuration
-field that would change the math is one minift implements; the first thing that does not fit
-is a ValueError that names it (the tensor's key as the file spells it, expected vs got). A
-missing folder, config or weights file is a FileNotFoundError that says what is expected.
+field that would change the math is one minift implements, of the JSON type and range it
+must have; the first thing that does not fit is a ``minift.errors.FileFormatError`` that names
+the file and the field or tensor (the key as the file spells it), expected vs got. A missing
+folder, config or weights file is a MissingFileError (also a FileNotFoundError) that says what
+is expected; a file where a folder should be, or a folder where a file should be, is named too.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
-import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,7 @@ from minift.bert import BertConfig, BertModel, SentenceEncoder
 from minift.checkpoint import (
     CONFIG_DIGEST_KEY,
     CONFIG_NAME,
+    DIGEST_KEY,
     WEIGHTS_NAME,
     atomic_write_json,
     check_config_digest,
@@ -63,6 +65,8 @@ from minift.checkpoint import (
     save_tensors,
 )
 from minift.data.wordpiece import WordPieceTokenizer
+from minift.errors import FileFormatError, MissingFileError
+from minift.files import check_folder, json_bool, json_int, json_number, json_str
 from minift.model import GPT, GPTConfig
 from minift.nn import Linear, Module
 
@@ -102,16 +106,15 @@ def minilm_folder() -> Path:
 
 def _model_files(folder) -> tuple[Path, Path]:
     """(config.json, model.safetensors) of a model folder, or an error saying what is missing."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder")
+    folder = check_folder(folder, f"a model folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
     config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    if not config_path.is_file():
-        raise FileNotFoundError(
-            f"{folder}: no {CONFIG_NAME}; a model folder holds {CONFIG_NAME} (what the model is) "
-            f"and {WEIGHTS_NAME} (its weights)"
+    if not os.path.lexists(config_path):
+        raise MissingFileError(
+            folder,
+            f"no {CONFIG_NAME}; a model folder holds {CONFIG_NAME} (what the model is) "
+            f"and {WEIGHTS_NAME} (its weights)",
         )
-    if not weights_path.is_file():
+    if not os.path.lexists(weights_path):
         hint = ""
         if (folder / "pytorch_model.bin").exists():
             hint = (
@@ -120,7 +123,7 @@ def _model_files(folder) -> tuple[Path, Path]:
             )
         elif (folder / "model.safetensors.index.json").exists():
             hint = "; its weights are sharded (model.safetensors.index.json): not supported"
-        raise FileNotFoundError(f"{folder}: no {WEIGHTS_NAME}{hint}")
+        raise MissingFileError(folder, f"no {WEIGHTS_NAME}{hint}")
     return config_path, weights_path
 
 
@@ -147,9 +150,11 @@ def from_pretrained(folder, dtype=None, dropout: float | None = None) -> Module:
             )
         return load_model(Path(folder), dtype)
     model_type = config.get("model_type")
-    if model_type not in MODEL_TYPES:
-        raise ValueError(
-            f"{config_path}: model_type {model_type!r} is not one minift knows: {list(MODEL_TYPES)}"
+    if not isinstance(model_type, str) or model_type not in MODEL_TYPES:
+        raise FileFormatError(
+            config_path,
+            f"{model_type!r} is not one minift knows: {list(MODEL_TYPES)}",
+            field="model_type",
         )
     dtype = np.float32 if dtype is None else dtype
     # the config first: a model minift cannot build is refused before the weights are read
@@ -158,6 +163,12 @@ def from_pretrained(folder, dtype=None, dropout: float | None = None) -> Module:
     else:
         model_config = _bert_config(config, config_path, dropout)
     tensors, metadata = load_tensors(weights_path)
+    if CONFIG_DIGEST_KEY in metadata and DIGEST_KEY not in metadata:
+        # a flipped bit in the key's name must not switch the check off
+        raise FileFormatError(
+            weights_path, f"no {DIGEST_KEY} in its header, though its config checksum says minift "
+            "wrote it"
+        )  # fmt: skip
     check_config_digest(metadata, config, config_path, weights_path)  # when minift wrote the folder
     if model_type == "gpt2":
         model = GPT(model_config, dtype=dtype)
@@ -189,28 +200,32 @@ def _load_strict(model: Module, tensors, path, prefix: str, transposed: set[str]
     for name, p in params.items():
         key = prefix + name
         if name not in tensors:
-            raise ValueError(f"{path}: tensor {key!r} is missing (the model's {name}, {p.shape})")
+            raise FileFormatError(
+                path, f"missing (the model's {name}, {p.shape})", field=f"tensor {key!r}"
+            )
         value = tensors[name]
         if value.dtype.kind != "f":
-            raise ValueError(
-                f"{path}: tensor {key!r}: expected floating-point values, got {value.dtype}"
+            raise FileFormatError(
+                path, f"expected floating-point values, got {value.dtype}", field=f"tensor {key!r}"
             )
         expected = p.shape[::-1] if name in transposed else p.shape
         if value.shape != expected:
             layout = " (torch's [out, in])" if name in transposed else ""
-            raise ValueError(
-                f"{path}: tensor {key!r}: expected shape {expected}{layout} from the config, "
-                f"got {value.shape}"
+            raise FileFormatError(
+                path,
+                f"expected shape {expected}{layout} from the config, got {value.shape}",
+                field=f"tensor {key!r}",
             )
         values[name] = value.T if name in transposed else value
     unused = [prefix + k for k in tensors if k not in params]
     if unused:
-        raise ValueError(
-            f"{path}: {len(unused)} tensor(s) that {type(model).__name__} has no parameter for, "
-            f"first {unused[0]!r} (all: {unused[:8]}{' …' if len(unused) > 8 else ''})"
+        raise FileFormatError(
+            path,
+            f"{len(unused)} tensor(s) that {type(model).__name__} has no parameter for, "
+            f"first {unused[0]!r} (all: {unused[:8]}{' …' if len(unused) > 8 else ''})",
         )
     for name, p in params.items():
-        np.copyto(p.value, values[name], casting="unsafe")
+        np.copyto(p.value, values[name], casting="same_kind")
 
 
 def _strip_prefix(tensors: dict, prefix: str, path, allowed=()) -> tuple[dict, str]:
@@ -220,9 +235,10 @@ def _strip_prefix(tensors: dict, prefix: str, path, allowed=()) -> tuple[dict, s
         return tensors, ""
     without = [k for k in tensors if not k.startswith(prefix) and k not in allowed]
     if without:
-        raise ValueError(
-            f"{path}: some tensor names start with {prefix!r} and some do not: "
-            f"{with_prefix[0]!r} beside {without[0]!r}"
+        raise FileFormatError(
+            path,
+            f"some tensor names start with {prefix!r} and some do not: "
+            f"{with_prefix[0]!r} beside {without[0]!r}",
         )
     return {
         k.removeprefix(prefix) if k.startswith(prefix) else k: v for k, v in tensors.items()
@@ -232,33 +248,44 @@ def _strip_prefix(tensors: dict, prefix: str, path, allowed=()) -> tuple[dict, s
 # -- config fields ---------------------------------------------------------------------------------
 
 
-def _field(config: dict, key: str, path, default=dataclasses.MISSING):
-    if key in config and config[key] is not None:
-        return config[key]
-    if default is dataclasses.MISSING:
-        raise ValueError(f"{path}: {key!r} is missing ({config.get('model_type')} needs it)")
-    return default
+def _count(config: dict, key: str, path, default=None) -> int:
+    """A positive integer field; null or absent means ``default`` (without one: required)."""
+    value = json_int(config, key, path, minimum=1, nullable=True, default=default)
+    if value is None:
+        raise FileFormatError(
+            path, f"missing ({config.get('model_type')} needs a positive integer)", field=key
+        )
+    return value
+
+
+def _number(config: dict, key: str, path, default: float, **bounds) -> float:
+    """A finite number field (within ``bounds``); null or absent means ``default``."""
+    value = json_number(config, key, path, nullable=True, default=default, **bounds)
+    return default if value is None else value
 
 
 def _require(config: dict, key: str, allowed, path, why: str):
     """A field that changes the math must have a value minift implements."""
     value = config.get(key, allowed[0])
-    if value not in allowed:
-        raise ValueError(f"{path}: {key}={value!r} is not supported: {why}")
+    if not any(type(value) is type(a) and value == a for a in allowed):
+        raise FileFormatError(path, f"{value!r} is not supported: {why}", field=key)
 
 
 def _build(cls, path, **kwargs):
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from None
+        field, sep, rest = str(e).partition(": ")
+        if sep and field in kwargs:
+            raise FileFormatError(path, rest, field=field) from None
+        raise FileFormatError(path, str(e)) from None
 
 
 # -- GPT-2 ---------------------------------------------------------------------------------------
 
 
 def _gpt2_config(config: dict, path, dropout) -> GPTConfig:
-    d_model = _field(config, "n_embd", path)
+    d_model = _count(config, "n_embd", path)
     _require(
         config,
         "activation_function",
@@ -266,28 +293,34 @@ def _gpt2_config(config: dict, path, dropout) -> GPTConfig:
         path,
         "minift's GPT uses GELU's tanh approximation ('gelu_new')",
     )
-    if config.get("n_inner") not in (None, 4 * d_model):
-        raise ValueError(
-            f"{path}: n_inner={config['n_inner']} is not supported: minift's MLP is 4·n_embd = "
-            f"{4 * d_model} wide"
+    n_inner = json_int(config, "n_inner", path, nullable=True, default=None)
+    if n_inner not in (None, 4 * d_model):
+        raise FileFormatError(
+            path,
+            f"{n_inner} is not supported: minift's MLP is 4·n_embd = {4 * d_model} wide",
+            field="n_inner",
         )
     _require(config, "scale_attn_weights", (True,), path, "minift scales scores by 1/√hs")
     _require(config, "scale_attn_by_inverse_layer_idx", (False,), path, "not implemented")
     _require(config, "add_cross_attention", (False,), path, "minift's GPT is a decoder only")
     _require(config, "tie_word_embeddings", (True,), path, "minift's LM head is tied to wte")
-    pad = config.get("pad_token_id")
+    vocab_size = _count(config, "vocab_size", path)
+    pad = json_int(
+        config, "pad_token_id", path, minimum=0, maximum=vocab_size - 1, nullable=True, default=None
+    )
+    # minift has one dropout probability for the embeddings and the residual branches
+    resid_pdrop = _number(config, "resid_pdrop", path, 0.1, minimum=0.0, below=1.0)
     return _build(
         GPTConfig,
         path,
-        vocab_size=_field(config, "vocab_size", path),
-        block_size=_field(config, "n_positions", path),
-        n_layer=_field(config, "n_layer", path),
-        n_head=_field(config, "n_head", path),
+        vocab_size=vocab_size,
+        block_size=_count(config, "n_positions", path),
+        n_layer=_count(config, "n_layer", path),
+        n_head=_count(config, "n_head", path),
         d_model=d_model,
-        # minift has one dropout probability for the embeddings and the residual branches
-        dropout=float(_field(config, "resid_pdrop", path, 0.1) if dropout is None else dropout),
-        layer_norm_eps=float(_field(config, "layer_norm_epsilon", path, 1e-5)),
-        pad_token_id=pad if isinstance(pad, int) and 0 <= pad < config["vocab_size"] else None,
+        dropout=resid_pdrop if dropout is None else dropout,
+        layer_norm_eps=_number(config, "layer_norm_epsilon", path, 1e-5, minimum=0.0),
+        pad_token_id=pad,
     )
 
 
@@ -299,10 +332,11 @@ def _gpt2_tensors(tensors: dict, config: GPTConfig, path) -> tuple[dict, str]:
     if lm_head is not None:
         wte = tensors.get("wte.weight")
         if wte is None or lm_head.shape != wte.shape or not np.array_equal(lm_head, wte):
-            raise ValueError(
-                f"{path}: tensor 'lm_head.weight' is not equal to {prefix}wte.weight: minift's GPT "
-                "ties its LM head to the token embedding, as GPT-2 does, and cannot hold a "
-                "separate one"
+            raise FileFormatError(
+                path,
+                f"not equal to {prefix}wte.weight: minift's GPT ties its LM head to the token "
+                "embedding, as GPT-2 does, and cannot hold a separate one",
+                field="tensor 'lm_head.weight'",
             )
     n = config.block_size
     causal = np.tril(np.ones((n, n))).reshape(1, 1, n, n)
@@ -311,14 +345,16 @@ def _gpt2_tensors(tensors: dict, config: GPTConfig, path) -> tuple[dict, str]:
         if key in tensors:
             buffer = tensors.pop(key)
             if buffer.shape != causal.shape or not np.array_equal(buffer, causal):
-                raise ValueError(
-                    f"{path}: tensor {prefix + key!r}: expected GPT-2's causal-mask buffer, the "
-                    f"lower-triangular ones of shape {causal.shape}, got shape {buffer.shape}"
-                    + ("" if buffer.shape != causal.shape else " with other values")
+                raise FileFormatError(
+                    path,
+                    "expected GPT-2's causal-mask buffer, the lower-triangular ones of shape "
+                    f"{causal.shape}, got shape {buffer.shape}"
+                    + ("" if buffer.shape != causal.shape else " with other values"),
+                    field=f"tensor {prefix + key!r}",
                 )
         key = f"h.{i}.attn.masked_bias"
         if key in tensors and tensors.pop(key).size != 1:
-            raise ValueError(f"{path}: tensor {prefix + key!r}: expected one number")
+            raise FileFormatError(path, "expected one number", field=f"tensor {prefix + key!r}")
     return tensors, prefix
 
 
@@ -339,24 +375,26 @@ def _bert_config(config: dict, path, dropout) -> BertConfig:
     _require(config, "is_decoder", (False,), path, "minift's BERT is an encoder")
     _require(config, "add_cross_attention", (False,), path, "minift's BERT is an encoder")
     defaults = BertConfig()
+    vocab_size = _count(config, "vocab_size", path)
+    hidden_dropout_prob = _number(config, "hidden_dropout_prob", path, 0.1, minimum=0.0, below=1.0)
+    pad = json_int(config, "pad_token_id", path, minimum=0, maximum=vocab_size - 1,
+                   nullable=True, default=None)  # fmt: skip
     return _build(
         BertConfig,
         path,
-        vocab_size=_field(config, "vocab_size", path),
-        hidden_size=_field(config, "hidden_size", path),
-        num_hidden_layers=_field(config, "num_hidden_layers", path),
-        num_attention_heads=_field(config, "num_attention_heads", path),
-        intermediate_size=_field(config, "intermediate_size", path),
-        max_position_embeddings=_field(config, "max_position_embeddings", path),
-        type_vocab_size=_field(config, "type_vocab_size", path, 2),
-        layer_norm_eps=float(_field(config, "layer_norm_eps", path, 1e-12)),
+        vocab_size=vocab_size,
+        hidden_size=_count(config, "hidden_size", path),
+        num_hidden_layers=_count(config, "num_hidden_layers", path),
+        num_attention_heads=_count(config, "num_attention_heads", path),
+        intermediate_size=_count(config, "intermediate_size", path),
+        max_position_embeddings=_count(config, "max_position_embeddings", path),
+        type_vocab_size=_count(config, "type_vocab_size", path, 2),
+        layer_norm_eps=_number(config, "layer_norm_eps", path, 1e-12, minimum=0.0),
         # attention_probs_dropout_prob has no counterpart: minift has no dropout on attention
         # probabilities (evaluation is unaffected; training is the slightly less regularised)
-        hidden_dropout_prob=float(
-            _field(config, "hidden_dropout_prob", path, 0.1) if dropout is None else dropout
-        ),
-        initializer_range=float(_field(config, "initializer_range", path, 0.02)),
-        pad_token_id=int(_field(config, "pad_token_id", path, defaults.pad_token_id)),
+        hidden_dropout_prob=hidden_dropout_prob if dropout is None else dropout,
+        initializer_range=_number(config, "initializer_range", path, 0.02, minimum=0.0),
+        pad_token_id=defaults.pad_token_id if pad is None else pad,
     )
 
 
@@ -371,9 +409,11 @@ def _check_position_ids(tensors: dict, prefix: str, config: BertConfig, path) ->
         or ids.size != n
         or not np.array_equal(ids.reshape(-1), np.arange(n))
     ):
-        raise ValueError(
-            f"{path}: tensor {prefix + 'embeddings.position_ids'!r}: expected the buffer of "
-            f"positions 0 … {n - 1} (shape (1, {n})), got {ids.dtype} {ids.shape}"
+        raise FileFormatError(
+            path,
+            f"expected the buffer of positions 0 … {n - 1} (shape (1, {n})), got {ids.dtype} "
+            f"{ids.shape}",
+            field=f"tensor {prefix + 'embeddings.position_ids'!r}",
         )
 
 
@@ -435,38 +475,67 @@ def load_sentence_encoder(folder, dtype=np.float32) -> SentenceEncoder:
     """A sentence-transformers folder as minift.bert.SentenceEncoder: BertModel, tokenizer,
     max_seq_length (sentence_bert_config.json), mean pooling and the optional Normalize
     (modules.json, 1_Pooling/config.json). Other pooling modes are refused, not guessed at."""
-    folder = Path(folder)
+    folder = check_folder(folder, "a sentence-transformers folder holds modules.json")
     modules_path = folder / "modules.json"
-    if not modules_path.is_file():
-        raise FileNotFoundError(f"{folder}: no modules.json; not a sentence-transformers folder")
-    try:
-        modules = json.loads(modules_path.read_text(encoding="utf-8"))
-        kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in modules]
-    except (ValueError, AttributeError, TypeError) as e:
-        raise ValueError(f"{modules_path}: not a list of modules ({e})") from None
+    if not os.path.lexists(modules_path):
+        raise MissingFileError(folder, "no modules.json; not a sentence-transformers folder")
+    modules = read_json(modules_path, "sentence-transformers modules", expect=list)
+    kinds, paths = [], []
+    for i, module in enumerate(modules):
+        if not isinstance(module, dict):
+            raise FileFormatError(
+                modules_path, f"expected an object, got {type(module).__name__}", field=f"[{i}]"
+            )
+        kinds.append(json_str(module, "type", modules_path).rsplit(".", 1)[-1])
+        paths.append(json_str(module, "path", modules_path, default=""))
     if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
-        raise ValueError(
-            f"{modules_path}: modules {kinds} are not supported: minift implements Transformer, "
-            "Pooling (mean) and an optional Normalize"
+        raise FileFormatError(
+            modules_path,
+            f"modules {kinds} are not supported: minift implements Transformer, Pooling (mean) "
+            "and an optional Normalize",
         )
-    pooling = read_json(folder / modules[1].get("path", "") / CONFIG_NAME, "pooling config")
-    modes = sorted(k for k, v in pooling.items() if k.startswith("pooling_mode") and v)
+    pooling_path = folder / paths[1] / CONFIG_NAME
+    pooling = read_json(pooling_path, "pooling config")
+    modes = sorted(
+        k for k in pooling if k.startswith("pooling_mode") and json_bool(pooling, k, pooling_path)
+    )
     if modes != ["pooling_mode_mean_tokens"]:
-        raise ValueError(f"{folder}: pooling {modes} is not supported: minift pools by the mean")
+        raise FileFormatError(
+            pooling_path, f"pooling {modes} is not supported: minift pools by the mean"
+        )
     settings_path = folder / "sentence_bert_config.json"
     settings = (
-        read_json(settings_path, "sentence-transformers config") if settings_path.is_file() else {}
+        read_json(settings_path, "sentence-transformers config")
+        if os.path.lexists(settings_path)  # a folder or a dangling link there is an error
+        else {}
     )
-    if settings.get("do_lower_case"):
-        raise ValueError(f"{settings_path}: do_lower_case=true is not supported")
+    if json_bool(settings, "do_lower_case", settings_path, default=False):
+        raise FileFormatError(settings_path, "true is not supported", field="do_lower_case")
+    max_len = json_int(
+        settings, "max_seq_length", settings_path, minimum=2, nullable=True, default=None
+    )  # 2: room for [CLS] and [SEP]
     model = from_pretrained(folder, dtype=dtype)
     if not isinstance(model, BertModel):
-        raise ValueError(
-            f"{folder}: a sentence encoder needs a BERT model, got {type(model).__name__}"
+        raise FileFormatError(
+            folder / CONFIG_NAME,
+            f"a sentence encoder needs a BERT model, got {type(model).__name__}",
+            field="model_type",
         )
     tokenizer = load_tokenizer(folder)
-    max_len = settings.get("max_seq_length") or min(
-        tokenizer.model_max_length, model.config.max_position_embeddings
-    )
+    if len(tokenizer) > model.config.vocab_size:
+        # an id the embedding table has no row for would fail at the first encode()
+        raise FileFormatError(
+            folder / "vocab.txt",
+            f"{len(tokenizer)} tokens, more than the model's vocab_size={model.config.vocab_size}",
+        )
+    positions = model.config.max_position_embeddings
+    if max_len is not None and max_len > positions:
+        raise FileFormatError(
+            settings_path,
+            f"{max_len} exceeds the model's max_position_embeddings={positions}",
+            field="max_seq_length",
+        )
+    if max_len is None:
+        max_len = min(tokenizer.model_max_length, positions)
     model.eval()
     return SentenceEncoder(model, tokenizer, max_len, normalize=kinds[-1] == "Normalize")

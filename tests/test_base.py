@@ -175,7 +175,7 @@ def test_adapter_config_with_unknown_settings_is_refused(tmp_path):
         PeftModel.from_pretrained(gpt(), tmp_path)
     raw["peft_type"] = "BOFT"
     path.write_text(json.dumps(raw))
-    with pytest.raises(ValueError, match="peft_type 'BOFT' is not one minift knows"):
+    with pytest.raises(ValueError, match='json: peft_type: "BOFT" is not one minift knows'):
         PeftModel.from_pretrained(gpt(), tmp_path)
 
 

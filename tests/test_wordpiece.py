@@ -108,7 +108,10 @@ def test_a_bad_vocabulary_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="token 'a' appears on lines 1 and 3"):
         load_vocab(tmp_path / "vocab.txt")
     (tmp_path / "vocab.txt").write_text("a\nb\n")
-    with pytest.raises(ValueError, match=r"special tokens \['\[UNK\]'"):
+    with pytest.raises(
+        ValueError,
+        match=r"vocab.txt: the special token '\[UNK\]' \(unk_token\) is not in the vocabulary",
+    ):
         WordPieceTokenizer.from_folder(tmp_path)
 
 

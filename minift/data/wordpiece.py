@@ -35,12 +35,15 @@ recent scripts and marks, none in Latin, Greek, Cyrillic or the CJK blocks above
 
 from __future__ import annotations
 
-import json
+import os
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from minift.errors import FileFormatError, MissingFileError
+from minift.files import check_folder, json_bool, json_int, json_str, read_json
 
 __all__ = ["WordPieceTokenizer", "load_vocab", "normalize", "pre_tokenize", "wordpiece"]
 
@@ -48,21 +51,39 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
 def load_vocab(path) -> dict[str, int]:
-    """vocab.txt -> {token: id}, id = line number (0-based). Duplicates and blanks are errors."""
+    """vocab.txt -> {token: id}, id = line number (0-based). Duplicates and blanks are errors,
+    each a FileFormatError naming the file and the line; a missing file a MissingFileError."""
     path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise MissingFileError(path, "vocabulary: no such file") from None
+    except IsADirectoryError:
+        raise FileFormatError(path, "vocabulary: a folder, expected a file") from None
+    except UnicodeDecodeError as e:
+        raise FileFormatError(path, f"vocabulary is not UTF-8 text ({e})") from None
+    except OSError as e:
+        raise FileFormatError(path, f"vocabulary cannot be read ({e.strerror or e})") from None
     vocab: dict[str, int] = {}
-    with path.open(encoding="utf-8") as f:  # a missing file's error names the path
-        for i, line in enumerate(f):
-            token = line.rstrip("\n").rstrip("\r")
-            if not token:
-                raise ValueError(f"{path}: line {i + 1} is empty; every line must hold a token")
-            if token in vocab:
-                raise ValueError(
-                    f"{path}: token {token!r} appears on lines {vocab[token] + 1} and {i + 1}"
-                )
-            vocab[token] = i
+    # one token a line: split on "\n" only (a token may hold other line-breaking characters)
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    for i, line in enumerate(lines):
+        token = line.rstrip("\r")
+        if not token:
+            raise FileFormatError(
+                path, "empty; every line must hold a token", field=f"line {i + 1}"
+            )
+        if token in vocab:
+            raise FileFormatError(
+                path,
+                f"token {token!r} appears on lines {vocab[token] + 1} and {i + 1}",
+                field=f"line {i + 1}",
+            )
+        vocab[token] = i
     if not vocab:
-        raise ValueError(f"{path}: empty vocabulary")
+        raise FileFormatError(path, "empty vocabulary")
     return vocab
 
 
@@ -314,36 +335,76 @@ class WordPieceTokenizer:
     def from_folder(cls, folder) -> WordPieceTokenizer:
         """vocab.txt, with the options of tokenizer_config.json when there is one (Hugging Face's
         BertTokenizer reads the same two files): do_lower_case, strip_accents,
-        tokenize_chinese_chars, the special tokens and model_max_length."""
-        folder = Path(folder)
+        tokenize_chinese_chars, the special tokens and model_max_length.
+
+        Each option must have its JSON type (a boolean true or false, never "false"); a special
+        token is a string or Hugging Face's AddedToken object ({"content": "[UNK]", …}) and must
+        be in the vocabulary. A tokenizer_config.json that is there but cannot be read (a
+        folder, a dangling link, not JSON) is an error, never taken for a missing one: the
+        options it would have set change every id.
+        """
+        folder = check_folder(folder, "a WordPiece tokenizer folder holds vocab.txt")
         vocab_path = folder / "vocab.txt"
-        if not vocab_path.is_file():
-            raise FileNotFoundError(
-                f"{folder}: no vocab.txt; a WordPiece tokenizer needs its vocabulary file"
+        if not os.path.lexists(vocab_path):
+            raise MissingFileError(
+                folder, "no vocab.txt; a WordPiece tokenizer needs its vocabulary file"
             )
-        options = {}
+        vocab = load_vocab(vocab_path)
         config_path = folder / "tokenizer_config.json"
-        if config_path.is_file():
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-            renames = {
-                "do_lower_case": "lowercase",
-                "strip_accents": "strip_accents",
-                "tokenize_chinese_chars": "handle_chinese_chars",
-                "unk_token": "unk_token",
-                "cls_token": "cls_token",
-                "sep_token": "sep_token",
-                "pad_token": "pad_token",
-                "mask_token": "mask_token",
-            }
-            options = {ours: config[theirs] for theirs, ours in renames.items() if theirs in config}
-            tokenizer_class = config.get("tokenizer_class", "BertTokenizer")
-            if tokenizer_class not in ("BertTokenizer", "BertTokenizerFast"):
-                raise ValueError(
-                    f"{config_path}: tokenizer_class {tokenizer_class!r} is not a WordPiece "
-                    "(BERT) tokenizer"
-                )
-            max_len = config.get("model_max_length")
-            # Hugging Face writes a huge integer (1e30) for "no limit"
-            if isinstance(max_len, int) and 0 < max_len < 10**9:
-                options["model_max_length"] = max_len
-        return cls(load_vocab(vocab_path), **options)
+        if not os.path.lexists(config_path):
+            config = {}
+        else:
+            config = read_json(config_path, "tokenizer config")
+        tokenizer_class = json_str(
+            config, "tokenizer_class", config_path, nullable=True, default=None
+        )
+        if tokenizer_class not in (None, "BertTokenizer", "BertTokenizerFast"):
+            raise FileFormatError(
+                config_path,
+                f"{tokenizer_class!r} is not a WordPiece (BERT) tokenizer",
+                field="tokenizer_class",
+            )
+        options = {
+            "lowercase": json_bool(config, "do_lower_case", config_path, default=True),
+            "strip_accents": json_bool(
+                config, "strip_accents", config_path, nullable=True, default=None
+            ),
+            "handle_chinese_chars": json_bool(
+                config, "tokenize_chinese_chars", config_path, default=True
+            ),
+        }
+        for field, default in (
+            ("unk_token", "[UNK]"),
+            ("cls_token", "[CLS]"),
+            ("sep_token", "[SEP]"),
+            ("pad_token", "[PAD]"),
+            ("mask_token", "[MASK]"),
+        ):
+            token = _special_token(config, field, config_path, default)
+            if token not in vocab:
+                if field in config:
+                    message = f"{token!r} is not in the vocabulary, {vocab_path}"
+                    raise FileFormatError(config_path, message, field=field)
+                message = f"the special token {token!r} ({field}) is not in the vocabulary"
+                raise FileFormatError(vocab_path, message)
+            options[field] = token
+        max_len = json_int(
+            config, "model_max_length", config_path, minimum=1, nullable=True, default=None
+        )
+        # Hugging Face writes a huge integer (1e30) for "no limit": then the class default
+        if max_len is not None and max_len < 10**9:
+            options["model_max_length"] = max_len
+        return cls(vocab, **options)
+
+
+def _special_token(config: dict, field: str, path, default: str) -> str:
+    """A special token as tokenizer_config.json gives it: a string, or Hugging Face's AddedToken
+    object, whose "content" is the token."""
+    value = config.get(field, default)
+    if isinstance(value, dict):
+        if not isinstance(value.get("content"), str):
+            raise FileFormatError(
+                path, 'expected an AddedToken object with a string "content"', field=field
+            )
+        return value["content"]
+    return json_str(config, field, path, default=default)

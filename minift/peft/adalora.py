@@ -196,6 +196,7 @@ class AdaLoraConfig(PeftConfig):
     r: int = 8  # unused: AdaLoRA's rank is init_r
 
     peft_type = "ADALORA"
+    positive_fields = ("lora_alpha",)  # α ≤ 0 flips or erases the update
     default_target_modules = ("c_attn",)  # PEFT's default for GPT-2
     mergeable = True
 

@@ -37,8 +37,13 @@ PEFT, matching Hugging Face's names, resolves to exactly the layers minift wrapp
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import re
+import types
+import typing
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -47,6 +52,7 @@ import numpy as np
 
 from minift.checkpoint import (
     CONFIG_DIGEST_KEY,
+    DIGEST_KEY,
     atomic_write_json,
     check_config_digest,
     json_digest,
@@ -54,6 +60,7 @@ from minift.checkpoint import (
     read_json,
     save_tensors,
 )
+from minift.errors import FileFormatError, MiniftError, MissingFileError
 from minift.nn import Linear, Module
 from minift.peft.adapted import AdaptedLinear  # noqa: F401  (importable from here, as before)
 
@@ -128,26 +135,38 @@ class PeftConfig:
         """Fields whose value in adapter_config.json depends on the model (default: none)."""
         return {}
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "adapter config") -> PeftConfig:
-        """Build from a dict; a field we do not implement, set to a non-default value, is an error.
+    # fields that must be > 0 in a file (a negative or zero LoRA α flips or erases the update)
+    positive_fields: ClassVar[tuple[str, ...]] = ()
 
-        PEFT writes many fields (``task_type``, ``inference_mode``, ``layers_to_transform`` …);
-        those left at their neutral values are ignored, anything that would change the method
-        is refused rather than silently dropped.
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where="adapter config") -> PeftConfig:
+        """Build from a dict read from file ``where``, every field checked for its JSON type.
+
+        Each field must hold what its annotation says, as JSON spells it (``lora_dropout:
+        float`` a number, never "0.1"; ``use_rslora: bool`` true or false, never "no" or 1), a
+        regex in ``target_modules`` must compile, and whatever the config's own checks refuse is
+        refused too: each a FileFormatError naming ``where`` and the field. A field we do not
+        implement, set to a non-default value, is an error: PEFT writes many fields
+        (``task_type``, ``inference_mode``, ``layers_to_transform`` …); those left at their
+        neutral values are ignored, anything that would change the method is refused rather
+        than silently dropped.
         """
+        hints = typing.get_type_hints(cls)
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs, refused = {}, []
         for key, value in d.items():
             if key in names:
-                kwargs[key] = value
-            elif key in _NEUTRAL_FIELDS or value in (None, False, {}, [], ""):
+                kwargs[key] = _checked_field(cls, key, value, hints[key], where)
+            elif key in _NEUTRAL_FIELDS or _is_neutral(value):
                 continue
             else:
                 refused.append(f"{key}={value!r}")
         if refused:
-            raise ValueError(f"{where}: fields minift does not implement: {', '.join(refused)}")
-        return cls(**kwargs)
+            raise FileFormatError(where, f"fields minift does not implement: {', '.join(refused)}")
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError, re.error) as e:
+            raise _field_error(where, e, names) from None
 
     def peft_key(self, name: str) -> str:
         """The key of a trainable parameter in adapter_model.safetensors: PEFT's, on Hugging
@@ -161,6 +180,93 @@ class PeftConfig:
 
     def from_peft_value(self, name: str, value: np.ndarray) -> np.ndarray:
         return hf_layout(name, value)
+
+
+# -- reading a config's fields from a file ---------------------------------------------------
+
+
+def _is_neutral(value) -> bool:
+    """A field PEFT writes at its "off" value (0 too: it equals False)."""
+    return value in (None, False, {}, [], "")
+
+
+def _json_kinds(hint) -> list[tuple[str, Callable[[Any], bool]]] | None:
+    """What JSON may hold for a field annotated ``hint``: (name, test) pairs; None: anything."""
+    parts = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    kinds = []
+    for part in parts:
+        origin, args = typing.get_origin(part), typing.get_args(part)
+        if part is bool:
+            kinds.append(("true or false", lambda v: isinstance(v, bool)))
+        elif part is int:
+            kinds.append(("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)))
+        elif part is float:
+            kinds.append(("a finite number", _is_finite_number))
+        elif part is str:
+            kinds.append(("a string", lambda v: isinstance(v, str)))
+        elif part is type(None):
+            kinds.append(("null", lambda v: v is None))
+        elif part is dict or origin is dict:
+            kinds.append(("an object", lambda v: isinstance(v, dict)))
+        elif (part is list or origin is list) and args:
+            inner = _json_kinds(args[0])
+            if inner is None:
+                return None
+            kinds.append(
+                (
+                    f"a list of {inner[0][0].removeprefix('a ').removeprefix('an ')}s",
+                    lambda v, test=inner[0][1]: isinstance(v, list) and all(map(test, v)),
+                )
+            )
+        else:
+            return None  # a type JSON has no word for: the config's own checks decide
+    return kinds
+
+
+def _is_finite_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _checked_field(cls, key: str, value, hint, where):
+    """``value`` if JSON's type fits the annotation (and the field's range and regex rules)."""
+    kinds = _json_kinds(hint)
+    if kinds is not None and not any(test(value) for _, test in kinds):
+        expected = " or ".join(name for name, _ in kinds)
+        raise FileFormatError(where, f"expected {expected}, got {_json_text(value)}", field=key)
+    if key in cls.positive_fields and not value > 0:
+        raise FileFormatError(where, f"expected a number > 0, got {_json_text(value)}", field=key)
+    if key in _REGEX_FIELDS and isinstance(value, str):
+        try:
+            re.compile(value)
+        except re.error as e:
+            message = f"not a valid regular expression ({e})"
+            raise FileFormatError(where, message, field=key) from None
+    return value
+
+
+_REGEX_FIELDS = {"target_modules", "feedforward_modules"}  # a string is a regex (PEFT's rule)
+
+
+def _json_text(value) -> str:
+    text = json.dumps(value) if _is_json(value) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "…"
+
+
+def _is_json(value) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _field_error(where, error: Exception, names) -> FileFormatError:
+    """A config's own check (``"r: expected …"``) as an error of the file, naming the field."""
+    message = str(error)
+    field, sep, rest = message.partition(": ")
+    if sep and field in names:
+        return FileFormatError(where, rest, field=field)
+    return FileFormatError(where, message)
 
 
 # GPT-2's top-level modules, which Hugging Face nests under "transformer." (a head such as
@@ -462,20 +568,25 @@ class PeftModel(Module):
 
     @classmethod
     def from_pretrained(cls, model: Module, directory, is_trainable: bool = False, seed: int = 0):
-        """Apply a saved adapter to ``model``; frozen for inference unless ``is_trainable``."""
-        directory = Path(directory)
-        config_path = directory / ADAPTER_CONFIG_NAME
+        """Apply a saved adapter to ``model``; frozen for inference unless ``is_trainable``.
+
+        Both files are read and checked before the model is touched, and if the adapter still
+        does not fit the model, the model is put back as it was: a FileFormatError (naming the
+        file, and the field or tensor) leaves ``model`` unchanged.
+        """
+        config_path, weights_path = _adapter_files(directory)
         raw = read_json(config_path, "adapter config")
-        weights_path = directory / ADAPTER_WEIGHTS_NAME
-        _, metadata = load_tensors(weights_path)
-        check_config_digest(metadata, raw, config_path, weights_path)
+        tensors, metadata = load_tensors(weights_path)
         peft_type = raw.get("peft_type")
-        if peft_type not in PEFT_TYPES:
-            raise ValueError(
-                f"{config_path}: peft_type {peft_type!r} is not one minift knows: "
-                f"{sorted(PEFT_TYPES)}"
+        if not isinstance(peft_type, str) or peft_type not in PEFT_TYPES:
+            raise FileFormatError(
+                config_path,
+                f"{_json_text(peft_type)} is not one minift knows: {sorted(PEFT_TYPES)}",
+                field="peft_type",
             )
-        config = PEFT_TYPES[peft_type].from_dict(raw, str(config_path))
+        _check_minift_digest(metadata, weights_path, minift_only=peft_type.startswith(MINIFT_ONLY))
+        check_config_digest(metadata, raw, config_path, weights_path)
+        config = PEFT_TYPES[peft_type].from_dict(raw, config_path)
         if raw.get("task_type") == "SEQ_CLS" and config.modules_to_save:
             # PEFT adds the names of both its usual heads to a classifier's modules_to_save and
             # trains whichever the model has: the other one names nothing, here as there
@@ -483,17 +594,38 @@ class PeftModel(Module):
             config.modules_to_save = [
                 m for m in config.modules_to_save if m in present or m not in _PEFT_SEQ_CLS_HEADS
             ]
-        peft_model = get_peft_model(model, config, seed=seed)
-        peft_model.load_adapter_weights(directory / ADAPTER_WEIGHTS_NAME)
+        saved = _module_state(model)
+        try:
+            try:
+                peft_model = get_peft_model(model, config, seed=seed)
+            except (TypeError, ValueError, re.error) as e:
+                field = str(e).partition(": ")[0]
+                if isinstance(e, MiniftError) or field not in raw:
+                    raise
+                # a field valid on its own that does not fit this model (a target it lacks)
+                raise _field_error(config_path, e, {field}) from None
+            peft_model._load_adapter_tensors(tensors, weights_path, config_path)
+        except BaseException:
+            _restore_module_state(saved)
+            raise
         if not is_trainable:
             for p in peft_model.parameters():
                 p.trainable = False
         return peft_model
 
     def load_adapter_weights(self, path) -> None:
-        """Strict: every trainable Param's key is in the file, no key is left over, shapes match."""
-        tensors, _ = load_tensors(path)
+        """Strict: every trainable Param's key is in the file, no key is left over, every tensor
+        floating-point, finite and of exactly the Param's shape; else a FileFormatError naming
+        the file and the tensor, and no Param changed."""
+        tensors, metadata = load_tensors(path)
+        _check_minift_digest(
+            metadata, path, minift_only=self.peft_config.peft_type.startswith(MINIFT_ONLY)
+        )
+        self._load_adapter_tensors(tensors, path)
+
+    def _load_adapter_tensors(self, tensors: dict[str, np.ndarray], path, config_path=None):
         cfg = self.peft_config
+        config_fields = {f.name for f in dataclasses.fields(cfg)}
         params = {
             cfg.peft_key(n): (n, p) for n, p in self.named_parameters().items() if p.trainable
         }
@@ -502,17 +634,73 @@ class PeftModel(Module):
         problems = [f"missing keys {missing}"] if missing else []
         if unexpected:
             problems.append(f"unexpected keys {unexpected}")
+        if problems:
+            raise FileFormatError(path, "adapter does not match the model: " + " | ".join(problems))
         values = {}
         for key, (name, p) in params.items():
-            if key in tensors:
-                value = cfg.from_peft_value(name, tensors[key])
-                if value.shape != p.shape:
-                    problems.append(f"{key}: expected shape {p.shape}, got {value.shape}")
-                values[name] = value
-        if problems:
-            raise ValueError(f"{path}: adapter does not match the model: " + " | ".join(problems))
+            stored = tensors[key]
+            if stored.dtype.kind != "f":
+                # an integer tensor copied into a float Param would load as other numbers
+                raise FileFormatError(
+                    path, f"expected floating-point values, got {stored.dtype}", field=key
+                )
+            try:
+                value = cfg.from_peft_value(name, stored)
+            except ValueError as e:  # a layout the config does not expect (IA3's ia3_l)
+                message = str(e).removeprefix(f"{key}: ")
+                field, _, rest = message.partition(": ")
+                if config_path is not None and field in config_fields:
+                    # the config's field is what does not fit (AdaLoRA's rank_pattern)
+                    raise FileFormatError(config_path, f"{key}: {rest}", field=field) from None
+                raise FileFormatError(path, message, field=key) from None
+            if value.shape != p.shape:
+                raise FileFormatError(
+                    path, f"expected shape {p.shape}, got {value.shape}", field=key
+                )
+            values[name] = value
         for name, p in params.values():
-            np.copyto(p.value, values[name], casting="unsafe")
+            np.copyto(p.value, values[name], casting="same_kind")
+
+
+def _adapter_files(directory) -> tuple[Path, Path]:
+    """(adapter_config.json, adapter_model.safetensors) of an adapter folder."""
+    directory = Path(directory)
+    if not directory.exists():
+        raise MissingFileError(directory, "no such folder (an adapter folder was expected)")
+    if not directory.is_dir():
+        raise FileFormatError(
+            directory,
+            f"a file, expected a folder holding {ADAPTER_CONFIG_NAME} and {ADAPTER_WEIGHTS_NAME}",
+        )
+    return directory / ADAPTER_CONFIG_NAME, directory / ADAPTER_WEIGHTS_NAME
+
+
+def _check_minift_digest(metadata: dict[str, str], path, minift_only: bool) -> None:
+    """A file minift wrote keeps minift's checksum: one flipped bit in the key's name must not
+    switch it off. Its config checksum (or a method only minift has) says minift wrote it."""
+    if DIGEST_KEY not in metadata and (CONFIG_DIGEST_KEY in metadata or minift_only):
+        raise FileFormatError(
+            path,
+            f"no {DIGEST_KEY} in its header, though minift wrote it (its "
+            + ("config checksum" if CONFIG_DIGEST_KEY in metadata else "method, minift's own,")
+            + " says so)",
+        )
+
+
+def _module_state(model: Module) -> list[tuple[Module, dict, list]]:
+    """Every module's attributes and every Param's trainable flag: what a method changes."""
+    return [
+        (module, dict(vars(module)), [(p, p.trainable) for p in module.parameters()])
+        for _, module in model.named_modules()
+    ]
+
+
+def _restore_module_state(saved) -> None:
+    for module, attributes, trainable in saved:
+        vars(module).clear()
+        vars(module).update(attributes)
+        for p, flag in trainable:
+            p.trainable = flag
 
 
 # ------------------------------------------------------------------------------------------------

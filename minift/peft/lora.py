@@ -222,6 +222,7 @@ class LoraConfig(PeftConfig):
     bias: str = "none"
 
     peft_type = "LORA"
+    positive_fields = ("lora_alpha",)  # α ≤ 0 flips or erases the update
     default_target_modules = ("c_attn",)  # PEFT's default for GPT-2
 
     def __post_init__(self):

@@ -108,7 +108,7 @@ def test_tied_wte_gets_lookup_plus_head_gradient():
     idx, targets = rng.integers(0, 11, (2, 6)), rng.integers(0, 11, (2, 6))
     # the head's use alone: logits = h·wteᵀ, so dwte = dlogitsᵀ·h
     _, dlogits = cross_entropy(model.forward(idx), targets)
-    h = model.forward_hidden(idx)
+    h = model.ln_f.forward(model.forward_body(idx))  # what the head multiplies by wteᵀ
     head_part = dlogits.reshape(-1, 11).T @ h.reshape(-1, 8)
     # the lookup's use alone: feed the same embeddings in, take their gradient, scatter-add it
     model.forward(idx)

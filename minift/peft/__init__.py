@@ -14,7 +14,8 @@ adalora.py   AdaLoRA: P·Λ·Q with a shrinking rank budget (adalora_training.py
 bitfit.py    biases only
 adapter.py   Houlsby adapters
 ia3.py       IA3: learned rescaling vectors
-prompt.py    prompt tuning and prefix tuning
+prompt.py    prompt tuning (prompt_learning.py: the config it shares with prefix tuning)
+prefix.py    prefix tuning
 adapted.py   the template every weight-level method's layer fills in (AdaptedLinear)
 """
 
@@ -31,13 +32,9 @@ from minift.peft.bitfit import BitFitConfig
 from minift.peft.dora import DoraLinear
 from minift.peft.ia3 import IA3Config, IA3Linear
 from minift.peft.lora import LoraConfig, LoraLinear
-from minift.peft.prompt import (
-    PrefixTuningConfig,
-    PrefixTuningModel,
-    PromptLearningConfig,
-    PromptTuningConfig,
-    PromptTuningModel,
-)
+from minift.peft.prefix import PrefixTuningConfig, PrefixTuningModel
+from minift.peft.prompt import PromptTuningConfig, PromptTuningModel
+from minift.peft.prompt_learning import PromptLearningConfig
 from minift.peft.sft import (
     FullFinetuneConfig,
     GradualUnfreezing,

@@ -484,7 +484,8 @@ def test_a_sequence_longer_than_block_size_minus_n_is_refused():
     peft.forward(np.zeros((1, 5), dtype=int))  # 3 + 5 = block_size fits
     with pytest.raises(
         ValueError,
-        match=r"length 6 \(\+3 virtual tokens of the prompt, which take positions\) exceeds block_size=8",
+        match=r"length 6 \(\+3 virtual tokens of the prompt, which take positions\) exceeds "
+        r"block_size=8",
     ):
         peft.forward(np.zeros((1, 6), dtype=int))
 

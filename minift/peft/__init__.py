@@ -6,7 +6,7 @@ peft_model.print_trainable_parameters()
 
 sft.py       supervised fine-tuning: full, head-only, last-k blocks, by pattern, gradual (§2.1)
 sharing.py   the article's parameter sharing, A3
-sparse.py    the article's sparse connections, A4, and its worked model A8/A9
+sparse.py    the article's sparse connections, A4 (sparse_mask.py: which connections stay)
 lora.py      LoRA as published (A5, A6, A10, A11 mapped and corrected)
 dora.py      DoRA: magnitude and direction
 adalora.py   AdaLoRA: P·Λ·Q with a shrinking rank budget (adalora_training.py: the budget,
@@ -17,6 +17,8 @@ ia3.py       IA3: learned rescaling vectors
 prompt.py    prompt tuning (prompt_learning.py: the config it shares with prefix tuning)
 prefix.py    prefix tuning
 adapted.py   the template every weight-level method's layer fills in (AdaptedLinear)
+
+The article's worked equations that are not methods (A7, A8, A9) are in minift/article.py.
 """
 
 from minift.peft.adalora import AdaLoraConfig, RankAllocator, SVDLinear, adalora_regularizer

@@ -4,7 +4,8 @@ from minift.peft import get_peft_model, LoraConfig
 peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn"]))
 peft_model.print_trainable_parameters()
 
-sft.py       supervised fine-tuning: full, head-only, last-k blocks, by pattern, gradual (§2.1)
+sft.py       supervised fine-tuning: full, head-only, last-k blocks, by pattern (§2.1)
+gradual.py   gradual unfreezing: those policies as a schedule over epochs (ULMFiT)
 sharing.py   the article's parameter sharing, A3
 sparse.py    the article's sparse connections, A4 (sparse_mask.py: which connections stay)
 lora.py      LoRA as published (A5, A6, A10, A11 mapped and corrected)
@@ -32,6 +33,7 @@ from minift.peft.base import (
 )
 from minift.peft.bitfit import BitFitConfig
 from minift.peft.dora import DoraLinear
+from minift.peft.gradual import GradualUnfreezing
 from minift.peft.ia3 import IA3Config, IA3Linear
 from minift.peft.lora import LoraConfig, LoraLinear
 from minift.peft.prefix import PrefixTuningConfig, PrefixTuningModel
@@ -39,7 +41,6 @@ from minift.peft.prompt import PromptTuningConfig, PromptTuningModel
 from minift.peft.prompt_learning import PromptLearningConfig
 from minift.peft.sft import (
     FullFinetuneConfig,
-    GradualUnfreezing,
     HeadOnlyConfig,
     LastKBlocksConfig,
     add_classification_head,

@@ -8,7 +8,8 @@ loss, dlogits = minift.cross_entropy(logits, targets)    # mean over non-ignored
 model.zero_grad(); model.backward(dlogits)               # fills Param.grad
 """
 
-from minift.functional import cross_entropy, squared_error
+from minift.article import squared_error
+from minift.functional import cross_entropy
 from minift.model import GPT, GPTConfig, GPTForSequenceClassification, KVCache
 from minift.param import Param
 

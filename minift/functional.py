@@ -515,18 +515,3 @@ def cross_entropy(logits, targets, ignore_index=-100):
     dz[rows, y] -= 1.0
     dz *= (keep / n_kept).astype(z.dtype)[:, None]
     return loss, dz.reshape(logits.shape)
-
-
-def squared_error(f, y):
-    """The article's squared loss (A7), averaged over the N entries: L = (1/N) Σ (y − f)².
-
-    The article writes ∂L/∂θ = 2(y − f)·∂f/∂θ; the sign is wrong. The chain rule gives
-        ∂L/∂f = −2(y − f)/N = 2(f − y)/N,
-    so gradient descent moves f TOWARDS y. Returns (loss: float, df [same shape as f]).
-    """
-    f = np.asarray(f)
-    y = np.asarray(y)
-    if f.shape != y.shape:
-        raise ValueError(f"y: expected the shape of the prediction {f.shape}, got {y.shape}")
-    diff = f - y
-    return float((diff * diff).mean()), (2.0 / diff.size) * diff

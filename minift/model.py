@@ -5,8 +5,13 @@
                                                        the cache's, plus a prefix's n virtual ones)
     x   = dropout(tok + pos)
     x   = Block(x)  × n_layer           pre-LayerNorm: x + attn(ln_1 x), then x + mlp(ln_2 x)
-    h   = ln_f(x)
+    h   = ln_f(x)                                      the head: head_forward / head_backward
     logits = h · wteᵀ                   (B, T, V)      the LM head is TIED to the token embedding
+
+``forward`` is ``head_forward(forward_body(idx), idx)`` and ``backward`` the two backwards in
+reverse, so a method that changes what the body reads (prompt tuning prepends rows to x) calls
+the two halves and strips its rows between them. The classifier swaps the head alone: h = ln_f(x),
+then logits = h[b, last_b]·score.
 
 Backward runs the same lines in reverse. The tied wte receives two gradients, one from the
 embedding lookup and one from the LM head, and Param accumulation adds them.
@@ -117,11 +122,15 @@ class GPT(Module):
         )
         self.ln_f = LayerNorm(C, config.layer_norm_eps, dtype=self.dtype)
         self.rng = rng  # dropout draws from it; the training loop saves its state to resume
-        self._shape = None
 
     # -- input checks ------------------------------------------------------------------------
 
-    def _check_idx(self, idx, n_cached=0):
+    def check_idx(self, idx, n_cached=0, n_virtual=0):
+        """idx int [B, T] with ids in [0, V) and room for it in the position table.
+
+        Before the T tokens come ``n_cached`` cached ones and ``n_virtual`` virtual tokens of a
+        prompt (prompt tuning); a prefix's n virtual tokens are counted here without being named.
+        """
         if not isinstance(idx, np.ndarray):
             idx = np.asarray(idx)
         if idx.dtype.kind not in "iu":
@@ -132,13 +141,15 @@ class GPT(Module):
         lo, hi = int(idx.min()), int(idx.max())
         if lo < 0 or hi >= V:
             raise ValueError(f"idx: token ids must lie in [0, {V}), got {lo if lo < 0 else hi}")
-        self._check_length(idx.shape[1], n_cached, "idx")
+        self._check_length(idx.shape[1], n_cached, "idx", n_virtual)
         return idx
 
-    def _check_length(self, T, n_cached, name):
+    def _check_length(self, T, n_cached, name, n_virtual=0):
         n_prefix = self._prefix_positions()
-        if n_prefix + n_cached + T > self.config.block_size:
+        if n_virtual + n_prefix + n_cached + T > self.config.block_size:
             extra = f" (+{n_cached} cached)" if n_cached else ""
+            if n_virtual:
+                extra += f" (+{n_virtual} virtual tokens of the prompt, which take positions)"
             if n_prefix:
                 extra += f" (+{n_prefix} virtual tokens of the prefix, which take positions)"
             raise ValueError(
@@ -151,10 +162,10 @@ class GPT(Module):
         prefix = self.h._items[0].attn.prefix if self.h._items else None
         return 0 if prefix is None else prefix.n_positions
 
-    # -- forward / backward ------------------------------------------------------------------
+    # -- forward / backward: the body, then the head -----------------------------------------
 
-    def forward_hidden(self, idx=None, inputs_embeds=None, mask=None, kv_cache=None):
-        """Everything but the LM head: tokens (or given embeddings) → ln_f output h [B, T, C].
+    def forward_body(self, idx=None, inputs_embeds=None, mask=None, kv_cache=None):
+        """Embeddings and blocks: tokens (or given embeddings) → the last block's output x [B,T,C].
 
         ``inputs_embeds`` [B, T, C] replaces the token lookup (how prompt tuning prepends its
         virtual tokens); ``mask`` is an additive attention mask broadcastable to [B, nh, T, Tk].
@@ -163,7 +174,7 @@ class GPT(Module):
         if (idx is None) == (inputs_embeds is None):
             raise ValueError("idx / inputs_embeds: pass exactly one of them")
         if idx is not None:
-            idx = self._check_idx(idx, n_cached)
+            idx = self.check_idx(idx, n_cached)
             tok = self.wte.forward(idx)  # (B, T, C)
         else:
             if inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != self.config.d_model:
@@ -180,16 +191,16 @@ class GPT(Module):
         for i, block in enumerate(self.h):
             x = block.forward(x, mask, None if kv_cache is None else kv_cache.layers[i])
         self._from_embeds = inputs_embeds is not None
-        return self.ln_f.forward(x)
+        return x
 
-    def backward_hidden(self, dh):
-        """dh [B, T, C] → fills every Param.grad; returns d inputs_embeds when those were given.
+    def backward_body(self, dx):
+        """dx [B, T, C] → fills every Param.grad below the head; returns d inputs_embeds when
+        those were given.
 
         Stops below the lowest block that has something to train (a trainable Param, or a prefix
         whose Params live elsewhere): under head-only or last-k fine-tuning the frozen blocks
         below would only carry a gradient that nothing keeps.
         """
-        dx = self.ln_f.backward(dh)
         first = self._first_block_to_backprop()
         for block in reversed(self.h._items[first:]):
             dx = block.backward(dx)
@@ -212,25 +223,38 @@ class GPT(Module):
                 return i
         return len(self.h._items)
 
-    def forward(self, idx=None, inputs_embeds=None, mask=None, kv_cache=None):
-        """idx int [B, T] → logits [B, T, V] (h·wteᵀ, the tied LM head)."""
-        h = self.forward_hidden(idx, inputs_embeds, mask, kv_cache)
-        logits, _ = F.linear_forward(h, self.wte.weight.value.T)  # h·wteᵀ, (B, T, V)
-        self._h = h
-        self._shape = logits.shape
+    def head_forward(self, x, idx=None):
+        """The LM head: h = ln_f(x), logits = h·wteᵀ, tied.  # [B, T, C] -> [B, T, V]
+
+        ``idx`` is not read here; the classifier's head pools by it (same signature).
+        """
+        h = self.ln_f.forward(x)  # (B, T, C)
+        logits, _ = F.linear_forward(h, self.wte.weight.value.T)  # (B, T, V)
+        self._head_cache = (h, logits.shape)
         return logits
 
-    def backward(self, dlogits):
-        """dlogits [B, T, V] (what cross_entropy returns) → fills every Param.grad."""
-        _check_upstream(dlogits, self._shape, "dlogits")
-        h = self._h
+    def head_backward(self, dlogits):
+        """dlogits [B, T, V] (what cross_entropy returns) → dx [B, T, C]; adds the head's share
+        of wte's gradient."""
+        cache = getattr(self, "_head_cache", None)
+        _check_upstream(dlogits, None if cache is None else cache[1], "dlogits")
+        h, _ = cache
         C = h.shape[-1]
         dlogits2 = dlogits.reshape(-1, dlogits.shape[-1])  # (B·T, V)
         if self.wte.weight.trainable:
             # forward was logits = h·wteᵀ, so dwte = dlogitsᵀ·h, summed over every position
             add_fresh_grad(self.wte.weight, dlogits2.T @ h.reshape(-1, C))
         dh = (dlogits2 @ self.wte.weight.value).reshape(h.shape)  # (B, T, C)
-        return self.backward_hidden(dh)
+        return self.ln_f.backward(dh)
+
+    def forward(self, idx=None, inputs_embeds=None, mask=None, kv_cache=None):
+        """idx int [B, T] → logits [B, T, V] (a classifier: [B, K]): the body, then the head."""
+        return self.head_forward(self.forward_body(idx, inputs_embeds, mask, kv_cache), idx)
+
+    def backward(self, dlogits):
+        """dlogits (the shape forward returned) → fills every Param.grad; returns d inputs_embeds
+        when forward was given those."""
+        return self.backward_body(self.head_backward(dlogits))
 
     # -- generation --------------------------------------------------------------------------
 
@@ -251,7 +275,7 @@ class GPT(Module):
         without the cache. Runs in evaluation mode (no dropout) and restores the mode it found.
         """
         block = self.config.block_size - self._prefix_positions()
-        self._check_idx(np.asarray(idx)[:, -block:])
+        self.check_idx(np.asarray(idx)[:, -block:])
         return generate_tokens(
             self, self.forward, idx, max_new_tokens, block, temperature, top_k, seed, use_cache,
             top_p=top_p, eos_id=eos_id,
@@ -399,21 +423,31 @@ class GPTForSequenceClassification(GPT):
             raise ValueError(f"idx: row {row} holds only pad tokens (pad_token_id={pad})")
         return idx.shape[1] - 1 - np.argmax(not_pad[:, ::-1], axis=1)
 
-    def forward(self, idx, mask=None):  # int [B, T] -> [B, K]
-        h = self.forward_hidden(idx, mask=mask)
-        last = self.pooled_positions(idx)
-        self._pool = (last, h.shape)
+    def head_forward(self, x, idx=None):
+        """The classifier's head: h = ln_f(x), logits = h[b, last_b]·score.  # [B, T, C] -> [B, K]
+
+        ``idx`` int [B, T] gives last_b (``pooled_positions``); it must be the ids of x's T rows.
+        """
+        if idx is None:
+            raise ValueError("idx: the classifier pools the last real token, so it needs the ids")
+        h = self.ln_f.forward(x)  # (B, T, C)
+        last = self.pooled_positions(idx)  # (B,)
         logits = self.score.forward(h[np.arange(h.shape[0]), last])  # (B, K)
-        self._shape = logits.shape
+        self._head_cache = (last, h.shape, logits.shape)
         return logits
 
-    def backward(self, dlogits):
-        _check_upstream(dlogits, self._shape, "dlogits")
-        last, h_shape = self._pool
+    def head_backward(self, dlogits):
+        """dlogits [B, K] → dx [B, T, C]; only the pooled rows receive a gradient."""
+        cache = getattr(self, "_head_cache", None)
+        _check_upstream(dlogits, None if cache is None else cache[2], "dlogits")
+        last, h_shape, _ = cache
         dpooled = self.score.backward(dlogits)  # (B, C)
-        dh = np.zeros(h_shape, dtype=dpooled.dtype)
+        dh = np.zeros(h_shape, dtype=dpooled.dtype)  # forward read one row per sequence
         dh[np.arange(h_shape[0]), last] = dpooled
-        return self.backward_hidden(dh)
+        return self.ln_f.backward(dh)
+
+    def forward(self, idx, mask=None):  # int [B, T] -> [B, K]
+        return super().forward(idx, mask=mask)
 
     def generate(self, *args, **kwargs):
         raise TypeError("generate: a sequence classifier does not generate text; use a GPT")

@@ -8,7 +8,13 @@ from hypothesis import strategies as st
 
 import minift
 from minift.functional import cross_entropy, embedding_backward, embedding_forward
-from minift.gradcheck import check_gradients, cross_entropy_loss, randomize_params
+from minift.gradcheck import (
+    check_gradients,
+    cross_entropy_loss,
+    numerical_gradient_array,
+    randomize_params,
+    rel_error,
+)
 
 TINY = minift.GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=8)
 TOL = 1e-7
@@ -32,6 +38,31 @@ def test_every_gpt_parameter_matches_finite_differences(seed):
     report = check_gradients(cross_entropy_loss(model, idx, targets), model.named_parameters())
     assert len(report.errors) == len(model.named_parameters()) == 2 + 2 * 12 + 2
     assert report.ok(TOL), str(report)
+
+
+HEAD_PARAMS = {minift.GPT: ("ln_f", "wte"), minift.GPTForSequenceClassification: ("ln_f", "score")}
+
+
+@settings(max_examples=6, deadline=None)
+@given(seeds, st.integers(1, 3), st.integers(1, 6), st.sampled_from(list(HEAD_PARAMS)))
+def test_head_pair_matches_finite_differences(seed, B, T, cls):
+    """head_forward / head_backward alone: dx and the head's own gradients (ln_f, and the tied
+    wte or the classifier's score), float64 central differences on the pair's output."""
+    rng = np.random.default_rng(seed)
+    model = tiny_model(seed % 5, cls=cls, **({"num_labels": 3} if cls is not minift.GPT else {}))
+    x = rng.standard_normal((B, T, TINY.d_model))
+    idx = rng.integers(0, 11, (B, T))
+    dlogits = rng.standard_normal(model.head_forward(x, idx).shape)
+    model.zero_grad()
+    dx = model.head_backward(dlogits)
+
+    def head():
+        return model.head_forward(x, idx)
+
+    assert rel_error(dx, numerical_gradient_array(head, x, dlogits)) < TOL
+    for name, p in model.named_parameters().items():
+        if name.startswith(HEAD_PARAMS[cls]):
+            assert rel_error(p.grad, numerical_gradient_array(head, p.value, dlogits)) < TOL, name
 
 
 def test_forward_matches_an_independent_loop_reference():
@@ -108,7 +139,7 @@ def test_tied_wte_gets_lookup_plus_head_gradient():
     idx, targets = rng.integers(0, 11, (2, 6)), rng.integers(0, 11, (2, 6))
     # the head's use alone: logits = h·wteᵀ, so dwte = dlogitsᵀ·h
     _, dlogits = cross_entropy(model.forward(idx), targets)
-    h = model.forward_hidden(idx)
+    h = model.ln_f.forward(model.forward_body(idx))  # what the head multiplies by wteᵀ
     head_part = dlogits.reshape(-1, 11).T @ h.reshape(-1, 8)
     # the lookup's use alone: feed the same embeddings in, take their gradient, scatter-add it
     model.forward(idx)

@@ -1,4 +1,5 @@
-"""Prompt tuning and prefix tuning (peft/prompt.py): every claim of its docstring, checked."""
+"""Prompt tuning and prefix tuning (peft/prompt.py, peft/prefix.py): every claim of their
+docstrings, checked."""
 
 import json
 import math
@@ -482,7 +483,9 @@ def test_a_sequence_longer_than_block_size_minus_n_is_refused():
     peft = get_peft_model(tiny_model(), PromptTuningConfig(num_virtual_tokens=3))
     peft.forward(np.zeros((1, 5), dtype=int))  # 3 + 5 = block_size fits
     with pytest.raises(
-        ValueError, match=r"length 6 exceeds block_size − num_virtual_tokens = 8 − 3"
+        ValueError,
+        match=r"length 6 \(\+3 virtual tokens of the prompt, which take positions\) exceeds "
+        r"block_size=8",
     ):
         peft.forward(np.zeros((1, 6), dtype=int))
 

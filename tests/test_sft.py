@@ -1,4 +1,5 @@
-"""Supervised fine-tuning policies (peft/sft.py): every claim of its docstring, checked."""
+"""Supervised fine-tuning policies (peft/sft.py, peft/gradual.py): every claim of their
+docstrings, checked."""
 
 import numpy as np
 import pytest
@@ -10,9 +11,9 @@ from minift.gradcheck import check_gradients, cross_entropy_loss, randomize_para
 from minift.nn import MLP
 from minift.optim import AdamW
 from minift.peft.base import PeftModel, count_parameters, get_peft_model
+from minift.peft.gradual import GradualUnfreezing
 from minift.peft.sft import (
     FullFinetuneConfig,
-    GradualUnfreezing,
     HeadOnlyConfig,
     LastKBlocksConfig,
     add_classification_head,

@@ -1,4 +1,4 @@
-"""Sparse connections, A4, and the worked model A8/A9 (peft/sparse.py): every claim, checked."""
+"""Sparse connections, A4 (peft/sparse.py, peft/sparse_mask.py): every claim, checked."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,6 @@ import minift
 from minift.gradcheck import (
     check_gradients,
     cross_entropy_loss,
-    numerical_gradient,
     numerical_gradient_array,
     randomize_params,
     rel_error,
@@ -22,11 +21,6 @@ from minift.peft.sparse import (
     MaskedLinear,
     SparseConfig,
     SparseDeltaLinear,
-    article_a9_gradient,
-    choose_mask_indices,
-    gated_backward,
-    gated_forward,
-    mask_from_indices,
     masked_linear_backward,
     masked_linear_forward,
     sparse_delta_backward,
@@ -35,6 +29,7 @@ from minift.peft.sparse import (
     sparse_weight_backward,
     sparse_weight_forward,
 )
+from minift.peft.sparse_mask import choose_mask_indices, mask_from_indices
 
 TINY = minift.GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=8)
 TOL = 1e-7
@@ -196,52 +191,6 @@ def test_the_random_mask_depends_only_on_mask_seed_and_the_layer_name():
     np.testing.assert_array_equal(ia, ib)
     assert not np.array_equal(ia, ic)
     assert not np.array_equal(ia, a.h[1].attn.c_attn.indices)  # each layer its own mask
-
-
-# -- the article's worked model: A8, and A9 against the product rule ------------------------------
-
-
-@settings(max_examples=15, deadline=None)
-@given(seeds, dims, dims, activations)
-def test_gated_pair_matches_finite_differences(seed, d_in, d_out, activation):
-    rng = np.random.default_rng(seed)
-    x, W1, D = (
-        rng.standard_normal((5, d_in)),
-        rng.standard_normal((d_in, d_out)),
-        random_mask(rng, (d_in, d_out)),
-    )
-    y, cache = gated_forward(x, W1, D, activation)
-    np.testing.assert_allclose(
-        y, x @ (W1 * sparse_weight_forward(W1, D, activation)[0]), rtol=1e-12
-    )
-    dy = rng.standard_normal(y.shape)
-    dx, dW1 = gated_backward(dy, cache)
-
-    def fwd():
-        return gated_forward(x, W1, D, activation)[0]
-
-    assert rel_error(dx, numerical_gradient_array(fwd, x, dy)) < TOL
-    assert rel_error(dW1, numerical_gradient_array(fwd, W1, dy)) < TOL
-
-
-@settings(max_examples=10, deadline=None)
-@given(seeds, activations)
-def test_a9_is_wrong_and_the_product_rule_is_right(seed, activation):
-    """A squared loss on A8's output: finite differences agree with the product rule, not A9."""
-    rng = np.random.default_rng(seed)
-    x, y_true = rng.standard_normal((6, 4)), rng.standard_normal((6, 3))
-    W1, D = rng.standard_normal((4, 3)), random_mask(rng, (4, 3), 0.7)
-
-    def loss():
-        return float(np.sum((gated_forward(x, W1, D, activation)[0] - y_true) ** 2))
-
-    y, cache = gated_forward(x, W1, D, activation)
-    dy = 2 * (y - y_true)  # ∂L/∂y (A7 with the sign right)
-    _, product_rule = gated_backward(dy, cache)
-    a9 = article_a9_gradient(x, W1, D, activation, dy)
-    numeric = numerical_gradient(loss, W1)
-    assert rel_error(product_rule, numeric) < TOL
-    assert rel_error(a9, numeric) > 1e-2
 
 
 # -- the layers in the model ----------------------------------------------------------------------

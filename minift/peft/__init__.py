@@ -4,9 +4,10 @@ from minift.peft import get_peft_model, LoraConfig
 peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn"]))
 peft_model.print_trainable_parameters()
 
-sft.py       supervised fine-tuning: full, head-only, last-k blocks, by pattern, gradual (§2.1)
+sft.py       supervised fine-tuning: full, head-only, last-k blocks, by pattern (§2.1)
+gradual.py   gradual unfreezing: those policies as a schedule over epochs (ULMFiT)
 sharing.py   the article's parameter sharing, A3
-sparse.py    the article's sparse connections, A4, and its worked model A8/A9
+sparse.py    the article's sparse connections, A4 (sparse_mask.py: which connections stay)
 lora.py      LoRA as published (A5, A6, A10, A11 mapped and corrected)
 dora.py      DoRA: magnitude and direction
 adalora.py   AdaLoRA: P·Λ·Q with a shrinking rank budget (adalora_training.py: the budget,
@@ -14,8 +15,11 @@ adalora.py   AdaLoRA: P·Λ·Q with a shrinking rank budget (adalora_training.py
 bitfit.py    biases only
 adapter.py   Houlsby adapters
 ia3.py       IA3: learned rescaling vectors
-prompt.py    prompt tuning and prefix tuning
+prompt.py    prompt tuning (prompt_learning.py: the config it shares with prefix tuning)
+prefix.py    prefix tuning
 adapted.py   the template every weight-level method's layer fills in (AdaptedLinear)
+
+The article's worked equations that are not methods (A7, A8, A9) are in minift/article.py.
 """
 
 from minift.peft.adalora import AdaLoraConfig, RankAllocator, SVDLinear, adalora_regularizer
@@ -29,18 +33,14 @@ from minift.peft.base import (
 )
 from minift.peft.bitfit import BitFitConfig
 from minift.peft.dora import DoraLinear
+from minift.peft.gradual import GradualUnfreezing
 from minift.peft.ia3 import IA3Config, IA3Linear
 from minift.peft.lora import LoraConfig, LoraLinear
-from minift.peft.prompt import (
-    PrefixTuningConfig,
-    PrefixTuningModel,
-    PromptLearningConfig,
-    PromptTuningConfig,
-    PromptTuningModel,
-)
+from minift.peft.prefix import PrefixTuningConfig, PrefixTuningModel
+from minift.peft.prompt import PromptTuningConfig, PromptTuningModel
+from minift.peft.prompt_learning import PromptLearningConfig
 from minift.peft.sft import (
     FullFinetuneConfig,
-    GradualUnfreezing,
     HeadOnlyConfig,
     LastKBlocksConfig,
     add_classification_head,

@@ -33,12 +33,7 @@ The policies, "adjust some layers"
 - ``freeze_by_pattern``: set the flag of every parameter whose name a regular expression finds
   (``re.search``), e.g. ``freeze_by_pattern(model, [r"\.ln_"], trainable=True)`` after
   ``head_only`` also trains every LayerNorm.
-- ``GradualUnfreezing``: ULMFiT's schedule (Howard & Ruder, 2018): epoch 0 trains the head
-  alone; every further epoch unfreezes one more block, from the top down; when every block is
-  unfrozen, one last step unfreezes the embeddings too, so the schedule ends at full fine-tuning
-  as ULMFiT's does. Its rationale: the top layers are the most task-specific, so they adapt first,
-  while the general features below are protected from the large, noisy gradients of a fresh head.
-  (ULMFiT pairs it with per-layer learning rates, ``minift.optim.layerwise_lr_groups``.)
+- ``GradualUnfreezing`` (gradual.py): ULMFiT's schedule of these policies, one stage an epoch.
 
 Which modules are the head, the blocks and ``ln_f`` is read from the model's class, as
 ``hf_fan_in_fan_out`` is (class attributes ``sft_head``, ``sft_blocks``, ``sft_final_norm``);
@@ -100,11 +95,13 @@ from minift.nn import Module
 from minift.peft.base import PeftConfig, register
 
 __all__ = [
+    "blocks_of",
+    "check_k",
+    "head_name",
     "full_finetune",
     "head_only",
     "last_k_blocks",
     "freeze_by_pattern",
-    "GradualUnfreezing",
     "add_classification_head",
     "FullFinetuneConfig",
     "HeadOnlyConfig",
@@ -131,7 +128,7 @@ def _declared(model: Module, attribute: str, default):
     return getattr(type(model), attribute, default)
 
 
-def _head_name(model: Module) -> str:
+def head_name(model: Module) -> str:
     """``score`` for a classifier, ``wte`` (the tied LM head) for a GPT, or the declared one."""
     declared = _declared(model, "sft_head", None)
     for name in (declared,) if declared else ("score", "wte"):
@@ -152,7 +149,7 @@ def _head_name(model: Module) -> str:
     )
 
 
-def _blocks(model: Module):
+def blocks_of(model: Module):
     name = _declared(model, "sft_blocks", "h")
     try:
         return model.get_submodule(name)
@@ -163,7 +160,7 @@ def _blocks(model: Module):
         ) from None
 
 
-def _check_k(k, n_blocks: int, name: str = "k") -> int:
+def check_k(k, n_blocks: int, name: str = "k") -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise TypeError(f"{name}: expected an integer number of blocks, got {k!r}")
     if not 0 <= k <= n_blocks:
@@ -190,7 +187,7 @@ def head_only(model: Module) -> Module:
     On a GPT, training wte also changes the input embeddings: the LM head IS the embedding
     table (logits = h·wteᵀ). ``ln_f`` stays frozen (it trains with ``last_k_blocks``).
     """
-    head = _head_name(model)
+    head = head_name(model)
     _set_trainable(model, False)
     _set_trainable(model.get_submodule(head), True)
     return model
@@ -200,10 +197,10 @@ def last_k_blocks(model: Module, k: int) -> Module:
     """𝒯 = blocks h.{L−k} … h.{L−1}, ``ln_f`` and the head; frozen: the embeddings and the
     L − k blocks below. k must lie in [0, L]. (A class may name its own blocks, final norm and
     head: the module docstring.)"""
-    blocks = _blocks(model)
+    blocks = blocks_of(model)
     L = len(blocks)
-    k = _check_k(k, L)
-    head = _head_name(model)
+    k = check_k(k, L)
+    head = head_name(model)
     _set_trainable(model, False)
     for i in range(L - k, L):
         _set_trainable(blocks[i], True)
@@ -246,64 +243,6 @@ def freeze_by_pattern(model: Module, patterns: list[str] | str, trainable: bool 
     return model
 
 
-class GradualUnfreezing:
-    """ULMFiT's gradual unfreezing (Howard & Ruder, 2018), one stage per epoch.
-
-        epoch 0          the head alone                              (``head_only``)
-        epoch e ≥ 1      the top min(e, n_layer) blocks, ln_f, head  (``last_k_blocks``)
-        epoch L + 1      everything, the embeddings too              (``full_finetune``)
-
-    ``n_layer`` is how many blocks the schedule unfreezes in all: by default every block of the
-    model (L); the last, full stage is reached only when it is L. Call ``step_epoch()`` at the end
-    of each epoch. The schedule owns the flags: every stage sets all of them again.
-
-        schedule = GradualUnfreezing(model)
-        for epoch in range(n_epochs):
-            train_one_epoch(model)        # AdamW skips frozen Params; a newly unfrozen one
-            schedule.step_epoch()         # starts its moments at its first gradient
-    """
-
-    def __init__(self, model: Module, n_layer: int | None = None):
-        self.model = model
-        self.n_blocks = len(_blocks(model))
-        _head_name(model)  # fail now, not at the first epoch
-        self.n_layer = (
-            self.n_blocks if n_layer is None else _check_k(n_layer, self.n_blocks, "n_layer")
-        )
-        self.epoch = 0
-        self._apply()
-
-    @property
-    def trainable_blocks(self) -> list[int]:
-        """Indices of the blocks that train at this epoch, e.g. [1] then [0, 1] for L = 2."""
-        n = min(self.epoch, self.n_layer)
-        return list(range(self.n_blocks - n, self.n_blocks))
-
-    @property
-    def embeddings_trainable(self) -> bool:
-        return self.n_layer == self.n_blocks and self.epoch > self.n_blocks
-
-    @property
-    def done(self) -> bool:
-        """True once a further ``step_epoch`` would unfreeze nothing more."""
-        last = self.n_layer + 1 if self.n_layer == self.n_blocks else self.n_layer
-        return self.epoch >= last
-
-    def step_epoch(self) -> list[int]:
-        """Advance one epoch, unfreeze the next stage; returns ``trainable_blocks``."""
-        self.epoch += 1
-        self._apply()
-        return self.trainable_blocks
-
-    def _apply(self) -> None:
-        if self.embeddings_trainable:
-            full_finetune(self.model)
-        elif self.epoch == 0:
-            head_only(self.model)
-        else:
-            last_k_blocks(self.model, min(self.epoch, self.n_layer))
-
-
 # ------------------------------------------------------------------------------------------------
 # "Add extra layers"
 
@@ -328,9 +267,11 @@ def add_classification_head(
 
 @dataclass
 class _SftConfig(PeftConfig):
-    """A policy as a config: no layer is wrapped, so merge_and_unload returns the model as is."""
+    """A policy as a config: no layer is wrapped, so merge_and_unload returns the model as is.
+    ``policy(model)`` sets the flags; ``apply`` runs it on the model get_peft_model froze."""
 
     mergeable = True
+    policy = staticmethod(full_finetune)
 
     def __post_init__(self):
         super().__post_init__()
@@ -340,6 +281,9 @@ class _SftConfig(PeftConfig):
                 f"expected None, got {self.target_modules!r}"
             )
 
+    def apply(self, model, rng):
+        self.policy(model)
+
 
 @register
 @dataclass
@@ -347,9 +291,6 @@ class FullFinetuneConfig(_SftConfig):
     """Full fine-tuning. Trainable count: every parameter of the model (closed form above)."""
 
     peft_type = "MINIFT_FULL"
-
-    def apply(self, model, rng):
-        full_finetune(model)
 
 
 @register
@@ -359,9 +300,7 @@ class HeadOnlyConfig(_SftConfig):
     H·K + K for BertSentenceClassifier."""
 
     peft_type = "MINIFT_HEAD_ONLY"
-
-    def apply(self, model, rng):
-        head_only(model)
+    policy = staticmethod(head_only)
 
 
 @register
@@ -381,5 +320,5 @@ class LastKBlocksConfig(_SftConfig):
         if self.k < 0:
             raise ValueError(f"k: expected a number of blocks >= 0, got {self.k}")
 
-    def apply(self, model, rng):
+    def policy(self, model):
         last_k_blocks(model, self.k)

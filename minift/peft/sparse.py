@@ -1,4 +1,4 @@
-r"""Sparse connections, the article's A4 (§2.2 "稀疏连接", §4.1.2), and its model A8/A9 (§4.2.2).
+r"""Sparse connections, the article's A4 (§2.2 "稀疏连接", §4.1.2), as fine-tuning methods.
 
 What the article writes
 -----------------------
@@ -8,8 +8,8 @@ What the article writes
 
 with ⊙ the elementwise product, D a sparse 0/1 matrix (the MASK: Dᵢⱼ = 1 keeps connection
 i → j, 0 cuts it) and σ an activation. minift reads it as a parametrization of a layer's
-weight: the layer computes y = x·W₂ + b, and W₁ is what trains. D is FIXED (chosen once, never
-trained).
+weight: the layer computes y = x·W₂ + b, and W₁ is what trains. D is FIXED (chosen once, by
+sparse_mask.py, never trained).
 
 Its gradient, with G = ∂L/∂W₂ = xᵀ·dy the gradient with respect to the weight the layer uses,
 is the chain rule through z = W₁ ⊙ D and W₂ = σ(z), one entry at a time:
@@ -25,17 +25,6 @@ must be 0; a sigmoid (σ(0) = ½) would leave every cut connection at ½, not sp
 for a change that starts at zero to move, σ′(0) must not be 0 (a ReLU's σ′(0) = 0 would freeze
 it). minift offers the two activations that pass both tests: ``"identity"`` (σ(z) = z, σ′ = 1)
 and ``"tanh"`` (σ′ = 1 − σ², and every entry stays in (−1, 1)).
-
-The mask D
-----------
-Exactly k = round(density · d_in · d_out) ones per matrix (Python's round, half to even), so
-the count is a closed form, not a random number. ``mask="random"`` draws them uniformly without
-replacement from a seed; ``mask="magnitude"`` keeps the k entries of largest |W₀| (ties to the
-lower flat index). Other choices in the literature: the entries with the largest Fisher
-information (FISH mask, Sung, Nair & Raffel, 2021), the entries that moved most in a first
-full fine-tuning run (LT-SFT, Ansell et al., 2022), or a mask learned with a relaxed L₀ penalty
-(diff pruning, Guo, Rush & Kim, 2021). The mask is drawn from ``SparseConfig.mask_seed`` and the
-layer's name, not from ``get_peft_model``'s seed, so adapter_config.json alone rebuilds it.
 
 Two layers, two readings of A4
 ------------------------------
@@ -69,36 +58,6 @@ Two layers, two readings of A4
    Backward forms the dense G = xᵀ·dy and reads k entries of it; a faster engine would compute
    only those, Σₙ x[n, i]·dy[n, j] for each kept (i, j): N·k work instead of N·d_in·d_out.
 
-The worked model, A8, and its gradient, A9
-------------------------------------------
-§4.2.2 combines the two into one model and differentiates it:
-
-    f(x; θ) = f(x; W₁) ⊙ σ(W₁ ⊙ D)                                            (A8)
-    ∂f/∂W₁ = ∂f(x; W₁)/∂W₁ ⊙ ∂σ(W₁ ⊙ D)/∂W₁                                   (A9)
-
-For ⊙ to make sense, f(x; W₁) must have W₁'s shape [in, out]. It does if f(x; W₁) is read
-connection by connection: the message that connection i → j carries is xᵢ·W₁ᵢⱼ; A8 gates it by
-σ(W₁ᵢⱼ·Dᵢⱼ); the output sums the gated messages over i, as a linear layer does:
-
-    yⱼ = Σᵢ xᵢ · W₁ᵢⱼ · σ(W₁ᵢⱼ Dᵢⱼ),   i.e.   y = x · W_eff,   W_eff = W₁ ⊙ σ(W₁ ⊙ D)
-
-This is the reading minift implements (``gated_forward`` / ``gated_backward``): the only one where
-A8's ⊙ is a true elementwise product of two arrays of one shape, with f(x; W₁) linear in x.
-(A quirk it exposes: with σ = identity, W_eff = W₁² ⊙ D ≥ 0, so the layer can only ever have
-non-negative weights.) W_eff is a PRODUCT of two factors that both depend on W₁, so its
-derivative needs the product rule, d(u·v) = u′·v + u·v′:
-
-    ∂W_effᵢⱼ/∂W₁ᵢⱼ = σ(zᵢⱼ) + W₁ᵢⱼ · Dᵢⱼ · σ′(zᵢⱼ),      z = W₁ ⊙ D
-    ∂L/∂W₁ = G ⊙ (σ(z) + W₁ ⊙ D ⊙ σ′(z)),                G = xᵀ·dy
-
-A9 multiplies the two derivatives instead, u′·v′: per connection ∂(xᵢW₁ᵢⱼ)/∂W₁ᵢⱼ = xᵢ times
-∂σ(W₁ᵢⱼDᵢⱼ)/∂W₁ᵢⱼ = Dᵢⱼ σ′(zᵢⱼ), which summed over the batch is
-
-    ∂L/∂W₁ (A9) = G ⊙ D ⊙ σ′(z)                          (``article_a9_gradient``)
-
-It drops σ(z) and the factor W₁; it is not even one of the product rule's two terms. The tests
-hold a finite-difference gradient to the product rule (< 1e-7) and show A9 off by far more.
-
 Shape legend: N positions (any leading shape ...), d_in / d_out a layer's in / out, k the number
 of kept entries (``len(indices)``). Weights are [in, out], as everywhere in minift.
 """
@@ -115,21 +74,21 @@ from minift.nn import Linear
 from minift.param import Param
 from minift.peft.adapted import AdaptedLinear
 from minift.peft.base import PeftConfig, register
+from minift.peft.sparse_mask import (
+    MASKS,
+    check_choice,
+    check_indices,
+    choose_mask_indices,
+    mask_from_indices,
+)
 
 __all__ = [
     "ACTIVATIONS",
-    "MASKS",
     "MaskedLinear",
     "SparseConfig",
     "SparseDeltaLinear",
     "activation_backward",
     "activation_forward",
-    "article_a9_gradient",
-    "choose_mask_indices",
-    "gated_backward",
-    "gated_forward",
-    "kept_count",
-    "mask_from_indices",
     "masked_linear_backward",
     "masked_linear_forward",
     "sparse_delta_backward",
@@ -140,14 +99,7 @@ __all__ = [
 ]
 
 ACTIVATIONS = ("identity", "tanh")  # σ(0) = 0 (cut means absent) and σ′(0) = 1 (Δ = 0 moves)
-MASKS = ("random", "magnitude")
 MODES = ("delta", "literal")
-
-
-def _check_choice(value, choices, name):
-    if value not in choices:
-        raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
-    return value
 
 
 # ------------------------------------------------------------------------------------------------
@@ -156,7 +108,7 @@ def _check_choice(value, choices, name):
 
 def activation_forward(z, activation):
     """s = σ(z), elementwise.  # [*] -> [*]"""
-    _check_choice(activation, ACTIVATIONS, "activation")
+    check_choice(activation, ACTIVATIONS, "activation")
     s = np.tanh(z) if activation == "tanh" else np.array(z, copy=True)
     return s, (activation, s)
 
@@ -206,43 +158,6 @@ def masked_linear_backward(dy, cache, need_dW1=True):
 
 
 # ------------------------------------------------------------------------------------------------
-# The mask
-
-
-def kept_count(density: float, n: int) -> int:
-    """k = round(density · n): how many of n entries a mask of this density keeps."""
-    return round(density * n)
-
-
-def choose_mask_indices(W0, density, mask, rng, name="weight"):
-    """The k = round(density·W₀.size) flat positions D keeps, sorted.  # [in, out] -> int [k]
-
-    ``mask="random"``: uniform without replacement from ``rng``; ``"magnitude"``: the k
-    largest |W₀| (a stable sort, so ties go to the lower flat index).
-    """
-    _check_choice(mask, MASKS, "mask")
-    n = W0.size
-    k = kept_count(density, n)
-    if k < 1:
-        raise ValueError(
-            f"density: {density} keeps round({density}·{n}) = 0 of the {n} entries of {name} "
-            f"{W0.shape}; expected at least one (density > {0.5 / n:.3g})"
-        )
-    if mask == "random":
-        chosen = rng.choice(n, size=k, replace=False)
-    else:
-        chosen = np.argsort(-np.abs(W0).reshape(-1), kind="stable")[:k]
-    return np.sort(chosen).astype(np.int64)
-
-
-def mask_from_indices(indices, shape):
-    """D as a boolean array: True at the kept flat positions.  # int [k] -> bool [in, out]"""
-    D = np.zeros(int(np.prod(shape)), dtype=bool)
-    D[indices] = True
-    return D.reshape(shape)
-
-
-# ------------------------------------------------------------------------------------------------
 # Sparse fine-tuning: W = W₀ + σ(Δ ⊙ D), Δ stored as its k kept entries δ
 
 
@@ -284,11 +199,10 @@ def sparse_delta_backward(dy, cache, need_dW0=False):
 class MaskedLinear(AdaptedLinear):
     """The literal A4 layer: y = x·σ(W₁ ⊙ D) + b, with W₁ = ``base_layer.weight`` and D = ``mask``.
 
-    W₁ trains if its Param is trainable (``SparseConfig(mode="literal")`` makes it so); the bias
-    keeps its flag. Its pair is ``masked_linear_forward`` / ``masked_linear_backward``, with no
-    Params of its own. ``merge()`` writes σ(W₁ ⊙ D) into the weight and keeps W₁ aside, so
-    ``unmerge()`` restores it exactly (σ is not invertible on the cut entries, so it must).
-    Since W₁ IS the base weight, ``PeftModel.unload()`` returns the trained, unmasked W₁, not W₀.
+    W₁ trains if its Param is trainable (``SparseConfig(mode="literal")`` makes it so). Its pair
+    is ``masked_linear_forward`` / ``masked_linear_backward``. ``merge()`` writes σ(W₁ ⊙ D) into
+    the weight and keeps W₁ aside, so ``unmerge()`` restores it exactly (σ is not invertible on
+    the cut entries). W₁ IS the base weight: ``PeftModel.unload()`` returns the trained W₁.
     """
 
     kind = "masked"
@@ -297,7 +211,7 @@ class MaskedLinear(AdaptedLinear):
     delta_backward = staticmethod(masked_linear_backward)
 
     def __init__(self, base_layer: Linear, mask, activation: str = "identity"):
-        _check_choice(activation, ACTIVATIONS, "activation")
+        check_choice(activation, ACTIVATIONS, "activation")
         mask = np.asarray(mask)
         if mask.shape != base_layer.weight.shape:
             raise ValueError(
@@ -330,8 +244,7 @@ class SparseDeltaLinear(AdaptedLinear):
     ``sparse_delta`` [k] at the fixed flat positions ``indices`` [k] (zero at init).
 
     Its pair is ``sparse_delta_forward`` / ``sparse_delta_backward``. ``merge()`` adds σ(δ) to
-    W₀'s k kept entries and remembers their old values, so ``unmerge()`` puts them back bit for
-    bit; the ``merged`` flag guards both.
+    W₀'s k kept entries and keeps their old values, so ``unmerge()`` puts them back bit for bit.
     """
 
     kind = "sparse"
@@ -341,21 +254,11 @@ class SparseDeltaLinear(AdaptedLinear):
     delta_backward = staticmethod(sparse_delta_backward)
 
     def __init__(self, base_layer: Linear, indices, activation: str = "identity"):
-        _check_choice(activation, ACTIVATIONS, "activation")
+        check_choice(activation, ACTIVATIONS, "activation")
         W0 = base_layer.weight
-        indices = np.asarray(indices)
-        if indices.ndim != 1 or indices.dtype.kind not in "iu" or indices.size == 0:
-            raise ValueError(
-                f"indices: expected a non-empty 1-D integer array of flat positions, got "
-                f"shape {indices.shape} dtype {indices.dtype}"
-            )
-        if indices.min() < 0 or indices.max() >= W0.size or np.unique(indices).size != indices.size:
-            raise ValueError(
-                f"indices: expected distinct flat positions in [0, {W0.size}) for a weight of "
-                f"shape {W0.shape}, got min {indices.min()}, max {indices.max()}"
-            )
+        indices = check_indices(indices, W0.shape)
         super().__init__(base_layer)
-        self.indices = np.sort(indices).astype(np.int64)  # D's kept positions, fixed
+        self.indices = indices  # D's kept positions, fixed
         self.activation = activation
         self.sparse_delta = Param(np.zeros(indices.size, dtype=W0.dtype))  # δ, Δ = 0 at init
 
@@ -389,46 +292,6 @@ class SparseDeltaLinear(AdaptedLinear):
         W = W.copy()
         W.flat[self.indices] = kept
         return W, None
-
-
-# ------------------------------------------------------------------------------------------------
-# The article's worked model A8 and its gradient A9 (see the module docstring)
-
-
-def gated_forward(x, W1, D, activation):
-    """A8, read connection by connection: y = x·W_eff, W_eff = W₁ ⊙ σ(W₁ ⊙ D).
-
-    x [..., in], W1 [in, out], D 0/1 [in, out] -> y [..., out]
-    """
-    gate, act_cache = activation_forward(W1 * D, activation)  # σ(W₁ ⊙ D) (in, out)
-    W_eff = W1 * gate  # (in, out)
-    y, linear_cache = F.linear_forward(x, W_eff, None)
-    return y, (linear_cache, W1, D, gate, act_cache)
-
-
-def gated_backward(dy, cache):
-    """Returns (dx [..., in], dW1 [in, out]), with the PRODUCT RULE:
-
-    G = xᵀ·dy;   ∂L/∂W₁ = G ⊙ σ(z)  +  G ⊙ W₁ ⊙ D ⊙ σ′(z),   z = W₁ ⊙ D
-                          (u′·v)       (u·v′)
-    """
-    linear_cache, W1, D, gate, act_cache = cache
-    dx, G, _ = F.linear_backward(dy, linear_cache)
-    dgate = G * W1  # forward was W_eff = W₁ · gate: the gate's share …
-    dW1 = G * gate + D * activation_backward(dgate, act_cache)  # … W₁'s own share, plus it via z
-    return dx, dW1
-
-
-def article_a9_gradient(x, W1, D, activation, dy):
-    """∂L/∂W₁ as A9 writes it: the product of the two factors' derivatives, no product rule.
-
-    Per connection ∂(xᵢW₁ᵢⱼ)/∂W₁ᵢⱼ = xᵢ and ∂σ(W₁ᵢⱼDᵢⱼ)/∂W₁ᵢⱼ = Dᵢⱼσ′(zᵢⱼ); their product,
-    weighted by dy and summed over the batch: G ⊙ D ⊙ σ′(z). WRONG (tests show it).
-    x [..., in], W1 [in, out], D [in, out], dy [..., out] -> [in, out]
-    """
-    G = x.reshape(-1, x.shape[-1]).T @ dy.reshape(-1, dy.shape[-1])  # (in, out)
-    _, act_cache = activation_forward(W1 * D, activation)
-    return D * activation_backward(G, act_cache)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -468,9 +331,9 @@ class SparseConfig(PeftConfig):
         if not 0.0 < d <= 1.0:
             raise ValueError(f"density: expected a fraction in (0, 1], got {d}")
         self.density = float(d)
-        _check_choice(self.mask, MASKS, "mask")
-        _check_choice(self.activation, ACTIVATIONS, "activation")
-        _check_choice(self.mode, MODES, "mode")
+        check_choice(self.mask, MASKS, "mask")
+        check_choice(self.activation, ACTIVATIONS, "activation")
+        check_choice(self.mode, MODES, "mode")
         s = self.mask_seed
         if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
             raise ValueError(f"mask_seed: expected an integer >= 0, got {s!r}")

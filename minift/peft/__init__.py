@@ -16,28 +16,12 @@ adapter.py   Houlsby adapters
 ia3.py       IA3: learned rescaling vectors
 prompt.py    prompt tuning and prefix tuning
 adapted.py   the template every weight-level method's layer fills in (AdaptedLinear)
+registry.py  the methods by their command-line names, each registered in its own file
 """
 
-from minift.peft.adalora import AdaLoraConfig, RankAllocator, SVDLinear, adalora_regularizer
-from minift.peft.adapter import AdapterConfig, AdapterLinear
-from minift.peft.base import (
-    PeftConfig,
-    PeftModel,
-    count_parameters,
-    get_peft_model,
-    match_target_modules,
-)
-from minift.peft.bitfit import BitFitConfig
-from minift.peft.dora import DoraLinear
-from minift.peft.ia3 import IA3Config, IA3Linear
-from minift.peft.lora import LoraConfig, LoraLinear
-from minift.peft.prompt import (
-    PrefixTuningConfig,
-    PrefixTuningModel,
-    PromptLearningConfig,
-    PromptTuningConfig,
-    PromptTuningModel,
-)
+# isort: off
+# The chapters in the order of the list above: each registers its methods as it is imported
+# (minift/peft/registry.py), so this is also the order the command line lists them in.
 from minift.peft.sft import (
     FullFinetuneConfig,
     GradualUnfreezing,
@@ -51,8 +35,36 @@ from minift.peft.sft import (
 )
 from minift.peft.sharing import SharingConfig, share_across_blocks, tie_parameters
 from minift.peft.sparse import MaskedLinear, SparseConfig, SparseDeltaLinear
+from minift.peft.lora import LoraConfig, LoraLinear
+from minift.peft.dora import DoraLinear
+from minift.peft.adalora import AdaLoraConfig, RankAllocator, SVDLinear, adalora_regularizer
+from minift.peft.bitfit import BitFitConfig
+from minift.peft.adapter import AdapterConfig, AdapterLinear
+from minift.peft.ia3 import IA3Config, IA3Linear
+from minift.peft.prompt import (
+    PrefixTuningConfig,
+    PrefixTuningModel,
+    PromptLearningConfig,
+    PromptTuningConfig,
+    PromptTuningModel,
+)
+
+# isort: on
+from minift.peft.base import (
+    PeftConfig,
+    PeftModel,
+    count_parameters,
+    get_peft_model,
+    match_target_modules,
+)
+from minift.peft.registry import METHODS, Method, Option, get_method, method_names
 
 __all__ = [
+    "METHODS",
+    "Method",
+    "Option",
+    "get_method",
+    "method_names",
     "PrefixTuningConfig",
     "PrefixTuningModel",
     "PromptLearningConfig",

@@ -100,6 +100,7 @@ from minift.model import GPT, GPTForSequenceClassification, KVCache, generate_to
 from minift.nn import Linear, Module, ModuleList
 from minift.param import Param
 from minift.peft.base import PeftConfig, PeftModel, register
+from minift.peft.registry import Option, register_method
 
 __all__ = [
     "PrefixEncoder",
@@ -665,3 +666,27 @@ class PrefixTuningConfig(PromptLearningConfig):
         if name == "prompt_encoder.embedding" and not self.uses_projection:
             return "prompt_embeddings"
         return super().peft_key(name)
+
+
+VIRTUAL_TOKENS = Option("num_virtual_tokens", "virtual tokens n", low=1)
+
+register_method(
+    name="prompt",
+    summary="prompt tuning, 8 virtual tokens (Lester et al. 2021)",
+    config=PromptTuningConfig,
+    lr=3e-2,  # set by hand; the classification lr is swept
+    classification_lr=1e-1,
+    defaults={"num_virtual_tokens": 8},
+    options=[VIRTUAL_TOKENS],
+    lr_grid=[1e-2, 3e-2, 1e-1],
+)
+register_method(
+    name="prefix",
+    summary="prefix tuning, 8 key/value rows per layer (Li & Liang 2021)",
+    config=PrefixTuningConfig,
+    lr=1e-2,  # set by hand; the classification lr is swept
+    classification_lr=1e-2,
+    defaults={"num_virtual_tokens": 8},
+    options=[VIRTUAL_TOKENS],
+    lr_grid=[1e-3, 3e-3, 1e-2],
+)

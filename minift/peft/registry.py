@@ -96,28 +96,27 @@ class Method:
             return self.classification_lr
         return self.lr
 
-    def build(self, kind: str, steps: int, option_name=str, **overrides):
+    def build(self, kind: str, steps: int, **overrides):
         """The config for a task of this kind, trained ``steps`` steps; None if it does not train.
 
         ``overrides`` replace the defaults (the command line's ``--r 4`` is ``r=4``); each must
         be one of the method's ``options``, and the config's ``__post_init__`` checks its value,
         without touching any model. A classifier's new head ``score`` trains with every method
-        (PEFT's ``modules_to_save``). ``option_name(field)`` is how an error names an override
-        (the command line's "--lora-alpha" for ``lora_alpha``).
+        (PEFT's ``modules_to_save``). An error names the field (the command line shows it as
+        the flag: "--lora-alpha" for ``lora_alpha``).
         """
         if kind not in KINDS:
             raise ValueError(f"kind: expected 'classification' or 'generation', got {kind!r}")
         if not self.trains:
             if overrides:
-                name = option_name(next(iter(overrides)))
-                raise ValueError(f"{name}: method {self.name} has no options")
+                raise ValueError(f"{next(iter(overrides))}: method {self.name} has no options")
             return None
         allowed = {o.field for o in self.options}
         unknown = [name for name in overrides if name not in allowed]
         if unknown:
             raise ValueError(
-                f"{option_name(unknown[0])}: method {self.name} has no such option "
-                f"(its options: {', '.join(option_name(o) for o in sorted(allowed)) or 'none'})"
+                f"{unknown[0]}: method {self.name} has no such option "
+                f"(its options: {', '.join(sorted(allowed)) or 'none'})"
             )
         fields = {**self.defaults, **(self.per_steps(steps) if self.per_steps else {})}
         fields.update(overrides)
@@ -160,9 +159,9 @@ def method_names() -> list[str]:
     return list(METHODS)
 
 
-def method_config(method: str, kind: str, steps: int, option_name=str, **overrides):
-    """``get_method(method).build(kind, steps, option_name, **overrides)``."""
-    return get_method(method).build(kind, steps, option_name, **overrides)
+def method_config(method: str, kind: str, steps: int, **overrides):
+    """The config of ``method`` for a task of this kind (see ``Method.build``)."""
+    return get_method(method).build(kind, steps, **overrides)
 
 
 def command_line_options() -> dict[str, Option]:

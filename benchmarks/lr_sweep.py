@@ -1,19 +1,23 @@
 """The learning rates ``minift compare`` uses, chosen on the validation split.
 
-For each swept method and each kind of task (classification, generation), every learning rate of
-the grid fine-tunes the cached base on every task of that kind (one seed, ``--steps`` steps) and
-is scored on the VALIDATION split (never the test split, which the compare table reports). The
-kind's learning rate is the one with the best mean of the tasks' main metric (accuracy; exact
-match, ties broken by the corpus chrF). Run from the repo root:
+For each swept method (each registered with an ``lr_grid``: the learning rates to try, about 3x
+apart, around its working range, widened where the best was an end) and each kind of task
+(classification, generation), every learning rate of the grid fine-tunes the cached base on every
+task of that kind (one seed, ``--steps`` steps) and is scored on the VALIDATION split (never the
+test split, which the compare table reports). The kind's learning rate is the one with the best
+mean of the tasks' main metric (accuracy; exact match, ties broken by the corpus chrF). Run from
+the repo root:
 
-    python -m benchmarks.lr_sweep                  # the grid below, about 15 minutes on 2 cores
+    python -m benchmarks.lr_sweep                  # full, lora, sparse, bitfit: ~15 min on 2 cores
     python -m benchmarks.lr_sweep --methods lora --tasks stdlib-modules --lrs 3e-3 1e-2
 
 It prints and writes (``--out``, default ``benchmarks/results``):
 
     lr_sweep.md     one row per (task, method, lr) with the validation metrics, and the chosen
-                    learning rate per method and kind next to what minift.pipeline.METHODS says
-    lr_sweep.json   the same, as records; tests/test_pipeline.py holds METHODS to its choices
+                    learning rate per method and kind next to the one its registration holds
+    lr_sweep.json   the same, as records; tests/test_pipeline.py holds the registered learning
+                    rates (minift.peft.registry, each method's lr and classification_lr) to its
+                    choices
 
 Runs already in lr_sweep.json are not run again, and a new sweep's runs join the file's, so the
 grid can grow (or a method be added) without redoing what is there. A generation run whose record
@@ -38,19 +42,6 @@ import os  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-GRID = {  # about 3x apart, around each method's working range, widened where the best was an end
-    "full": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2],
-    "lora": [1e-3, 3e-3, 1e-2, 3e-2],
-    "sparse": [3e-3, 1e-2, 3e-2, 1e-1],
-    "bitfit": [3e-3, 1e-2, 3e-2, 1e-1, 3e-1],
-    # swept on the classification tasks only (--tasks stdlib-modules kjv-books)
-    "head": [3e-3, 1e-2, 3e-2],
-    "dora": [1e-3, 3e-3, 1e-2],
-    "ia3": [1e-2, 3e-2, 1e-1],
-    "adapter": [1e-3, 3e-3, 1e-2],
-    "prompt": [1e-2, 3e-2, 1e-1],
-    "prefix": [1e-3, 3e-3, 1e-2],
-}
 DEFAULT_METHODS = ["full", "lora", "sparse", "bitfit"]
 CHRF_DEFINITION = "corpus"  # what a record's "chrf" is: minift.data.corpus_chrf
 TASKS = {
@@ -59,12 +50,21 @@ TASKS = {
 }
 
 
+def grid() -> dict[str, tuple[float, ...]]:
+    """method -> the learning rates to try, as each method's registration gives them."""
+    from minift.peft import METHODS
+
+    return {name: m.lr_grid for name, m in METHODS.items() if m.lr_grid}
+
+
 def _run(job):
-    from minift import pipeline
+    from minift.pipeline.comparison import run_one
+    from minift.pipeline.finetuning import RunSettings
+    from minift.pipeline.pretraining import BaseSpec
 
     task, method, lr, steps, seed = job
-    settings = pipeline.RunSettings(steps=steps, lr=lr, eval_split="val")
-    result = pipeline.run_one(task, method, seed, settings, pipeline.BaseSpec())
+    settings = RunSettings(steps=steps, lr=lr, eval_split="val")
+    result = run_one(task, method, seed, settings, BaseSpec())
     values = {r["metric"]: r["value"] for r in result.records}
     if "chrf" in values:
         values["chrf_definition"] = CHRF_DEFINITION
@@ -109,7 +109,7 @@ def choose(records) -> dict:
 
 
 def markdown(records, chosen, commands) -> str:
-    from minift.pipeline import get_method
+    from minift.peft import get_method
 
     made_by = " and ".join(f"`{c}`" for c in commands)
     lines = [
@@ -125,7 +125,7 @@ def markdown(records, chosen, commands) -> str:
             f"{k} {r[k]:.3f}" for k in ("accuracy", "exact_match", "chrf") if k in r
         )
         lines.append(f"| {r['task']} | {r['method']} | {r['lr']:g} | {metrics} |")
-    lines += ["", "| method | kind | chosen lr | minift.pipeline.METHODS |", "|---|---|--:|--:|"]
+    lines += ["", "| method | kind | chosen lr | registered lr |", "|---|---|--:|--:|"]
     for key, lr in chosen.items():
         method, kind = key.split("/")
         lines.append(f"| {method} | {kind} | {lr:g} | {get_method(method).lr_for(kind):g} |")
@@ -134,23 +134,23 @@ def markdown(records, chosen, commands) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(GRID))
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(grid()))
     parser.add_argument("--tasks", nargs="+", default=[t for ts in TASKS.values() for t in ts])
-    parser.add_argument("--lrs", nargs="+", type=float, default=None, help="instead of GRID's")
+    parser.add_argument("--lrs", nargs="+", type=float, default=None, help="instead of the grid")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
 
-    from minift import pipeline
+    from minift.pipeline.pretraining import BaseSpec, load_base
 
-    pipeline.load_base(pipeline.BaseSpec())  # pretrain once, before the workers need it
+    load_base(BaseSpec())  # pretrain once, before the workers need it
     jobs = [
         (task, method, lr, args.steps, args.seed)
         for task in args.tasks
         for method in args.methods
-        for lr in (args.lrs or GRID[method])
+        for lr in (args.lrs or grid()[method])
     ]
     path = args.out / "lr_sweep.json"
     previous = json.loads(path.read_text()) if path.exists() else {"commands": [], "records": []}

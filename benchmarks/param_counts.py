@@ -9,7 +9,8 @@ model size and draws it. Run from the repo root:
 
 It prints and writes (to ``--out``, default ``benchmarks/results``):
 
-    param_counts.md     the Markdown table: method, trainable, total, trainable %, added
+    param_counts.md     the Markdown table: method (as ``minift finetune --method`` names it),
+                        what trains, trainable, total, trainable %, added
     param_counts.png    trainable parameters per method, a bar chart on a log scale
 """
 
@@ -45,7 +46,7 @@ def main(argv=None) -> list[counts.Row]:
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.out / "param_counts.md", text.encode())
     plots.plot_bars(
-        {f"{r.label}\n{r.percent:.2g} %": r.trainable for r in rows},
+        {f"{r.method}\n{r.percent:.2g} %": r.trainable for r in rows},
         args.out / "param_counts.png",
         ylabel="trainable parameters (log scale)",
         title=f"Trainable parameters per method (d={config.d_model}, L={config.n_layer}, "

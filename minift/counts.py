@@ -1,9 +1,11 @@
 """How many parameters each fine-tuning method trains: the article's §3.3 in numbers.
 
 The article says in words that PEFT and LoRA "cut the parameters"; this counts them. For one
-model, every registered method is applied to a fresh copy with the options below, and
-``count_parameters`` MEASURES what it trains: no count here is typed in. (Each method's closed
-form is written in its config's docstring and checked against the measurement by its tests.)
+model, every method of minift.peft.registry is applied to a fresh copy with the options
+``minift finetune`` gives it, and ``count_parameters`` MEASURES what it trains: no count here is
+typed in, and none differs from what ``finetune`` trains (tests/test_counts.py holds them
+equal). Each method's closed form is written in its config's docstring and checked against the
+measurement by its tests.
 
 ``total`` counts every Param of the adapted model once (a tied or shared Param once: sharing's
 saving shows there); ``added`` is total minus the base model's, the parameters a method brings
@@ -16,34 +18,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import minift.peft  # noqa: F401  (importing the package registers every method)
 from minift.model import GPT, GPTConfig
-from minift.peft.base import PEFT_TYPES, count_parameters, get_peft_model
+from minift.peft import METHODS, count_parameters, get_peft_model
 
-# peft_type -> [(label, options)]: how each method is built for the table, and the variants of
-# one type worth a row of their own
-OPTIONS: dict[str, list[tuple[str, dict]]] = {
-    "MINIFT_FULL": [("full fine-tuning", {})],
-    "MINIFT_LAST_K_BLOCKS": [("last block (k=1)", {"k": 1})],
-    "MINIFT_HEAD_ONLY": [("head only (tied wte)", {})],
-    "MINIFT_SHARING": [("sharing A3 (MLPs tied)", {})],
-    "MINIFT_SPARSE": [("sparse A4 (5% of c_attn)", {"density": 0.05})],
-    "LORA": [
-        ("LoRA r=8 c_attn", {"r": 8, "target_modules": ["c_attn"]}),
-        ("DoRA r=8 c_attn", {"r": 8, "target_modules": ["c_attn"], "use_dora": True}),
-    ],
-    "ADALORA": [("AdaLoRA init_r=12 c_attn", {"init_r": 12, "target_r": 8, "total_step": 1000})],
-    "IA3": [("IA3 (PEFT's GPT-2 targets)", {})],
-    "MINIFT_BITFIT": [("BitFit (all biases)", {})],
-    "MINIFT_ADAPTER": [("adapters m=16", {"bottleneck_size": 16})],
-    "PROMPT_TUNING": [("prompt tuning n=16", {"num_virtual_tokens": 16})],
-    "PREFIX_TUNING": [("prefix tuning n=16", {"num_virtual_tokens": 16})],
-}
+STEPS = 200  # ``minift finetune``'s default; only AdaLoRA's schedule depends on it, not its count
 
 
 @dataclass
 class Row:
-    label: str
+    method: str  # the command line's name: minift finetune --method <method>
+    summary: str
     peft_type: str
     trainable: int
     total: int
@@ -55,17 +39,19 @@ class Row:
 
 
 def measure(config: GPTConfig, seed: int = 0) -> list[Row]:
-    """One Row per method (and variant), most trainable first."""
+    """One Row per method that trains, built as ``minift finetune`` builds it for a generation
+    task (the method's defaults, from minift.peft.registry), most trainable first."""
     base_total = count_parameters(GPT(config, seed=seed)).total
     rows = []
-    for peft_type, cls in PEFT_TYPES.items():
-        for label, options in OPTIONS.get(peft_type, [(peft_type, {})]):
-            peft_model = get_peft_model(GPT(config, seed=seed), cls(**options), seed=seed)
-            count = count_parameters(peft_model)
-            rows.append(
-                Row(label, peft_type, count.trainable, count.total, count.total - base_total)
-            )
-    rows.sort(key=lambda r: (-r.trainable, r.label))
+    for method in METHODS.values():
+        if not method.trains:
+            continue
+        peft_config = method.build("generation", STEPS)
+        peft_model = get_peft_model(GPT(config, seed=seed), peft_config, seed=seed)
+        count = count_parameters(peft_model)
+        rows.append(Row(method.name, method.summary, peft_config.peft_type, count.trainable,
+                        count.total, count.total - base_total))  # fmt: skip
+    rows.sort(key=lambda r: (-r.trainable, r.method))
     return rows
 
 
@@ -77,16 +63,17 @@ def markdown(rows: list[Row], config: GPTConfig) -> str:
         f"- model: d_model={c.d_model}, n_layer={c.n_layer}, n_head={c.n_head}, "
         f"vocab_size={c.vocab_size}, block_size={c.block_size} "
         f"({count_parameters(GPT(c)).total:,d} parameters, LM head tied to wte)",
-        "- counts measured with `minift.peft.count_parameters` on the adapted model; `total` "
-        "counts a shared Param once, `added` = total − the base model's (negative when a method "
-        "shares parameters)",
+        "- each method as `minift finetune --method <method>` trains it on a generation task (a "
+        "classifier's new head adds its own); counts measured with `minift.peft.count_parameters`"
+        " on the adapted model; `total` counts a shared Param once, `added` = total − the base "
+        "model's (negative when a method shares parameters)",
         "",
-        "| method | peft_type | trainable | total | trainable % | added |",
-        "|---|---|---:|---:|---:|---:|",
+        "| method | what trains | peft_type | trainable | total | trainable % | added |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r.label} | {r.peft_type} | {r.trainable:,d} | {r.total:,d} | "
+            f"| {r.method} | {r.summary} | {r.peft_type} | {r.trainable:,d} | {r.total:,d} | "
             f"{r.percent:.4g} | {r.added:,d} |"
         )
     return "\n".join(lines) + "\n"

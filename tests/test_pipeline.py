@@ -13,6 +13,7 @@ from minift import pipeline
 from minift.data import Example, Task
 
 TINY = pipeline.BaseSpec(d_model=32, n_layer=1, n_head=2, steps=2)
+TWO_BLOCKS = pipeline.BaseSpec(d_model=32, n_layer=2, n_head=2, steps=2)  # what sharing ties
 SETTINGS = pipeline.RunSettings(steps=2, batch_size=4, eval_examples=4)
 
 
@@ -69,7 +70,7 @@ def test_summary_is_mean_and_student_t_interval_over_seeds():
 def test_every_method_fine_tunes_saves_and_loads_back_identically(method, tmp_path):
     tok = pipeline.standard_tokenizer()
     task = toy_classification()
-    base = pipeline.load_base(TINY, progress=False)
+    base = pipeline.load_base(TWO_BLOCKS, progress=False)
     model = pipeline.prepare_model(base, task, method, seed=0, tok=tok, steps=SETTINGS.steps)
     pipeline.finetune(model, task, method, 0, tok, SETTINGS, progress=False)
     idx = np.array([[1, 5, 6, 7, 3]])

@@ -18,12 +18,8 @@ from minift.gradcheck import check_gradients, cross_entropy_loss, randomize_para
 from minift.optim import AdamW
 from minift.peft import count_parameters, get_peft_model
 from minift.peft.base import PeftModel
-from minift.peft.prompt import (
-    PrefixTuningConfig,
-    PromptTuningConfig,
-    prefix_mlp_backward,
-    prefix_mlp_forward,
-)
+from minift.peft.prefix import PrefixTuningConfig, prefix_mlp_backward, prefix_mlp_forward
+from minift.peft.prompt import PromptTuningConfig
 
 TINY = minift.GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=8)
 TOL = 1e-7

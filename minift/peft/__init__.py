@@ -18,27 +18,14 @@ ia3.py       IA3: learned rescaling vectors
 prompt.py    prompt tuning (prompt_learning.py: the config it shares with prefix tuning)
 prefix.py    prefix tuning
 adapted.py   the template every weight-level method's layer fills in (AdaptedLinear)
+registry.py  the methods by their command-line names, each registered in its own file
 
 The article's worked equations that are not methods (A7, A8, A9) are in minift/article.py.
 """
 
-from minift.peft.adalora import AdaLoraConfig, RankAllocator, SVDLinear, adalora_regularizer
-from minift.peft.adapter import AdapterConfig, AdapterLinear
-from minift.peft.base import (
-    PeftConfig,
-    PeftModel,
-    count_parameters,
-    get_peft_model,
-    match_target_modules,
-)
-from minift.peft.bitfit import BitFitConfig
-from minift.peft.dora import DoraLinear
-from minift.peft.gradual import GradualUnfreezing
-from minift.peft.ia3 import IA3Config, IA3Linear
-from minift.peft.lora import LoraConfig, LoraLinear
-from minift.peft.prefix import PrefixTuningConfig, PrefixTuningModel
-from minift.peft.prompt import PromptTuningConfig, PromptTuningModel
-from minift.peft.prompt_learning import PromptLearningConfig
+# isort: off
+# The chapters in the order of the list above: each registers its methods as it is imported
+# (minift/peft/registry.py), so this is also the order the command line lists them in.
 from minift.peft.sft import (
     FullFinetuneConfig,
     HeadOnlyConfig,
@@ -49,10 +36,35 @@ from minift.peft.sft import (
     head_only,
     last_k_blocks,
 )
+from minift.peft.gradual import GradualUnfreezing
 from minift.peft.sharing import SharingConfig, share_across_blocks, tie_parameters
 from minift.peft.sparse import MaskedLinear, SparseConfig, SparseDeltaLinear
+from minift.peft.lora import LoraConfig, LoraLinear
+from minift.peft.dora import DoraLinear
+from minift.peft.adalora import AdaLoraConfig, RankAllocator, SVDLinear, adalora_regularizer
+from minift.peft.bitfit import BitFitConfig
+from minift.peft.adapter import AdapterConfig, AdapterLinear
+from minift.peft.ia3 import IA3Config, IA3Linear
+from minift.peft.prompt import PromptTuningConfig, PromptTuningModel
+from minift.peft.prefix import PrefixTuningConfig, PrefixTuningModel
+
+# isort: on
+from minift.peft.base import (
+    PeftConfig,
+    PeftModel,
+    count_parameters,
+    get_peft_model,
+    match_target_modules,
+)
+from minift.peft.prompt_learning import PromptLearningConfig
+from minift.peft.registry import METHODS, Method, Option, get_method, method_names
 
 __all__ = [
+    "METHODS",
+    "Method",
+    "Option",
+    "get_method",
+    "method_names",
     "PrefixTuningConfig",
     "PrefixTuningModel",
     "PromptLearningConfig",

@@ -79,12 +79,14 @@ from minift.peft.adalora_training import (  # noqa: F401  (the chapter's second 
 from minift.peft.adapted import AdaptedLinear
 from minift.peft.base import PeftConfig, register
 from minift.peft.lora import (
+    LORA_OPTIONS,
     _check_rank,
     check_lora_alpha,
     lora_backward,
     lora_delta_weight,
     lora_forward,
 )
+from minift.peft.registry import Option, register_method
 
 # ------------------------------------------------------------------------------------------------
 # The math, as pure functions
@@ -302,3 +304,26 @@ class AdaLoraConfig(PeftConfig):
         else:
             full[kept] = value
         return full
+
+
+def schedule_for(steps: int) -> dict:
+    """AdaLoRA's budget schedule for ``steps`` steps of training, in PEFT's usual shape: a tenth
+    at the full budget (tinit), the last fifth fixed (tfinal)."""
+    return {"tinit": steps // 10, "tfinal": steps // 5, "deltaT": max(1, steps // 20),
+            "total_step": steps}  # fmt: skip
+
+
+register_method(
+    name="adalora",
+    summary="AdaLoRA: rank 12 -> 8 by importance (Zhang et al. 2023)",
+    config=AdaLoraConfig,
+    lr=1e-2,  # set by hand, for both kinds
+    defaults={"init_r": 12, "target_r": 8, "lora_alpha": 16},
+    per_steps=schedule_for,
+    options=[
+        Option("init_r", "rank at the start", low=1),
+        Option("target_r", "average rank at the end", low=1),
+        *LORA_OPTIONS[1:],
+    ],
+    compare=False,
+)

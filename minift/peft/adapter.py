@@ -64,6 +64,7 @@ from minift import functional as F
 from minift.nn import Linear
 from minift.peft.adapted import AdaptedLinear
 from minift.peft.base import PeftConfig, register
+from minift.peft.registry import TARGET_MODULES, Option, register_method
 
 # ------------------------------------------------------------------------------------------------
 # The math, as pure functions
@@ -205,3 +206,15 @@ class AdapterConfig(PeftConfig):
 
     def wrap(self, name, layer, rng):
         return AdapterLinear(layer, self.bottleneck_size, self.non_linearity, rng=rng)
+
+
+register_method(
+    name="adapter",
+    summary="Houlsby adapters, bottleneck 16 (Houlsby et al. 2019)",
+    config=AdapterConfig,
+    lr=1e-2,  # set by hand; the classification lr is swept
+    classification_lr=3e-3,
+    defaults={"bottleneck_size": 16},
+    options=[Option("bottleneck_size", "bottleneck width", low=1), TARGET_MODULES],
+    lr_grid=[1e-3, 3e-3, 1e-2],
+)

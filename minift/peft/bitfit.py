@@ -41,6 +41,7 @@ import numpy as np
 
 from minift.nn import LayerNorm, Module
 from minift.peft.base import PeftConfig, match_target_modules, register
+from minift.peft.registry import TARGET_MODULES, register_method
 
 
 @register
@@ -86,3 +87,14 @@ class BitFitConfig(PeftConfig):
                 f"target_modules: BitFit found no bias to train in the modules matched by "
                 f"{self.target_modules!r} (include_layer_norm={self.include_layer_norm})"
             )
+
+
+register_method(
+    name="bitfit",
+    summary="biases only (Ben Zaken et al. 2022)",
+    config=BitFitConfig,
+    lr=1e-1,
+    classification_lr=3e-2,
+    options=[TARGET_MODULES],
+    lr_grid=[3e-3, 1e-2, 3e-2, 1e-1, 3e-1],
+)

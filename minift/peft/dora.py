@@ -108,13 +108,17 @@ from minift import functional as F
 from minift.nn import Linear
 from minift.param import Param
 from minift.peft.lora import (
+    LORA_DEFAULTS,
+    LORA_OPTIONS,
     LORA_VARIANTS,
+    LoraConfig,
     LoraLinear,
     lora_backward,
     lora_delta_weight,
     lora_delta_weight_backward,
     lora_forward,
 )
+from minift.peft.registry import register_method
 
 # ------------------------------------------------------------------------------------------------
 # The math, as pure functions: the clear path
@@ -278,3 +282,14 @@ class DoraLinear(LoraLinear):
 
 
 LORA_VARIANTS["use_dora"] = DoraLinear  # LoraConfig(use_dora=True) wraps with this layer
+
+register_method(
+    name="dora",
+    summary="DoRA: LoRA with a learned magnitude (Liu et al. 2024)",
+    config=LoraConfig,
+    lr=1e-2,  # set by hand; the classification lr is swept
+    classification_lr=3e-3,
+    defaults={**LORA_DEFAULTS, "use_dora": True},
+    options=LORA_OPTIONS,
+    lr_grid=[1e-3, 3e-3, 1e-2],
+)

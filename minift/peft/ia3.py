@@ -84,6 +84,7 @@ from minift.nn import Linear
 from minift.param import Param
 from minift.peft.adapted import AdaptedLinear
 from minift.peft.base import PeftConfig, hf_gpt2_name, hf_layout, register
+from minift.peft.registry import TARGET_MODULES, register_method
 
 # ------------------------------------------------------------------------------------------------
 # The math, as pure functions
@@ -281,3 +282,14 @@ class IA3Config(PeftConfig):
 
     def _ia3_feedforward(self, param_name):
         return self.is_feedforward(param_name[: -len(".ia3_l")])
+
+
+register_method(
+    name="ia3",
+    summary="IA3: learned rescaling of k, v and the MLP (Liu et al. 2022)",
+    config=IA3Config,
+    lr=3e-2,  # set by hand; the classification lr is swept
+    classification_lr=3e-2,
+    options=[TARGET_MODULES],
+    lr_grid=[1e-2, 3e-2, 1e-1],
+)

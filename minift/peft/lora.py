@@ -68,6 +68,7 @@ from minift.nn import Linear
 from minift.param import Param
 from minift.peft.adapted import AdaptedLinear
 from minift.peft.base import PeftConfig, register
+from minift.peft.registry import TARGET_MODULES, Option, register_method
 
 # ------------------------------------------------------------------------------------------------
 # The math, as pure functions
@@ -264,3 +265,23 @@ class LoraConfig(PeftConfig):
         # base_model.model.transformer.h.0.attn.c_attn.lora_A.weight
         key = super().peft_key(name)
         return key + ".weight" if name.endswith((".lora_A", ".lora_B")) else key
+
+
+LORA_OPTIONS = [
+    Option("r", "rank r", low=1),
+    Option("lora_alpha", "LoRA scale α: s = α/r", type=float, low=0, low_open=True),
+    Option("lora_dropout", "dropout on LoRA's input", type=float, low=0, high=1, high_open=True),
+    TARGET_MODULES,
+]
+LORA_DEFAULTS = {"r": 8, "lora_alpha": 16, "target_modules": ["c_attn", "attn.c_proj"]}
+
+register_method(
+    name="lora",
+    summary="LoRA r=8 on c_attn and attn.c_proj (§2.3; Hu et al. 2021)",
+    config=LoraConfig,
+    lr=1e-2,
+    classification_lr=3e-3,
+    defaults=LORA_DEFAULTS,
+    options=LORA_OPTIONS,
+    lr_grid=[1e-3, 3e-3, 1e-2, 3e-2],
+)

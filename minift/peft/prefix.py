@@ -65,7 +65,13 @@ from minift import functional as F
 from minift.nn import Linear, Module, ModuleList
 from minift.param import Param
 from minift.peft.base import PeftModel, register
-from minift.peft.prompt_learning import PromptLearningConfig, positive_int, remove_prompt_encoder
+from minift.peft.prompt_learning import (
+    VIRTUAL_TOKENS,
+    PromptLearningConfig,
+    positive_int,
+    remove_prompt_encoder,
+)
+from minift.peft.registry import register_method
 
 __all__ = [
     "LayerPrefix",
@@ -318,3 +324,15 @@ class PrefixTuningConfig(PromptLearningConfig):
         if name == "prompt_encoder.embedding" and not self.uses_projection:
             return "prompt_embeddings"
         return super().peft_key(name)
+
+
+register_method(
+    name="prefix",
+    summary="prefix tuning, 8 key/value rows per layer (Li & Liang 2021)",
+    config=PrefixTuningConfig,
+    lr=1e-2,  # set by hand; the classification lr is swept
+    classification_lr=1e-2,
+    defaults={"num_virtual_tokens": 8},
+    options=[VIRTUAL_TOKENS],
+    lr_grid=[1e-3, 3e-3, 1e-2],
+)

@@ -52,27 +52,13 @@ from minift.model import GPTForSequenceClassification, KVCache, generate_tokens
 from minift.nn import Module
 from minift.param import Param
 from minift.peft.base import PeftModel, register
-
-# prefix tuning's names stay importable from here, where both methods lived before the split
-from minift.peft.prefix import (
-    PrefixEncoder,
-    PrefixTuningConfig,
-    PrefixTuningModel,
-    prefix_mlp_backward,
-    prefix_mlp_forward,
-)
-from minift.peft.prompt_learning import PromptLearningConfig, remove_prompt_encoder
+from minift.peft.prompt_learning import VIRTUAL_TOKENS, PromptLearningConfig, remove_prompt_encoder
+from minift.peft.registry import register_method
 
 __all__ = [
-    "PrefixEncoder",
-    "PrefixTuningConfig",
-    "PrefixTuningModel",
     "PromptEmbedding",
-    "PromptLearningConfig",
     "PromptTuningConfig",
     "PromptTuningModel",
-    "prefix_mlp_backward",
-    "prefix_mlp_forward",
     "prepend_prompt_backward",
     "prepend_prompt_forward",
 ]
@@ -265,3 +251,15 @@ class PromptTuningConfig(PromptLearningConfig):
     def peft_key(self, name):
         # PEFT saves a prompt-learning adapter as the single tensor "prompt_embeddings"
         return "prompt_embeddings" if name == "prompt_encoder.embedding" else super().peft_key(name)
+
+
+register_method(
+    name="prompt",
+    summary="prompt tuning, 8 virtual tokens (Lester et al. 2021)",
+    config=PromptTuningConfig,
+    lr=3e-2,  # set by hand; the classification lr is swept
+    classification_lr=1e-1,
+    defaults={"num_virtual_tokens": 8},
+    options=[VIRTUAL_TOKENS],
+    lr_grid=[1e-2, 3e-2, 1e-1],
+)

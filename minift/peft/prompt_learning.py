@@ -14,8 +14,11 @@ import numpy as np
 
 from minift.model import GPT, GPTForSequenceClassification
 from minift.peft.base import PeftConfig, PeftModel
+from minift.peft.registry import Option
 
-__all__ = ["PromptLearningConfig", "positive_int", "remove_prompt_encoder"]
+__all__ = ["VIRTUAL_TOKENS", "PromptLearningConfig", "positive_int", "remove_prompt_encoder"]
+
+VIRTUAL_TOKENS = Option("num_virtual_tokens", "virtual tokens n", low=1)  # both methods' option
 
 
 def positive_int(value) -> bool:

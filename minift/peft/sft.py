@@ -93,6 +93,7 @@ import numpy as np
 from minift.model import GPT, GPTForSequenceClassification
 from minift.nn import Module
 from minift.peft.base import PeftConfig, register
+from minift.peft.registry import Option, register_method
 
 __all__ = [
     "blocks_of",
@@ -322,3 +323,32 @@ class LastKBlocksConfig(_SftConfig):
 
     def policy(self, model):
         last_k_blocks(model, self.k)
+
+
+# The command line's names for these policies (minift/peft/registry.py)
+register_method(
+    name="full",
+    summary="full fine-tuning: every weight trains (§2.1)",
+    config=FullFinetuneConfig,
+    lr=3e-3,
+    classification_lr=3e-4,
+    lr_grid=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2],
+)
+register_method(
+    name="head",
+    summary="only the task head trains; the body is frozen (§3.2.1)",
+    config=HeadOnlyConfig,
+    lr=1e-2,
+    classification_lr=3e-2,
+    lr_grid=[3e-3, 1e-2, 3e-2],
+)
+register_method(
+    name="last-k",
+    summary="the top k blocks, ln_f and the head train; the blocks below are frozen",
+    config=LastKBlocksConfig,
+    lr=3e-3,  # not swept: full fine-tuning's, since what trains, trains fully
+    classification_lr=3e-4,
+    defaults={"k": 1},
+    options=[Option("k", "blocks from the top that train", low=0)],
+    compare=False,
+)

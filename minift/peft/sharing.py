@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 from minift.nn import Module
 from minift.param import Param
 from minift.peft.base import PeftConfig, register
+from minift.peft.registry import register_method
 
 __all__ = [
     "MLP_SUFFIXES",
@@ -208,3 +209,13 @@ class SharingConfig(PeftConfig):
             tie_parameters(model, group)
         for p in model.parameters():
             p.trainable = True
+
+
+register_method(
+    name="sharing",
+    summary="the article's parameter sharing: every block's MLP tied to block 0's (A3)",
+    config=SharingConfig,
+    lr=3e-3,  # not swept: full fine-tuning's, since every (tied) weight trains
+    classification_lr=3e-4,
+    compare=False,
+)

@@ -74,6 +74,7 @@ from minift.nn import Linear
 from minift.param import Param
 from minift.peft.adapted import AdaptedLinear
 from minift.peft.base import PeftConfig, register
+from minift.peft.registry import TARGET_MODULES, Option, register_method
 from minift.peft.sparse_mask import (
     MASKS,
     check_choice,
@@ -347,3 +348,18 @@ class SparseConfig(PeftConfig):
             return SparseDeltaLinear(layer, indices, self.activation)
         layer.weight.trainable = True  # W₁ is the layer's own weight
         return MaskedLinear(layer, mask_from_indices(indices, layer.weight.shape), self.activation)
+
+
+register_method(
+    name="sparse",
+    summary="the article's sparse connections, 5 % of every Linear (§2.2, A4)",
+    config=SparseConfig,
+    lr=3e-2,
+    classification_lr=1e-2,
+    defaults={"density": 0.05, "target_modules": ["c_attn", "c_proj", "c_fc"]},
+    options=[
+        Option("density", "share of each matrix kept", type=float, low=0, high=1, low_open=True),
+        TARGET_MODULES,
+    ],  # fmt: skip
+    lr_grid=[3e-3, 1e-2, 3e-2, 1e-1],
+)

@@ -1,0 +1,166 @@
+"""One measured run, and many: methods × tasks × seeds, each run in a fresh process if asked.
+
+Every run of ``compare`` happens in a fresh process (unless ``isolate=False``), so that
+``peak_rss_mb`` is the peak resident memory of the process that ran THAT method and seed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import resource
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm import tqdm
+
+from minift.data import standard_tokenizer
+from minift.peft import count_parameters
+from minift.peft.registry import get_method
+from minift.pipeline.finetuning import (
+    RunSettings,
+    baseline_metrics,
+    evaluate,
+    finetune,
+    prepare_model,
+)
+from minift.pipeline.pretraining import BaseSpec, load_base
+from minift.pipeline.tasks import BASELINES, check_task, get_task
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process's address space, in MiB.
+
+    Linux's VmHWM (/proc/self/status) starts anew in a freshly started process, so in compare's
+    child processes it is that run's peak. Elsewhere, getrusage's ru_maxrss (which on Linux a
+    spawned child would inherit from its parent, hence not used there).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+@dataclass
+class RunResult:
+    records: list[dict[str, Any]]  # one per metric, in the results.json format
+    losses: list[float] = field(default_factory=list)
+
+
+def run_one(task_name, method, seed, settings: RunSettings, base_spec: BaseSpec, progress=False):
+    """Fine-tune and evaluate one (task, method, seed); the records of results.json."""
+    tok = standard_tokenizer()
+    task = get_task(task_name)
+    base = load_base(base_spec, progress=progress)
+    common = {"task": task_name, "method": method, "seed": seed}
+    if method in BASELINES.values():
+        if BASELINES[task.kind] != method:
+            raise ValueError(f"method: {method!r} is no baseline for a {task.kind} task")
+        values = baseline_metrics(task, settings.eval_split, settings.eval_examples)
+        return RunResult([{**common, "trainable_params": 0, "total_params": 0, "train_seconds": 0.0,
+                           "peak_rss_mb": _peak_rss_mb(), "optimizer_state_bytes": 0,
+                           "metric": k, "value": v} for k, v in values.items()])  # fmt: skip
+    model = prepare_model(base, task, method, seed, tok, settings.steps)
+    counts = count_parameters(model)
+    losses, seconds, state_bytes = [], 0.0, 0
+    if get_method(method).trains:
+        result, trainer = finetune(model, task, method, seed, tok, settings, progress=progress)
+        losses, seconds = result.losses, result.seconds
+        state_bytes = trainer.optimizer.state_bytes()
+    values = evaluate(model, task, tok, settings.eval_split, settings.eval_examples)
+    record = {
+        **common,
+        "trainable_params": counts.trainable if get_method(method).trains else 0,
+        "total_params": counts.total,
+        "train_seconds": seconds,
+        "peak_rss_mb": _peak_rss_mb(),
+        "optimizer_state_bytes": state_bytes,
+    }
+    return RunResult([{**record, "metric": k, "value": v} for k, v in values.items()], losses)
+
+
+def _run_in_child(args):
+    return run_one(*args)
+
+
+def compare(
+    tasks,
+    methods,
+    seeds,
+    settings: RunSettings,
+    base_spec=None,
+    isolate=True,
+    out=None,
+    workers: int = 1,
+):
+    """Every (task, method, seed): records, loss curves; each run in a fresh process if isolate.
+
+    ``out`` (default: standard error) shows one progress bar over all the runs, with the time
+    left, and a line as each run ends.
+
+    ``workers`` > 1 (with isolate) runs that many at a time, each process with ONE BLAS thread
+    (two runs with two threads each on two cores slow each other down many times over); their
+    train_seconds are then those of runs sharing the machine (results.md shows the command).
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers: expected a positive integer, got {workers!r}")
+    base_spec = base_spec or BaseSpec()
+    for name in tasks:
+        check_task(name)
+    for name in methods:
+        if name not in BASELINES.values():
+            get_method(name)
+    load_base(base_spec)  # pretrain once, here, before any child needs it
+    kinds = {t: get_task(t).kind for t in tasks}
+    runs = [
+        (t, m, s)
+        for t in tasks
+        for m in methods
+        if m not in BASELINES.values() or BASELINES[kinds[t]] == m  # each task its own baseline
+        for s in (seeds[:1] if m in BASELINES.values() else seeds)  # a baseline has no seed
+    ]
+    records, curves = [], {}
+    jobs = [(t, m, s, settings, base_spec, False) for t, m, s in runs]
+    if isolate and workers > 1:
+        results = _in_parallel_children(jobs, workers)
+    else:
+        results = (_run_isolated(job) if isolate else run_one(*job) for job in jobs)
+    out = out if out is not None else sys.stderr
+    with tqdm(total=len(runs), desc="all runs", unit="run", file=out, mininterval=0) as bar:
+        for i, ((t, m, s), result) in enumerate(zip(runs, results, strict=True), 1):
+            bar.write(f"[{i}/{len(runs)}] {t} / {m} / seed {s}", file=out)
+            bar.update(1)
+            records.extend(result.records)
+            if result.losses:
+                curves.setdefault(t, {}).setdefault(m, []).append(result.losses)
+    return records, curves
+
+
+def _run_isolated(job) -> RunResult:
+    """One run in a fresh process of its own (so its peak memory is its own)."""
+    with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        return pool.apply(_run_in_child, (job,))
+
+
+def _in_parallel_children(jobs, workers):
+    """The runs' results in order, ``workers`` fresh processes at a time, one BLAS thread each."""
+    saved = {k: os.environ.get(k) for k in _BLAS_THREAD_VARS}
+    os.environ.update(dict.fromkeys(_BLAS_THREAD_VARS, "1"))  # read by each child's numpy
+    try:
+        with multiprocessing.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
+            yield from pool.imap(_run_in_child, jobs)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+_BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")

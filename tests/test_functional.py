@@ -1,5 +1,7 @@
 """Ring 1: every forward/backward pair of minift.functional against float64 central differences."""
 
+import math
+
 import numpy as np
 import pytest
 import reference as ref
@@ -128,6 +130,21 @@ def test_gelu_tanh_backward_matches_finite_differences(seed, a, b, c):
 def test_gelu_erf_backward_matches_finite_differences(seed, a, b, c):
     rng = np.random.default_rng(seed)
     check_pair(F.gelu_erf_forward, F.gelu_erf_backward, (3 * randn(rng, a, b, c),), rng)
+
+
+@fast
+@given(seeds, st.floats(-12.0, -3.0))
+def test_gelu_erf_backward_matches_finite_differences_alone_in_the_far_left_tail(seed, x0):
+    """One entry, so nothing larger hides its error in the norm: where Φ(x) is 1e-3 to 1e-33."""
+    rng = np.random.default_rng(seed)
+    check_pair(F.gelu_erf_forward, F.gelu_erf_backward, (np.array([x0]),), rng)
+
+
+def test_gelu_erf_forward_keeps_full_precision_in_the_left_tail():
+    """Φ(x) = ½·erfc(−x/√2) has no cancellation; ½·(1 + erf(x/√2)) would keep 1 digit at −8."""
+    x = np.array([-3.0, -5.0, -8.0, -10.0, -20.0])
+    exact = np.array([v * 0.5 * math.erfc(-v / math.sqrt(2.0)) for v in x])
+    np.testing.assert_allclose(F.gelu_erf_forward(x)[0], exact, rtol=1e-13)
 
 
 def test_gelu_tanh_approximates_exact_gelu():

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minift import functional as F
+from minift import gradcheck
 from minift.gradcheck import numerical_gradient, numerical_gradient_array, rel_error
 
 TOL = 1e-7
@@ -24,14 +25,8 @@ def randn(rng, *shape):
 
 def check_pair(forward, backward, inputs, rng):
     """Backward against central differences of Σ forward(...) ⊙ dout, for every float input."""
-    out, cache = forward(*inputs)
-    dout = rng.standard_normal(out.shape)
-    grads = backward(dout, cache)
-    grads = grads if isinstance(grads, tuple) else (grads,)
-    float_inputs = [x for x in inputs if isinstance(x, np.ndarray) and x.dtype == np.float64]
-    for x, g in zip(float_inputs, grads, strict=False):
-        numeric = numerical_gradient_array(lambda: forward(*inputs)[0], x, dout)
-        assert rel_error(g, numeric) < TOL
+    report = gradcheck.check_pair(forward, backward, inputs, rng)
+    assert report.ok(TOL), str(report)
 
 
 # -- linear -------------------------------------------------------------------------------------

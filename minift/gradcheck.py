@@ -239,9 +239,7 @@ def fixed_dropout_masks(loss_fn: Callable[[bool], float], module: Module):
     all ones, a backward that forgets its mask would still pass, and the check would prove less
     than its name says.
     """
-    active = [
-        m for _, m in module.named_modules() if isinstance(m, Dropout) and m.p > 0 and m.training
-    ]
+    active = _active_dropouts(module)
     if not active:
         raise ValueError(
             "module: expected at least one active Dropout (p > 0, training mode) below it, "
@@ -256,3 +254,35 @@ def fixed_dropout_masks(loss_fn: Callable[[bool], float], module: Module):
         return loss_fn(run_backward)
 
     return loss_with_fixed_masks
+
+
+def _active_dropouts(module: Module) -> list[Dropout]:
+    return [
+        m for _, m in module.named_modules() if isinstance(m, Dropout) and m.p > 0 and m.training
+    ]
+
+
+def check_module(module: Module, x, rng=0, h=DEFAULT_H) -> GradcheckReport:
+    """Every trainable Param of ``module``, and its input, through L = Σ module.forward(x) ⊙ dout.
+
+    ``dout`` is drawn N(0, 1) from ``rng`` (a Generator or a seed). When a Dropout below
+    ``module`` is active, its masks are held fixed (``fixed_dropout_masks``), so the check covers
+    what each backward does with them. The report holds each Param under its own name and the
+    gradient of x under ``"input"``.
+    """
+    _require_float64(x, "x")
+    dout = np.random.default_rng(rng).standard_normal(module.forward(x).shape)
+    analytic_dx = []
+
+    def loss_fn(run_backward):
+        value = float(np.sum(module.forward(x) * dout))
+        if run_backward:
+            module.zero_grad()
+            analytic_dx[:] = [module.backward(dout)]
+        return value
+
+    if _active_dropouts(module):
+        loss_fn = fixed_dropout_masks(loss_fn, module)
+    report = check_gradients(loss_fn, module.named_parameters(), h)
+    report.add("input", analytic_dx[0], numerical_gradient(lambda: loss_fn(False), x, h))
+    return report

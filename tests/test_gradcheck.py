@@ -7,6 +7,7 @@ from minift import nn
 from minift.gradcheck import (
     GradcheckReport,
     check_gradients,
+    check_module,
     check_pair,
     fixed_dropout_masks,
     numerical_gradient,
@@ -210,3 +211,28 @@ def test_fixed_dropout_masks_refuses_a_module_whose_dropout_is_off():
     for module in (no_dropout, in_eval):
         with pytest.raises(ValueError, match="module: expected at least one active Dropout"):
             fixed_dropout_masks(lambda run_backward: 0.0, module)
+
+
+class MLPForgettingItsMask(nn.MLP):
+    """The bug every check with dropout 0 missed: backward skips the mask forward applied."""
+
+    def backward(self, dout):
+        dh = self.c_proj.backward(dout)  # right: c_proj.backward(self.dropout.backward(dout))
+        return self.c_fc.backward(self.act.backward(dh))
+
+
+def test_check_module_with_dropout_on_catches_a_backward_that_forgets_the_mask():
+    rng = np.random.default_rng(0)
+    kw = {"rng": rng, "dtype": np.float64, "proj_std": 0.02}
+    right, wrong = nn.MLP(4, 0.3, **kw), MLPForgettingItsMask(4, 0.3, **kw)
+    randomize_params(right.named_parameters(), 1)
+    randomize_params(wrong.named_parameters(), 1)
+    x = rng.standard_normal((2, 3, 4))
+    report = check_module(right, x, rng=2)
+    assert set(report.errors) == {*right.named_parameters(), "input"}
+    assert report.ok(1e-7), str(report)
+    report = check_module(wrong, x, rng=2)
+    assert report.errors["c_proj.weight"] > 1e-3
+    assert report.errors["input"] > 1e-3
+    # with dropout off, the same bug hides: the reason the checks must run with it on
+    assert check_module(wrong.eval(), x, rng=2).ok(1e-7)

@@ -1,5 +1,7 @@
 """The whole GPT: every parameter's gradient, causality, KV cache, tying, training, bad input."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import reference as ref
@@ -8,7 +10,12 @@ from hypothesis import strategies as st
 
 import minift
 from minift.functional import cross_entropy, embedding_backward, embedding_forward
-from minift.gradcheck import check_gradients, cross_entropy_loss, randomize_params
+from minift.gradcheck import (
+    check_gradients,
+    cross_entropy_loss,
+    fixed_dropout_masks,
+    randomize_params,
+)
 
 TINY = minift.GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=8)
 TOL = 1e-7
@@ -31,6 +38,22 @@ def test_every_gpt_parameter_matches_finite_differences(seed):
     targets[0, :2] = -100  # a masked prompt
     report = check_gradients(cross_entropy_loss(model, idx, targets), model.named_parameters())
     assert len(report.errors) == len(model.named_parameters()) == 2 + 2 * 12 + 2
+    assert report.ok(TOL), str(report)
+
+
+@settings(max_examples=4, deadline=None)
+@given(seeds, st.floats(0.1, 0.6), st.integers(1, 3), st.integers(1, 8))
+def test_every_gpt_parameter_matches_finite_differences_with_dropout_on(seed, p, B, T):
+    """The embedding dropout, every block's residual and MLP dropout, each mask held fixed."""
+    rng = np.random.default_rng(seed)
+    model = tiny_model(seed, replace(TINY, dropout=p))
+    idx = rng.integers(0, 11, (B, T))
+    targets = rng.integers(0, 11, (B, T))
+    targets[rng.random((B, T)) < 0.3] = -100
+    targets[0, -1] = rng.integers(0, 11)  # at least one kept target
+    loss = fixed_dropout_masks(cross_entropy_loss(model, idx, targets), model)
+    report = check_gradients(loss, model.named_parameters())
+    assert len(report.errors) == len(model.named_parameters())
     assert report.ok(TOL), str(report)
 
 

@@ -269,6 +269,46 @@ def test_cross_entropy_is_mean_over_kept_tokens():
     assert loss == pytest.approx(-logp[np.arange(len(z)), targets[kept]].mean(), rel=1e-14)
 
 
+@fast
+@given(seeds, dim, dim, st.integers(2, 7), st.floats(0, 0.7))
+def test_cross_entropy_and_its_gradient_equal_a_loop_over_the_kept_tokens(seed, B, T, V, p_ignore):
+    """loss = (1/N)·Σ_kept −log softmax(z)[y] and dz = (softmax(z) − onehot(y))/N on kept rows,
+    N the number of KEPT tokens, written token by token with math.exp: the normaliser is N."""
+    rng = np.random.default_rng(seed)
+    logits = 2 * randn(rng, B, T, V)
+    targets = rng.integers(0, V, (B, T))
+    targets[rng.random((B, T)) < p_ignore] = -100
+    targets[-1, -1] = rng.integers(0, V)  # at least one kept target
+    kept = [(b, t) for b in range(B) for t in range(T) if targets[b, t] != -100]
+    N = len(kept)
+    loss_loop, dz_loop = 0.0, np.zeros_like(logits)
+    for b, t in kept:
+        row = [float(v) for v in logits[b, t]]
+        top = max(row)
+        total = sum(math.exp(v - top) for v in row)
+        loss_loop += (top + math.log(total) - row[targets[b, t]]) / N
+        for v in range(V):
+            onehot = 1.0 if v == targets[b, t] else 0.0
+            dz_loop[b, t, v] = (math.exp(row[v] - top) / total - onehot) / N
+    loss, dlogits = F.cross_entropy(logits, targets)
+    assert loss == pytest.approx(loss_loop, rel=1e-12)
+    np.testing.assert_allclose(dlogits, dz_loop, rtol=1e-10, atol=1e-15)
+
+
+def test_cross_entropy_ignores_a_fully_ignored_sequence_entirely():
+    """Appending a sequence whose targets are all ignore_index changes neither the loss nor the
+    gradient of the other rows: the mean is over kept tokens, not over every position."""
+    rng = np.random.default_rng(7)
+    logits, targets = randn(rng, 2, 5, 6), rng.integers(0, 6, (2, 5))
+    loss, dlogits = F.cross_entropy(logits, targets)
+    padded_logits = np.concatenate([logits, randn(rng, 1, 5, 6)])
+    padded_targets = np.concatenate([targets, np.full((1, 5), -100)])
+    padded_loss, padded_dlogits = F.cross_entropy(padded_logits, padded_targets)
+    assert padded_loss == pytest.approx(loss, rel=1e-14)
+    np.testing.assert_allclose(padded_dlogits[:2], dlogits, rtol=1e-14)
+    assert (padded_dlogits[2] == 0).all()
+
+
 def test_cross_entropy_stable_for_logits_of_1e4():
     logits = np.array([[[1e4, -1e4, 0.0]], [[-1e4, 1e4, 1e4]]])
     loss, dlogits = F.cross_entropy(logits, np.array([[0], [0]]))

@@ -35,7 +35,7 @@ import functools
 import math
 
 import numpy as np
-from scipy.special import erf
+from scipy.special import ndtr
 
 # ----------------------------------------------------------------------------------------------
 # Linear: y = x W + b, with W stored [in, out] as GPT-2 stores it
@@ -240,13 +240,15 @@ def gelu_backward_fused(dout, cache):
     return d
 
 
-_INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 def gelu_erf_forward(x):
     """gelu(x) = x·Φ(x) = ½·x·(1 + erf(x/√2)), the exact form.  # [...] -> [...]"""
-    cdf = 0.5 * (1.0 + erf(x * _INV_SQRT2))
+    # Φ by ndtr, not as ½·(1 + erf(x/√2)): for x < 0, erf(x/√2) is close to −1 and the sum keeps
+    # few digits (at x = −5, Φ = 2.9e-7 and 1 + erf loses 7 of 16); ndtr takes that tail from
+    # erfc, to full relative precision.
+    cdf = ndtr(x)
     return x * cdf, (x, cdf)
 
 

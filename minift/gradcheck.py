@@ -21,6 +21,10 @@ Check at a random point, not at the initialisation: with GPT-2's small init (std
 paths carry gradients near 1e-5, where rounding noise of the loss is a large part of the
 difference quotient and a weak check. ``randomize_params`` moves every parameter to a random
 point of order one first, so every path of the backward is exercised with a clear signal.
+
+Check with dropout ON, too: with p = 0 every mask is all ones and a backward that forgets its
+mask passes. ``fixed_dropout_masks`` makes the masks constants of the loss, the same at every
+probe, so the difference quotient measures θ alone.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from minift.functional import cross_entropy
+from minift.nn import Dropout, Module
 from minift.param import Param
 
 DEFAULT_H = 1e-5
@@ -119,13 +124,33 @@ class GradcheckReport:
 
     @property
     def worst(self) -> tuple[str, float]:
+        if not self.errors:
+            raise ValueError("worst: the report is empty, nothing was checked")
         name = max(self.errors, key=self.errors.get)
         return name, self.errors[name]
 
     def ok(self, tol=1e-7) -> bool:
-        return all(e < tol for e in self.errors.values())
+        """Every checked error below ``tol``, and at least one checked: an empty report (no
+        trainable Param, a backward that returned nothing) proves nothing and is not a pass."""
+        return bool(self.errors) and all(e < tol for e in self.errors.values())
+
+    def add(self, name, analytic, numeric, indices=None) -> None:
+        """Record the comparison of one array (only its flat ``indices``, when given)."""
+        a_flat, n_flat = analytic.reshape(-1), numeric.reshape(-1)
+        if indices is not None:
+            a_flat, n_flat = a_flat[indices], n_flat[indices]
+        self.errors[name] = rel_error(a_flat, n_flat)
+        k = int(np.argmax(np.abs(a_flat - n_flat)))
+        flat_k = k if indices is None else int(indices[k])
+        self.worst_entry[name] = (
+            tuple(int(i) for i in np.unravel_index(flat_k, analytic.shape)),
+            float(a_flat[k]),
+            float(n_flat[k]),
+        )
 
     def __str__(self):
+        if not self.errors:
+            return "nothing was checked: no trainable parameter, no gradient"
         lines = [f"{'parameter':<40} {'rel. error':>11}   worst entry (analytic vs numeric)"]
         for name, err in self.errors.items():
             idx, a, n = self.worst_entry[name]
@@ -163,15 +188,101 @@ def check_gradients(
         if max_entries is not None and x.size > max_entries:
             indices = np.sort(rng.choice(x.size, size=max_entries, replace=False))
         n = numerical_gradient(lambda: loss_fn(False), x, h, indices)
-        a_flat, n_flat = a.reshape(-1), n.reshape(-1)
-        if indices is not None:
-            a_flat, n_flat = a_flat[indices], n_flat[indices]
-        report.errors[name] = rel_error(a_flat, n_flat)
-        k = int(np.argmax(np.abs(a_flat - n_flat)))
-        flat_k = k if indices is None else int(indices[k])
-        report.worst_entry[name] = (
-            tuple(int(i) for i in np.unravel_index(flat_k, x.shape)),
-            float(a_flat[k]),
-            float(n_flat[k]),
+        report.add(name, a, n, indices)
+    return report
+
+
+def check_pair(forward, backward, inputs, rng=0, h=DEFAULT_H) -> GradcheckReport:
+    """Check a functional pair: ``backward`` against central differences of Σ forward(...) ⊙ dout.
+
+    ``forward(*inputs) -> (out, cache)`` and ``backward(dout, cache)`` returns one gradient per
+    floating-point array among ``inputs``, in their order (a bare array when there is one). The
+    other inputs (token ids, head counts, None) take none. ``dout`` is drawn N(0, 1) from ``rng``
+    (a Generator or a seed). The report names each gradient ``inputs[i]``, i the input's position.
+
+    A backward that returns more or fewer gradients than that is refused: zipped with the inputs,
+    the extra ones, or the inputs left without one, would never be checked.
+    """
+    rng = np.random.default_rng(rng)
+    positions = [
+        i for i, x in enumerate(inputs) if isinstance(x, np.ndarray) and x.dtype.kind == "f"
+    ]
+    for i in positions:
+        _require_float64(inputs[i], f"inputs[{i}]")
+    out, cache = forward(*inputs)
+    dout = rng.standard_normal(out.shape)
+    grads = backward(dout, cache)
+    grads = grads if isinstance(grads, tuple) else (grads,)
+    if len(grads) != len(positions):
+        raise ValueError(
+            f"backward: expected {len(positions)} gradients, one per floating-point input "
+            f"(inputs{positions}), got {len(grads)}"
         )
+    report = GradcheckReport()
+    for i, g in zip(positions, grads, strict=True):
+        if g is None:
+            raise ValueError(f"backward: returned None for the gradient of inputs[{i}]")
+        numeric = numerical_gradient_array(lambda: forward(*inputs)[0], inputs[i], dout, h)
+        report.add(f"inputs[{i}]", np.asarray(g), numeric)
+    return report
+
+
+def fixed_dropout_masks(loss_fn: Callable[[bool], float], module: Module):
+    """``loss_fn`` with the same dropout masks at every call, so a check runs with dropout ON.
+
+    A finite difference compares two forward passes; if each drew its own mask, it would measure
+    the change of mask, not of θ. Every Dropout below ``module`` draws from a Generator: the
+    returned loss_fn puts each of them back to the state it has now before calling ``loss_fn``.
+    The masks are then constants of the loss, and the check covers how each backward uses them.
+
+    Refused when no Dropout below ``module`` is active (p > 0, training mode): with every mask
+    all ones, a backward that forgets its mask would still pass, and the check would prove less
+    than its name says.
+    """
+    active = _active_dropouts(module)
+    if not active:
+        raise ValueError(
+            "module: expected at least one active Dropout (p > 0, training mode) below it, "
+            "found none; call train() and give the layers a dropout probability"
+        )
+    generators = list({id(m.rng): m.rng for m in active}.values())
+    states = [g.bit_generator.state for g in generators]
+
+    def loss_with_fixed_masks(run_backward):
+        for g, state in zip(generators, states, strict=True):
+            g.bit_generator.state = state
+        return loss_fn(run_backward)
+
+    return loss_with_fixed_masks
+
+
+def _active_dropouts(module: Module) -> list[Dropout]:
+    return [
+        m for _, m in module.named_modules() if isinstance(m, Dropout) and m.p > 0 and m.training
+    ]
+
+
+def check_module(module: Module, x, rng=0, h=DEFAULT_H) -> GradcheckReport:
+    """Every trainable Param of ``module``, and its input, through L = Σ module.forward(x) ⊙ dout.
+
+    ``dout`` is drawn N(0, 1) from ``rng`` (a Generator or a seed). When a Dropout below
+    ``module`` is active, its masks are held fixed (``fixed_dropout_masks``), so the check covers
+    what each backward does with them. The report holds each Param under its own name and the
+    gradient of x under ``"input"``.
+    """
+    _require_float64(x, "x")
+    dout = np.random.default_rng(rng).standard_normal(module.forward(x).shape)
+    analytic_dx = []
+
+    def loss_fn(run_backward):
+        value = float(np.sum(module.forward(x) * dout))
+        if run_backward:
+            module.zero_grad()
+            analytic_dx[:] = [module.backward(dout)]
+        return value
+
+    if _active_dropouts(module):
+        loss_fn = fixed_dropout_masks(loss_fn, module)
+    report = check_gradients(loss_fn, module.named_parameters(), h)
+    report.add("input", analytic_dx[0], numerical_gradient(lambda: loss_fn(False), x, h))
     return report

@@ -292,11 +292,11 @@ def _read_bytes(file: Path, missing: str) -> bytes:
 def _latest_checkpoint(root: Path) -> tuple[Path, str | None]:
     """The step directory latest.json names, and the SHA-256 it records of that manifest.
 
-    Where latest.json is missing (a run killed before its first latest.json), the newest step
-    directory that verifies completely is taken instead, with a warning saying so; its manifest is
-    then checked against the files alone (None). Where it names a step that a killed save set
-    aside, the set-aside copy is taken, checked against latest.json's digest. A latest.json that
-    is damaged is refused, never bypassed.
+    Where latest.json names a step that a killed save set aside, the set-aside copy is taken,
+    checked against latest.json's digest. Where latest.json is missing (a run killed before its
+    first latest.json) or names a step directory that is not there, the newest step directory
+    that verifies completely is taken instead, with a warning saying so; its manifest is then
+    checked against the files alone (None). A latest.json that is damaged otherwise is refused.
     """
     if root.exists() and not root.is_dir():
         raise FileFormatError(root, "a file, expected a checkpoint folder")
@@ -322,9 +322,8 @@ def _latest_checkpoint(root: Path) -> tuple[Path, str | None]:
         )
     path = root / name
     if not path.exists():
-        # Only a save killed between setting the old step aside and renaming its replacement in
-        # leaves latest.json naming a missing step; the set-aside copy is then the very
-        # checkpoint latest.json vouches for. Without one, latest.json was changed or damaged.
+        # A save killed between setting the old step aside and renaming its replacement in
+        # leaves the very checkpoint latest.json vouches for under the set-aside name.
         for set_aside in sorted(root.glob(f"{_SET_ASIDE}.{name}-*")):
             warnings.warn(
                 f"{latest_path} names {name}, which a killed save set aside: resuming from "
@@ -332,12 +331,7 @@ def _latest_checkpoint(root: Path) -> tuple[Path, str | None]:
                 stacklevel=3,
             )
             return set_aside, digest
-        raise FileFormatError(
-            latest_path,
-            f"names {name}, which is not in {root} (changed or damaged?); delete latest.json to "
-            "resume from the newest complete step",
-            field='"checkpoint"',
-        )
+        return _newest_complete_step(root, f"{latest_path} names {name}, which is not in {root}")
     if not path.is_dir():
         raise FileFormatError(latest_path, f"points to {name}, which is not a directory in {root}")
     return path, digest

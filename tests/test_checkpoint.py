@@ -637,3 +637,39 @@ def test_a_folder_without_minifts_section_may_lack_the_checksum(tmp_path):
     loaded = _make(GPT, seed=9)
     load_weights(loaded, tmp_path)
     _assert_same_state(loaded.state_dict(), model.state_dict())
+
+
+def test_a_broadcastable_but_wrong_shape_is_refused_by_every_model_loader(tmp_path):
+    """ln_f.weight of shape (1,) would broadcast into the (8,) gain (every channel the same
+    number) if a loader copied without comparing shapes; each loader names it instead."""
+    from minift import hub
+
+    save_model(_make(GPT), tmp_path)
+    _rewrite_weights(tmp_path, lambda t: t.update({"ln_f.weight": np.ones(1, np.float32)}))
+    _load_fails_naming(tmp_path, "ln_f.weight: expected shape (8,), got (1,)")
+    for load in (load_model, hub.from_pretrained):
+        with pytest.raises(ValueError, match=r"ln_f.weight: expected shape \(8,\), got \(1,\)"):
+            load(tmp_path)
+
+    # the same tensor in a folder as Hugging Face writes GPT-2 (no "minift" section)
+    hf_folder = tmp_path / "hf"
+    hf_folder.mkdir()
+    tensors = {f"transformer.{k}": v for k, v in _make(GPT).state_dict().items()}
+    tensors["transformer.ln_f.weight"] = np.ones(1, np.float32)
+    save_tensors(hf_folder / "model.safetensors", tensors, {"format": "pt"})
+    hf_config = {
+        "model_type": "gpt2",
+        "vocab_size": TINY.vocab_size,
+        "n_positions": TINY.block_size,
+        "n_embd": TINY.d_model,
+        "n_layer": TINY.n_layer,
+        "n_head": TINY.n_head,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": 1e-5,
+    }
+    (hf_folder / "config.json").write_text(json.dumps(hf_config))
+    with pytest.raises(ValueError) as info:
+        hub.from_pretrained(hf_folder)
+    message = str(info.value)
+    assert str(hf_folder / "model.safetensors") in message
+    assert "'transformer.ln_f.weight': expected shape (8,)" in message and "got (1,)" in message

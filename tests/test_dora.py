@@ -12,10 +12,9 @@ import minift
 from minift.checkpoint import load_tensors
 from minift.gradcheck import (
     check_gradients,
+    check_module,
     cross_entropy_loss,
-    numerical_gradient,
     randomize_params,
-    rel_error,
 )
 from minift.nn import Linear
 from minift.optim import AdamW
@@ -68,12 +67,30 @@ def dora_layer(seed, d_in=5, d_out=4, r=2, dropout=0.0, **kw):
     return layer
 
 
-def layer_loss(layer, x, dout, dropout_seed=None):
-    """Σ layer(x) ⊙ dout; a fixed dropout seed makes every forward draw the same mask."""
+def well_conditioned_dora_layer(seed, d_in, d_out, r, dropout):
+    """A DoRA layer at a random point where a finite difference measures the derivative.
+
+    DoRA divides by n = ‖W₀ + ΔW‖_c, so its curvature grows like 1/n², and a random ΔW can
+    cancel a column of W₀ (hypothesis found n = 0.04 against ‖W₀‖_c = 1.05). Here every column
+    of W₀ has a norm in [0.5, 1.5], ΔW's columns at most half the smallest, so n ≥ 0.25; and
+    |m| ≥ 0.5, so the gradients through m/n are not small by chance either.
+    """
+    layer = dora_layer(seed, d_in=d_in, d_out=d_out, r=r, dropout=dropout)
+    rng = np.random.default_rng(seed + 3)
+    W0 = layer.base_layer.weight.value
+    W0 *= rng.uniform(0.5, 1.5, d_out) / np.linalg.norm(W0, axis=0)
+    largest = np.linalg.norm(layer.delta_weight(), axis=0).max()
+    if largest > 0.25:
+        layer.lora_B.value *= 0.25 / largest  # ΔW is linear in B
+    m = layer.lora_magnitude_vector.value
+    m[...] = np.where(m < 0, -0.5, 0.5) + m
+    return layer
+
+
+def layer_loss(layer, x, dout):
+    """Σ layer(x) ⊙ dout."""
 
     def loss(run_backward):
-        if dropout_seed is not None:
-            layer.lora_dropout.rng = np.random.default_rng(dropout_seed)
         y = layer.forward(x)
         if run_backward:
             layer.zero_grad()
@@ -151,25 +168,30 @@ def test_every_dora_parameter_matches_finite_differences(seed, targets):
     assert report.ok(TOL), str(report)
 
 
-def test_layer_gradients_with_dropout_and_a_trained_base_match_finite_differences():
-    """The dropout path (x_drop into A only) and dW₀, db of a base weight left trainable."""
-    layer = dora_layer(7, d_in=6, d_out=5, r=3, dropout=0.3)
-    layer.base_layer.weight.trainable = layer.base_layer.bias.trainable = True
-    rng = np.random.default_rng(8)
-    x, dout = rng.standard_normal((4, 6)), rng.standard_normal((4, 5))
-    loss = layer_loss(layer, x, dout, dropout_seed=11)
-    report = check_gradients(loss, layer.named_parameters())
-    assert set(report.errors) == {
-        "base_layer.weight",
-        "base_layer.bias",
-        "lora_A",
-        "lora_B",
-        "lora_magnitude_vector",
-    }
+@settings(max_examples=20, deadline=None)
+@given(
+    seeds,
+    st.integers(2, 6),
+    st.integers(1, 5),
+    st.integers(1, 3),
+    st.floats(0.1, 0.7),
+    st.booleans(),
+)
+def test_layer_gradients_with_dropout_on_match_finite_differences(
+    seed, d_in, d_out, r, p, train_base
+):
+    """The dropout path (x_drop into A only, dx back through the same mask), each mask held
+    fixed across the probes; and dW₀, db when the base weight is left trainable."""
+    r = min(r, d_in, d_out)
+    layer = well_conditioned_dora_layer(seed, d_in, d_out, r, p)
+    layer.base_layer.weight.trainable = layer.base_layer.bias.trainable = train_base
+    x = np.random.default_rng(seed + 1).standard_normal((2, 3, d_in))
+    report = check_module(layer, x, rng=seed + 2)
+    trained_base = {"base_layer.weight", "base_layer.bias"} if train_base else set()
+    assert set(report.errors) == {"lora_A", "lora_B", "lora_magnitude_vector", "input"} | (
+        trained_base
+    )
     assert report.ok(TOL), str(report)
-    # and the input gradient, through both paths
-    dx = (loss(True), layer.backward(dout))[1]
-    assert rel_error(dx, numerical_gradient(lambda: loss(False), x)) < TOL
 
 
 def test_detached_norm_keeps_the_forward_but_is_not_the_gradient_of_the_loss():

@@ -1,5 +1,7 @@
 """Ring 1: every forward/backward pair of minift.functional against float64 central differences."""
 
+import math
+
 import numpy as np
 import pytest
 import reference as ref
@@ -8,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minift import functional as F
+from minift import gradcheck
 from minift.gradcheck import numerical_gradient, numerical_gradient_array, rel_error
 
 TOL = 1e-7
@@ -22,14 +25,8 @@ def randn(rng, *shape):
 
 def check_pair(forward, backward, inputs, rng):
     """Backward against central differences of Σ forward(...) ⊙ dout, for every float input."""
-    out, cache = forward(*inputs)
-    dout = rng.standard_normal(out.shape)
-    grads = backward(dout, cache)
-    grads = grads if isinstance(grads, tuple) else (grads,)
-    float_inputs = [x for x in inputs if isinstance(x, np.ndarray) and x.dtype == np.float64]
-    for x, g in zip(float_inputs, grads, strict=False):
-        numeric = numerical_gradient_array(lambda: forward(*inputs)[0], x, dout)
-        assert rel_error(g, numeric) < TOL
+    report = gradcheck.check_pair(forward, backward, inputs, rng)
+    assert report.ok(TOL), str(report)
 
 
 # -- linear -------------------------------------------------------------------------------------
@@ -128,6 +125,21 @@ def test_gelu_tanh_backward_matches_finite_differences(seed, a, b, c):
 def test_gelu_erf_backward_matches_finite_differences(seed, a, b, c):
     rng = np.random.default_rng(seed)
     check_pair(F.gelu_erf_forward, F.gelu_erf_backward, (3 * randn(rng, a, b, c),), rng)
+
+
+@fast
+@given(seeds, st.floats(-12.0, -3.0))
+def test_gelu_erf_backward_matches_finite_differences_alone_in_the_far_left_tail(seed, x0):
+    """One entry, so nothing larger hides its error in the norm: where Φ(x) is 1e-3 to 1e-33."""
+    rng = np.random.default_rng(seed)
+    check_pair(F.gelu_erf_forward, F.gelu_erf_backward, (np.array([x0]),), rng)
+
+
+def test_gelu_erf_forward_keeps_full_precision_in_the_left_tail():
+    """Φ(x) = ½·erfc(−x/√2) has no cancellation; ½·(1 + erf(x/√2)) would keep 1 digit at −8."""
+    x = np.array([-3.0, -5.0, -8.0, -10.0, -20.0])
+    exact = np.array([v * 0.5 * math.erfc(-v / math.sqrt(2.0)) for v in x])
+    np.testing.assert_allclose(F.gelu_erf_forward(x)[0], exact, rtol=1e-13)
 
 
 def test_gelu_tanh_approximates_exact_gelu():
@@ -255,6 +267,46 @@ def test_cross_entropy_is_mean_over_kept_tokens():
     z = logits[kept]
     logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
     assert loss == pytest.approx(-logp[np.arange(len(z)), targets[kept]].mean(), rel=1e-14)
+
+
+@fast
+@given(seeds, dim, dim, st.integers(2, 7), st.floats(0, 0.7))
+def test_cross_entropy_and_its_gradient_equal_a_loop_over_the_kept_tokens(seed, B, T, V, p_ignore):
+    """loss = (1/N)·Σ_kept −log softmax(z)[y] and dz = (softmax(z) − onehot(y))/N on kept rows,
+    N the number of KEPT tokens, written token by token with math.exp: the normaliser is N."""
+    rng = np.random.default_rng(seed)
+    logits = 2 * randn(rng, B, T, V)
+    targets = rng.integers(0, V, (B, T))
+    targets[rng.random((B, T)) < p_ignore] = -100
+    targets[-1, -1] = rng.integers(0, V)  # at least one kept target
+    kept = [(b, t) for b in range(B) for t in range(T) if targets[b, t] != -100]
+    N = len(kept)
+    loss_loop, dz_loop = 0.0, np.zeros_like(logits)
+    for b, t in kept:
+        row = [float(v) for v in logits[b, t]]
+        top = max(row)
+        total = sum(math.exp(v - top) for v in row)
+        loss_loop += (top + math.log(total) - row[targets[b, t]]) / N
+        for v in range(V):
+            onehot = 1.0 if v == targets[b, t] else 0.0
+            dz_loop[b, t, v] = (math.exp(row[v] - top) / total - onehot) / N
+    loss, dlogits = F.cross_entropy(logits, targets)
+    assert loss == pytest.approx(loss_loop, rel=1e-12)
+    np.testing.assert_allclose(dlogits, dz_loop, rtol=1e-10, atol=1e-15)
+
+
+def test_cross_entropy_ignores_a_fully_ignored_sequence_entirely():
+    """Appending a sequence whose targets are all ignore_index changes neither the loss nor the
+    gradient of the other rows: the mean is over kept tokens, not over every position."""
+    rng = np.random.default_rng(7)
+    logits, targets = randn(rng, 2, 5, 6), rng.integers(0, 6, (2, 5))
+    loss, dlogits = F.cross_entropy(logits, targets)
+    padded_logits = np.concatenate([logits, randn(rng, 1, 5, 6)])
+    padded_targets = np.concatenate([targets, np.full((1, 5), -100)])
+    padded_loss, padded_dlogits = F.cross_entropy(padded_logits, padded_targets)
+    assert padded_loss == pytest.approx(loss, rel=1e-14)
+    np.testing.assert_allclose(padded_dlogits[:2], dlogits, rtol=1e-14)
+    assert (padded_dlogits[2] == 0).all()
 
 
 def test_cross_entropy_stable_for_logits_of_1e4():

@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,11 +14,14 @@ import minift
 from minift.checkpoint import load_tensors
 from minift.gradcheck import (
     check_gradients,
+    check_module,
     cross_entropy_loss,
+    fixed_dropout_masks,
     numerical_gradient_array,
     randomize_params,
     rel_error,
 )
+from minift.nn import Linear
 from minift.optim import AdamW
 from minift.peft import LoraConfig, LoraLinear, PeftModel, count_parameters, get_peft_model
 from minift.peft.lora import (
@@ -32,6 +36,11 @@ from minift.peft.lora import (
 TINY = minift.GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=8)
 TOL = 1e-7
 seeds = st.integers(0, 2**31 - 1)
+# A LoRA layer's output is affine in every single entry of x, W₀, b, A and B, so a central
+# difference has no truncation error at any step: a larger h than the default 1e-5 only divides
+# the rounding error of the loss, which at 1e-5 can reach 1e-7 of a gradient that chance (a small
+# entry of A, most of x dropped out) made 1e-4 small.
+AFFINE_H = 1e-3
 
 
 def tiny_gpt(seed=0, dtype=np.float64, config=TINY):
@@ -125,6 +134,50 @@ def test_scaling_is_alpha_over_r_or_over_sqrt_r():
 
 
 # -- the layer in the model -----------------------------------------------------------------------
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    seeds,
+    st.integers(1, 4),
+    st.integers(1, 6),
+    st.integers(1, 6),
+    st.floats(0.1, 0.7),
+    st.booleans(),
+    st.booleans(),
+)
+def test_lora_layer_gradients_with_lora_dropout_on_match_finite_differences(
+    seed, r, d_in, d_out, p, train_base, rslora
+):
+    """A sees the dropped input x_drop, so dA = duᵀ·x_drop, and dx gets du·A back through the
+    same mask; W₀ sees x itself. Each mask is held fixed across the probes."""
+    r = min(r, d_in, d_out)
+    rng = np.random.default_rng(seed)
+    base = Linear(d_in, d_out, rng=rng, dtype=np.float64)
+    base.weight.trainable = base.bias.trainable = train_base
+    layer = LoraLinear(base, r, 1.5 * r, p, use_rslora=rslora, rng=rng)
+    randomize_params(layer.named_parameters(), seed)  # B ≠ 0, or A's gradient is 0
+    report = check_module(layer, rng.standard_normal((2, 3, d_in)), rng, h=AFFINE_H)
+    trained_base = {"base_layer.weight", "base_layer.bias"} if train_base else set()
+    assert set(report.errors) == {"lora_A", "lora_B", "input"} | trained_base
+    assert report.ok(TOL), str(report)
+
+
+@settings(max_examples=3, deadline=None)
+@given(seeds, st.floats(0.1, 0.6))
+def test_every_lora_parameter_matches_finite_differences_with_every_dropout_on(seed, p):
+    """lora_dropout and the GPT's own dropouts together, through the whole model: a layer's dx
+    reaches the LoRA factors of the layers below it."""
+    config = LoraConfig(r=2, lora_alpha=3, lora_dropout=p, target_modules=["c_attn", "c_fc"])
+    peft = get_peft_model(tiny_gpt(seed, config=replace(TINY, dropout=p)), config, seed=seed)
+    # ΔW a tenth of W₀, as after fine-tuning. As large as W₀ (scale 0.3), and enlarged 1/(1 − p)
+    # by the dropout, it sharpens the attention until softmax bends on a 1e-2 scale and the
+    # check's 1e-5 step errs by 1e-7 (hypothesis found seed 277, p = 0.44).
+    randomize_params(lora_params(peft), seed + 1, scale=0.1)
+    loss = fixed_dropout_masks(cross_entropy_loss(peft, *batch(seed)), peft)
+    report = check_gradients(loss, peft.named_parameters())
+    assert len(report.errors) == 2 * 2 * TINY.n_layer
+    assert report.ok(TOL), str(report)
 
 
 @settings(max_examples=4, deadline=None)

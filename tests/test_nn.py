@@ -7,7 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minift import nn
-from minift.gradcheck import check_gradients, numerical_gradient_array, randomize_params, rel_error
+from minift.gradcheck import (
+    check_gradients,
+    check_module,
+    numerical_gradient_array,
+    randomize_params,
+    rel_error,
+)
 
 TOL = 1e-7
 fast = settings(max_examples=15, deadline=None)
@@ -67,6 +73,34 @@ def test_attention_and_mlp_and_block_gradients(seed, shape, T):
     ):
         randomize_params(module.named_parameters(), seed)
         module_check(module, x, rng)
+
+
+@fast
+@given(
+    seeds,
+    st.sampled_from([(4, 1), (4, 2), (6, 3), (8, 2)]),
+    st.integers(1, 3),
+    st.integers(1, 5),
+    st.floats(0.1, 0.7),
+)
+def test_attention_and_mlp_and_block_gradients_with_dropout_on(seed, shape, B, T, p):
+    """Dropout active, each mask held fixed across the probes: every backward must apply the
+    mask its forward drew (the MLP's dropout, the attention's residual dropout, both in a Block).
+    minift's attention has no dropout on the attention probabilities (GPT-2's attn_pdrop): the
+    residual dropout after c_proj is its only one."""
+    C, nh = shape
+    rng = np.random.default_rng(seed)
+    kw = {"rng": rng, "dtype": np.float64, "proj_std": 0.02}
+    x = rng.standard_normal((B, T, C))
+    for module in (
+        nn.Attention(C, nh, p, **kw),
+        nn.MLP(C, p, **kw),
+        nn.Block(C, nh, p, **kw),
+    ):
+        randomize_params(module.named_parameters(), seed)
+        report = check_module(module, x, rng)
+        assert set(report.errors) == {*module.named_parameters(), "input"}
+        assert report.ok(TOL), f"{type(module).__name__}\n{report}"
 
 
 def test_embedding_module_gradients():

@@ -694,20 +694,29 @@ def test_state_bytes_proportional_to_trainable_params(sizes, dtype, seed):
 # --- gradient clipping ---------------------------------------------------------------------------
 
 
+def params_with_global_grad_norm(rng, param_shapes, norm):
+    """Params whose grads, taken together, have the L2 norm ``norm`` (up to rounding)."""
+    ps = [param_with_grad(rng, shape) for shape in param_shapes]
+    drawn = math.sqrt(sum(float(np.sum(p.grad**2)) for p in ps))
+    for p in ps:
+        p.grad *= norm / drawn
+    return ps
+
+
 @FAST
 @given(
     param_shapes=st.lists(shapes, min_size=1, max_size=4),
     seed=seeds,
-    max_norm=st.floats(0.01, 1.0),
+    max_norm=st.floats(0.01, 10.0),
+    ratio=st.floats(1.01, 1e3),
 )
-def test_clip_grad_norm_scales_to_max(param_shapes, seed, max_norm):
+def test_clip_grad_norm_scales_a_norm_above_max_down_to_max(param_shapes, seed, max_norm, ratio):
     rng = np.random.default_rng(seed)
-    ps = [param_with_grad(rng, shape) for shape in param_shapes]
-    for p in ps:
-        p.grad = p.grad + 3.0  # every entry >= ~0.5 in size, so the global norm exceeds 1.0
+    ps = params_with_global_grad_norm(rng, param_shapes, ratio * max_norm)
     grads_before = [p.grad.copy() for p in ps]
     grad_objects = [p.grad for p in ps]
     expected_norm = math.sqrt(sum(float(np.sum(g**2)) for g in grads_before))
+    assert expected_norm > max_norm  # what this test is about, by construction
 
     returned = clip_grad_norm(ps, max_norm)
 
@@ -716,20 +725,29 @@ def test_clip_grad_norm_scales_to_max(param_shapes, seed, max_norm):
     for p, before, obj in zip(ps, grads_before, grad_objects, strict=True):
         assert p.grad is obj  # scaled in place
         np.testing.assert_allclose(p.grad, before * scale, rtol=1e-12)
-    # the +1e-6 in the denominator leaves the new norm below max_norm by a relative 1e-6/‖g‖
+    # the +1e-6 in the denominator leaves the new norm just below max_norm: max·‖g‖/(‖g‖ + 1e-6)
     new_norm = math.sqrt(sum(float(np.sum(p.grad**2)) for p in ps))
-    assert new_norm == pytest.approx(max_norm, rel=1e-6)
+    assert new_norm == pytest.approx(max_norm * expected_norm / (expected_norm + 1e-6), rel=1e-12)
     assert new_norm <= max_norm
 
 
-def test_clip_grad_norm_leaves_small_grads_untouched():
-    rng = np.random.default_rng(18)
-    ps = {"a": param_with_grad(rng, (3, 3)), "b": param_with_grad(rng, (2,))}
-    before = {k: p.grad.copy() for k, p in ps.items()}
-    expected_norm = math.sqrt(sum(float(np.sum(g**2)) for g in before.values()))
-    assert clip_grad_norm(ps, max_norm=100.0) == pytest.approx(expected_norm, rel=1e-12)
-    for k, p in ps.items():
-        assert np.array_equal(p.grad, before[k])
+@FAST
+@given(
+    param_shapes=st.lists(shapes, min_size=1, max_size=4),
+    seed=seeds,
+    max_norm=st.floats(0.01, 10.0),
+    ratio=st.floats(1e-3, 0.99),
+)
+def test_clip_grad_norm_leaves_a_norm_below_max_untouched(param_shapes, seed, max_norm, ratio):
+    rng = np.random.default_rng(seed)
+    ps = params_with_global_grad_norm(rng, param_shapes, ratio * max_norm)
+    before = [p.grad.copy() for p in ps]
+    expected_norm = math.sqrt(sum(float(np.sum(g**2)) for g in before))
+    assert expected_norm < max_norm  # by construction
+
+    assert clip_grad_norm(ps, max_norm) == pytest.approx(expected_norm, rel=1e-12)
+    for p, b in zip(ps, before, strict=True):
+        assert np.array_equal(p.grad, b)
 
 
 def test_clip_grad_norm_ignores_frozen_and_gradless_and_accepts_an_optimizer():

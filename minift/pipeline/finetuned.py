@@ -15,6 +15,7 @@ from minift.checkpoint import (
     save_tensors,
 )
 from minift.data import CharTokenizer, Task, standard_tokenizer
+from minift.errors import FileFormatError
 from minift.model import GPT, GPTConfig, GPTForSequenceClassification
 from minift.nn import Module
 from minift.peft import get_peft_model
@@ -142,5 +143,7 @@ def _field_errors(path, name: str):
     """A config the model cannot be built from: a ValueError naming the file and the field."""
     try:
         yield
+    except FileFormatError:
+        raise  # names the file and field already
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {name}: {type(e).__name__}: {e}") from None
+        raise FileFormatError(path, f"{type(e).__name__}: {e}", field=name) from None

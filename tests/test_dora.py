@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 from helpers import hf_gpt2, import_references
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import minift
@@ -140,6 +140,9 @@ def test_the_layer_path_equals_the_clear_path_forward_and_backward(seed, d_in, d
     W0, b = rng.standard_normal((d_in, d_out)), rng.standard_normal(d_out)
     A, B = rng.standard_normal((r, d_in)), rng.standard_normal((d_out, r))
     m, s = rng.standard_normal(d_out), lora_scaling(r, 3.0)
+    # m/‖V‖_c scales every term of the backward, and with it their rounding: near a vanishing
+    # column (‖V‖_c ≈ 1e-4, where DoRA is singular) the paths part by 1e-9 from rounding alone
+    assume(np.linalg.norm(W0 + s * (B @ A).T, axis=0).min() > 0.05)
     dy = rng.standard_normal((3, 2, d_out))
     y_fast, cache_fast = dora_forward(x, W0, b, A, B, m, s)
     y_clear, cache_clear = dora_forward_clear(x, W0, b, A, B, m, s)

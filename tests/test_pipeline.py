@@ -238,6 +238,73 @@ def test_a_bit_flipped_saved_model_is_refused_or_loads_identically(
     _loads_identically_or_is_refused(tmp_path, saved_lora[2])
 
 
+def _resign(directory, edit):
+    """Rewrite model.safetensors with ``edit`` applied, keeping minift's checksums valid: what
+    is left to catch is the content itself."""
+    from minift.checkpoint import load_tensors, save_tensors
+
+    tensors, meta = load_tensors(directory / "model.safetensors")
+    name = next(iter(sorted(tensors)))
+    tensors[name] = edit(tensors[name].copy())
+    save_tensors(directory / "model.safetensors", tensors, meta)
+    return name
+
+
+def _with_first(value):
+    def edit(array):
+        array.flat[0] = value
+        return array
+
+    return edit
+
+
+def _replace_by_folder(path):
+    path.unlink()
+    path.mkdir()
+
+
+def _dangling(path):
+    path.unlink()
+    path.symlink_to(path.parent / "nothing-here")
+
+
+# damage -> (what to do to the copied folder, returning the path to load; the message's fragment)
+FINETUNED_DAMAGE = {
+    "nan": (lambda d: _resign(d, _with_first(np.nan)) and d, "holds nan at"),
+    "inf": (lambda d: _resign(d, _with_first(np.inf)) and d, "holds inf at"),
+    "int32": (lambda d: _resign(d, lambda a: a.astype(np.int32)) and d, "got dtype int32"),
+    "weights-a-folder": (
+        lambda d: _replace_by_folder(d / "model.safetensors") or d,
+        "a folder, expected a file",
+    ),
+    "description-a-folder": (
+        lambda d: _replace_by_folder(d / "finetuned.json") or d,
+        "a folder, expected a file",
+    ),
+    "description-a-dangling-link": (lambda d: _dangling(d / "finetuned.json") or d, "no such"),
+    "a-file-for-the-folder": (lambda d: d / "finetuned.json", "finetuned.json"),
+}
+
+
+@pytest.mark.parametrize("damage", list(FINETUNED_DAMAGE))
+def test_a_damaged_fine_tuned_folder_is_refused_naming_file_and_field(saved_lora, tmp_path, damage):
+    """Each class of damage a loader must catch: one MiniftError naming the file (and the
+    tensor where there is one), nothing on disk changed."""
+    from minift.errors import MiniftError
+
+    _copy_of_saved(saved_lora, tmp_path)
+    do, fragment = FINETUNED_DAMAGE[damage]
+    target = do(tmp_path)
+    before = {p: (p.is_dir(), p.is_symlink()) for p in tmp_path.iterdir()}
+    with pytest.raises(MiniftError) as info:
+        pipeline.load_finetuned(target)
+    message = str(info.value)
+    assert fragment in message and str(tmp_path) in message, message
+    if damage in ("nan", "inf", "int32"):
+        assert "model.safetensors: h." in message or "model.safetensors: " in message, message
+    assert {p: (p.is_dir(), p.is_symlink()) for p in tmp_path.iterdir()} == before
+
+
 def test_prompt_and_prefix_tuning_leave_fewer_positions_for_the_input():
     tok = pipeline.standard_tokenizer()
     base = pipeline.load_base(TINY, progress=False)

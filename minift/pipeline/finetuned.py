@@ -134,7 +134,7 @@ def load_finetuned(directory, task: str | None = None) -> Module:
     try:
         model.load_state_dict(tensors)
     except ValueError as e:
-        raise ValueError(f"{weights_path}: {e}") from None
+        raise FileFormatError(weights_path, str(e)) from None
     return model.eval()
 
 

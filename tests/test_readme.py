@@ -108,3 +108,81 @@ def test_ci_runs_the_readme_setup_commands_as_written():
     ]
     ci = (README.parent / ".ci" / "run").read_text()
     assert "readme_commands.py" in ci and ci.index("readme_commands.py") < ci.index("pip install")
+
+
+# -- "How the code is laid out": the drawing is the import graph -----------------------------
+
+
+def _layers_drawn() -> list[list[str]]:
+    """The drawing's rows, top to bottom, each row's files and folders as module prefixes
+    (``peft/`` -> "minift.peft", an indented ``adapted.py`` under it -> "minift.peft.adapted").
+    A row is its files, then three or more spaces, then what they are."""
+    section = README.read_text().split("## How the code is laid out", 1)[1]
+    block = section.split("```", 2)[1]
+    rows, folder = [], None
+    for line in block.splitlines()[1:]:
+        body = line.rstrip()
+        start = len(body) - len(body.lstrip())
+        files = re.split(r" {3,}", body.lstrip(), maxsplit=1)[0]
+        names = re.findall(r"\w+(?:\.py|/)", files)
+        if not names:
+            continue
+        indented = start >= 3 and folder is not None
+        row = []
+        for name in names:
+            stem = name.removesuffix(".py").removesuffix("/")
+            row.append(f"minift.{folder}.{stem}" if indented else f"minift.{stem}")
+            if name.endswith("/") and not indented:
+                folder = stem
+        rows.append(row)
+    return rows
+
+
+def _minift_imports() -> dict[str, set[str]]:
+    """module -> the minift modules it imports, function-level imports included."""
+    import ast
+
+    root = README.parent / "minift"
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("minift"):
+                for alias in node.names:  # `from minift import functional` is the submodule
+                    sub = f"{node.module}.{alias.name}"
+                    found.add(sub if sub in modules else node.module)
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name.startswith("minift")}
+        graph[name] = found - {name}
+    return graph
+
+
+def test_the_layers_drawn_in_the_readme_import_only_downwards():
+    rows = _layers_drawn()
+    assert len(rows) >= 6, rows
+
+    def layer(module):  # the lowest row that names module or a package holding it
+        hits = [
+            i
+            for i, row in enumerate(rows)
+            for prefix in row
+            if module == prefix or module.startswith(prefix + ".")
+        ]
+        return max(hits) if hits else None
+
+    drawn = {m for row in rows for m in row}
+    graph = _minift_imports()
+    assert drawn <= {m for m in graph} | {p for m in graph for p in [m.rsplit(".", 1)[0]]}, (
+        drawn - set(graph)
+    )
+    upward = [
+        f"{module} (row {layer(module)}) imports {dep} (row {layer(dep)})"
+        for module, deps in graph.items()
+        for dep in deps
+        if layer(module) is not None and layer(dep) is not None and layer(dep) < layer(module)
+    ]
+    assert not upward, "\n".join(upward)

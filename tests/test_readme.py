@@ -186,3 +186,83 @@ def test_the_layers_drawn_in_the_readme_import_only_downwards():
         if layer(module) is not None and layer(dep) is not None and layer(dep) < layer(module)
     ]
     assert not upward, "\n".join(upward)
+
+
+# -- the bridge for the article's readers: README.zh-CN.md and GLOSSARY.md -------------------
+
+ZH = README.parent / "README.zh-CN.md"
+GLOSSARY = README.parent / "GLOSSARY.md"
+ZH_VERDICT = {"正确": "right", "错误": "wrong", "含混": "garbled"}
+
+
+def _setup_commands(path: Path, heading: str) -> list[str]:
+    section = path.read_text(encoding="utf-8").split(heading, 1)[1].split("\n## ", 1)[0]
+    return [c.strip() for c in re.findall(r"```bash\n(.*?)```", section, flags=re.S)]
+
+
+def test_the_english_readme_links_the_chinese_readme_and_the_glossary_under_its_title():
+    top = README.read_text(encoding="utf-8").split("\n## ", 1)[0]
+    assert "(README.zh-CN.md)" in top and "(GLOSSARY.md)" in top
+
+
+def test_the_chinese_readme_gives_the_two_setup_commands_exactly_as_the_english_one():
+    english = _setup_commands(README, "## Set up")
+    chinese = _setup_commands(ZH, "## 安装与运行")
+    assert len(english) == 2
+    assert chinese == english
+
+
+def test_the_chinese_readme_judges_every_article_equation_as_the_derivations_do():
+    """Every label A1…A11 has one table row whose verdict (正确 / 错误 / 含混) is the verdict line
+    of its derivation chapter (right / wrong / garbled), and a correction after it."""
+    chapters = sorted((README.parent / "derivations").glob("[0-9][0-9]-*.md"))
+    judged = dict(
+        m
+        for path in chapters
+        for m in re.findall(
+            r"Verdict \((A\d+)\): (right|wrong|garbled)\b", path.read_text(encoding="utf-8")
+        )
+    )
+    rows = {}
+    for line in ZH.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and re.fullmatch(r"A\d+", cells[0]):
+            assert cells[0] not in rows, f"{cells[0]} has two rows"
+            rows[cells[0]] = cells
+    labels = [f"A{i}" for i in range(1, 12)]
+    assert sorted(rows, key=lambda a: int(a[1:])) == labels, sorted(rows)
+    for label in labels:
+        verdict, correction = rows[label][-2], rows[label][-1]
+        assert verdict in ZH_VERDICT, f"{label}: verdict {verdict!r}, expected one of {ZH_VERDICT}"
+        assert ZH_VERDICT[verdict] == judged[label], (label, verdict, judged[label])
+        assert correction, f"{label}: no correction"
+
+
+def test_the_chinese_readme_links_the_glossary():
+    assert "(GLOSSARY.md)" in ZH.read_text(encoding="utf-8")
+
+
+def test_the_glossary_covers_the_articles_terms_and_every_where_file_exists():
+    rows = [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in GLOSSARY.read_text(encoding="utf-8").splitlines()
+        if line.startswith("|") and not re.fullmatch(r"\|[\s|:-]*\|", line.strip())
+    ]
+    rows = [r for r in rows if r[0] != "中文（文章用语）"]  # the header rows
+    assert all(len(r) == 4 for r in rows), [r for r in rows if len(r) != 4]
+    terms = " ".join(r[0] for r in rows)
+    required = (
+        "参数共享 稀疏连接 自适应学习率 低秩矩阵 高斯矩阵 监督微调 参数高效微调 低秩适配 正交矩阵 "
+        "损失函数 梯度下降 学习率 激活函数 掩码 稀疏矩阵 预训练模型 微调 分类 问答 机器翻译"
+    ).split()
+    missing = [t for t in required if t not in terms]
+    assert not missing, f"GLOSSARY.md has no row for {missing}"
+    problems = []
+    for term, *_, where in rows:
+        files = re.findall(r"`([^`]+)`", where)
+        if not files:
+            problems.append(f"{term}: no file in 'where'")
+        problems += [
+            f"{term}: {f} does not exist" for f in files if not (README.parent / f).exists()
+        ]
+    assert not problems, "\n".join(problems)

@@ -40,8 +40,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from minift.nn import LayerNorm, Module
-from minift.peft.base import PeftConfig, match_target_modules, register
+from minift.peft.base import PeftConfig, register
 from minift.peft.registry import TARGET_MODULES, register_method
+from minift.peft.targets import match_target_modules
 
 
 @register

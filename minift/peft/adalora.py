@@ -313,17 +313,10 @@ def schedule_for(steps: int) -> dict:
             "total_step": steps}  # fmt: skip
 
 
-register_method(
-    name="adalora",
-    summary="AdaLoRA: rank 12 -> 8 by importance (Zhang et al. 2023)",
-    config=AdaLoraConfig,
-    lr=1e-2,  # set by hand, for both kinds
-    defaults={"init_r": 12, "target_r": 8, "lora_alpha": 16},
-    per_steps=schedule_for,
-    options=[
-        Option("init_r", "rank at the start", low=1),
-        Option("target_r", "average rank at the end", low=1),
-        *LORA_OPTIONS[1:],
-    ],
-    compare=False,
-)
+# lr set by hand, for both kinds
+register_method("adalora", AdaLoraConfig, "AdaLoRA: rank 12 -> 8 by importance (Zhang et al. 2023)",
+                lr=1e-2, compare=False, defaults={"init_r": 12, "target_r": 8, "lora_alpha": 16},
+                per_steps=schedule_for,
+                options=[Option("init_r", "rank at the start", low=1),
+                         Option("target_r", "average rank at the end", low=1),
+                         *LORA_OPTIONS[1:]])  # fmt: skip

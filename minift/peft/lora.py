@@ -275,13 +275,6 @@ LORA_OPTIONS = [
 ]
 LORA_DEFAULTS = {"r": 8, "lora_alpha": 16, "target_modules": ["c_attn", "attn.c_proj"]}
 
-register_method(
-    name="lora",
-    summary="LoRA r=8 on c_attn and attn.c_proj (§2.3; Hu et al. 2021)",
-    config=LoraConfig,
-    lr=1e-2,
-    classification_lr=3e-3,
-    defaults=LORA_DEFAULTS,
-    options=LORA_OPTIONS,
-    lr_grid=[1e-3, 3e-3, 1e-2, 3e-2],
-)
+register_method("lora", LoraConfig, "LoRA r=8 on c_attn and attn.c_proj (§2.3; Hu et al. 2021)",
+                lr=1e-2, classification_lr=3e-3, lr_grid=[1e-3, 3e-3, 1e-2, 3e-2],
+                defaults=LORA_DEFAULTS, options=LORA_OPTIONS)  # fmt: skip

@@ -149,14 +149,7 @@ class IA3Linear(AdaptedLinear):
     delta_forward = staticmethod(ia3_forward)
     delta_backward = staticmethod(ia3_backward)
 
-    def __init__(
-        self,
-        base_layer: Linear,
-        is_feedforward: bool,
-        init_ia3_weights: bool = True,
-        *,
-        rng: np.random.Generator,
-    ):
+    def __init__(self, base_layer: Linear, is_feedforward: bool, init_ia3_weights=True, *, rng):
         super().__init__(base_layer)
         n = base_layer.in_features if is_feedforward else base_layer.out_features
         self.is_feedforward = bool(is_feedforward)

@@ -2,11 +2,9 @@
 
 The method here is the simplest weight-level change there is, a dense ΔW (W = W₀ + Δ), written
 the way a method file writes its math; everything else (merged check, dropout, frozen base,
-accumulation, merge) must come from the template. Then: no module of minift imports itself back.
+accumulation, merge) must come from the template.
+(That no module of minift imports itself back: tests/test_architecture.py.)
 """
-
-import ast
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,32 +118,3 @@ def test_merge_is_guarded_and_refuses_a_non_finite_result_leaving_w0_untouched()
     layer.merge()
     with pytest.raises(RuntimeError, match="merge: this dense layer is already merged"):
         layer.merge()
-
-
-def test_no_two_modules_of_minift_import_each_other():
-    """Function-level imports included; a package's own __init__ re-exports do not count."""
-    root = Path(__file__).resolve().parents[1] / "minift"
-    modules = {
-        ".".join(path.relative_to(root.parent).with_suffix("").parts): path
-        for path in root.rglob("*.py")
-        if path.name != "__init__.py"
-    }
-    imports = {}
-    for name, path in modules.items():
-        found = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                found |= {alias.name for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
-        imports[name] = found & modules.keys() - {name}
-
-    def reaches(start, goal, seen):
-        for nxt in imports[start] - seen:
-            seen.add(nxt)
-            if nxt == goal or reaches(nxt, goal, seen):
-                return True
-        return False
-
-    rings = sorted(name for name in modules if reaches(name, name, set()))
-    assert not rings, f"modules that import themselves back through others: {rings}"

@@ -1,4 +1,5 @@
-"""peft/base.py: target matching as PEFT does it, freezing, counting, PEFT's line, adapter files."""
+"""peft/base.py and its neighbours (targets.py, counting.py, peft_files.py): target matching as
+PEFT does it, freezing, counting, PEFT's line, adapter files."""
 
 import json
 import re
@@ -73,7 +74,7 @@ def test_targets_match_as_peft_matches_them(targets, expected):
 )
 def test_a_written_regex_selects_on_hugging_faces_names_what_minift_selected(heads, tails):
     """What PEFT will do with the file (fullmatch on transformer.h.…) equals what minift did."""
-    from minift.peft.base import peft_target_modules
+    from minift.peft.targets import peft_target_modules
 
     regex = "|".join(f"{h}\\.{t}" for h in heads for t in tails)
     model = gpt()
@@ -175,7 +176,7 @@ def test_adapter_config_with_unknown_settings_is_refused(tmp_path):
         PeftModel.from_pretrained(gpt(), tmp_path)
     raw["peft_type"] = "BOFT"
     path.write_text(json.dumps(raw))
-    with pytest.raises(ValueError, match='json: peft_type: "BOFT" is not one minift knows'):
+    with pytest.raises(ValueError, match='json: peft_type: expected one of .*"LORA".*, got "BOFT"'):
         PeftModel.from_pretrained(gpt(), tmp_path)
 
 

@@ -30,6 +30,7 @@ from minift.peft import (
     PromptTuningConfig,
     get_peft_model,
 )
+from minift.peft.peft_files import targetable_modules
 
 CONFIG = minift.GPTConfig(vocab_size=11, block_size=16, n_layer=2, n_head=2, d_model=8)
 N_VIRTUAL = 4
@@ -265,7 +266,8 @@ def test_a_minift_regex_is_written_so_it_matches_hugging_faces_names(tmp_path):
 )
 def test_a_peft_regex_selects_the_same_layers_and_is_written_back_unchanged(tmp_path, regex):
     peft = get_peft_model(base_model(0), LoraConfig(r=2, target_modules=regex))
-    hf_names = [f"transformer.{n}" for n in peft._targetable_modules()]
+    candidates = targetable_modules(peft, peft._tuner_layers())
+    hf_names = [f"transformer.{n}" for n in candidates]
     assert sorted(f"transformer.{n}" for n in peft._tuner_layers()) == sorted(
         n for n in hf_names if re.fullmatch(regex, n)
     )

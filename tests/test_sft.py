@@ -10,7 +10,8 @@ import minift
 from minift.gradcheck import check_gradients, cross_entropy_loss, randomize_params
 from minift.nn import MLP
 from minift.optim import AdamW
-from minift.peft.base import PeftModel, count_parameters, get_peft_model
+from minift.peft.base import PeftModel, get_peft_model
+from minift.peft.counting import count_parameters
 from minift.peft.gradual import GradualUnfreezing
 from minift.peft.sft import (
     FullFinetuneConfig,

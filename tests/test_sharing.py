@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 import minift
 from minift.gradcheck import check_gradients, cross_entropy_loss, randomize_params
 from minift.optim import AdamW
-from minift.peft.base import PeftModel, count_parameters, get_peft_model
+from minift.peft.base import PeftModel, get_peft_model
+from minift.peft.counting import count_parameters
 from minift.peft.sharing import MLP_SUFFIXES, SharingConfig, share_across_blocks, tie_parameters
 
 TINY = minift.GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=8)

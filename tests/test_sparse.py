@@ -15,7 +15,8 @@ from minift.gradcheck import (
 )
 from minift.nn import Linear
 from minift.optim import AdamW
-from minift.peft.base import PeftModel, count_parameters, get_peft_model
+from minift.peft.base import PeftModel, get_peft_model
+from minift.peft.counting import count_parameters
 from minift.peft.sparse import (
     ACTIVATIONS,
     MaskedLinear,

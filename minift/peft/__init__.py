@@ -4,21 +4,27 @@ from minift.peft import get_peft_model, LoraConfig
 peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn"]))
 peft_model.print_trainable_parameters()
 
-sft.py       supervised fine-tuning: full, head-only, last-k blocks, by pattern (§2.1)
-gradual.py   gradual unfreezing: those policies as a schedule over epochs (ULMFiT)
-sharing.py   the article's parameter sharing, A3
-sparse.py    the article's sparse connections, A4 (sparse_mask.py: which connections stay)
-lora.py      LoRA as published (A5, A6, A10, A11 mapped and corrected)
-dora.py      DoRA: magnitude and direction
-adalora.py   AdaLoRA: P·Λ·Q with a shrinking rank budget (adalora_training.py: the budget,
-             the regulariser and the training hook)
-bitfit.py    biases only
-adapter.py   Houlsby adapters
-ia3.py       IA3: learned rescaling vectors
-prompt.py    prompt tuning (prompt_learning.py: the config it shares with prefix tuning)
-prefix.py    prefix tuning
-adapted.py   the template every weight-level method's layer fills in (AdaptedLinear)
-registry.py  the methods by their command-line names, each registered in its own file
+sft.py         supervised fine-tuning: full, head-only, last-k blocks, by pattern (§2.1)
+gradual.py     gradual unfreezing: those policies as a schedule over epochs (ULMFiT)
+sharing.py     the article's parameter sharing, A3
+sparse.py      the article's sparse connections, A4 (sparse_mask.py: which connections stay)
+lora.py        LoRA as published (A5, A6, A10, A11 mapped and corrected)
+dora.py        DoRA: magnitude and direction
+adalora.py     AdaLoRA: P·Λ·Q with a shrinking rank budget (adalora_training.py: the budget,
+               the regulariser and the training hook)
+bitfit.py      biases only
+adapter.py     Houlsby adapters
+ia3.py         IA3: learned rescaling vectors
+prompt.py      prompt tuning (prompt_learning.py: the config it shares with prefix tuning)
+prefix.py      prefix tuning
+adapted.py     the template every weight-level method's layer fills in (AdaptedLinear)
+registry.py    the methods by their command-line names, each registered in its own file
+base.py        PEFT's API: PeftConfig, get_peft_model, PeftModel (merge_and_unload, unload,
+               save_pretrained, from_pretrained, print_trainable_parameters)
+targets.py     which layers a method wraps: target_modules, matched as PEFT matches them
+peft_files.py  PEFT's adapter files, adapter_config.json and adapter_model.safetensors
+config_json.py a config read back from a file, every field checked
+counting.py    count_parameters: trainable and frozen, in total and per module
 
 The article's worked equations that are not methods (A7, A8, A9) are in minift/article.py.
 """
@@ -49,15 +55,11 @@ from minift.peft.prompt import PromptTuningConfig, PromptTuningModel
 from minift.peft.prefix import PrefixTuningConfig, PrefixTuningModel
 
 # isort: on
-from minift.peft.base import (
-    PeftConfig,
-    PeftModel,
-    count_parameters,
-    get_peft_model,
-    match_target_modules,
-)
+from minift.peft.base import PeftConfig, PeftModel, get_peft_model
+from minift.peft.counting import count_parameters
 from minift.peft.prompt_learning import PromptLearningConfig
 from minift.peft.registry import METHODS, Method, Option, get_method, method_names
+from minift.peft.targets import match_target_modules
 
 __all__ = [
     "METHODS",

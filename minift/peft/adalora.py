@@ -76,11 +76,10 @@ from minift.peft.adalora_training import (  # noqa: F401  (the chapter's second 
     rank_pattern_key,
     svd_layers,
 )
-from minift.peft.adapted import AdaptedLinear
 from minift.peft.base import PeftConfig, register
 from minift.peft.lora import (
     LORA_OPTIONS,
-    _check_rank,
+    LowRankLinear,
     check_lora_alpha,
     lora_backward,
     lora_delta_weight,
@@ -125,7 +124,7 @@ def adalora_backward(dy, cache, need_base_grads=False):
 # The layer
 
 
-class SVDLinear(AdaptedLinear):
+class SVDLinear(LowRankLinear):
     """A frozen Linear plus s·P·Λ·Q (PEFT's name for it): ``lora_A`` = Q [r, in],
     ``lora_E`` = λ [r], ``lora_B`` = P [out, r].
 
@@ -138,27 +137,12 @@ class SVDLinear(AdaptedLinear):
     delta_forward = staticmethod(adalora_forward)
     delta_backward = staticmethod(adalora_backward)
 
-    def __init__(
-        self,
-        base_layer: Linear,
-        r: int,
-        lora_alpha: float,
-        lora_dropout: float = 0.0,
-        *,
-        rng: np.random.Generator,
-    ):
-        d_in, d_out = base_layer.in_features, base_layer.out_features
-        _check_rank(r, d_in, d_out)
-        super().__init__(base_layer, lora_dropout, rng=rng)
+    def __init__(self, base_layer: Linear, r: int, lora_alpha: float, lora_dropout=0.0, *, rng):
+        super().__init__(base_layer, r, adalora_scaling(r, lora_alpha), lora_dropout, rng=rng)
         dtype = base_layer.weight.dtype
-        self.r = r
-        self.scaling = adalora_scaling(r, lora_alpha)
-        self.lora_A = Param(rng.normal(0.0, 0.02, (r, d_in)).astype(dtype))  # Q
+        self.lora_A = Param(rng.normal(0.0, 0.02, (r, self.in_features)).astype(dtype))  # Q
         self.lora_E = Param(np.zeros(r, dtype=dtype))  # λ = 0: ΔW = 0 at step 0
-        self.lora_B = Param(rng.normal(0.0, 0.02, (d_out, r)).astype(dtype))  # P
-
-    def delta_constants(self):
-        return (self.scaling,)
+        self.lora_B = Param(rng.normal(0.0, 0.02, (self.out_features, r)).astype(dtype))  # P
 
     def delta_weight(self) -> np.ndarray:  # [in, out]
         return adalora_delta_weight(
@@ -313,17 +297,10 @@ def schedule_for(steps: int) -> dict:
             "total_step": steps}  # fmt: skip
 
 
-register_method(
-    name="adalora",
-    summary="AdaLoRA: rank 12 -> 8 by importance (Zhang et al. 2023)",
-    config=AdaLoraConfig,
-    lr=1e-2,  # set by hand, for both kinds
-    defaults={"init_r": 12, "target_r": 8, "lora_alpha": 16},
-    per_steps=schedule_for,
-    options=[
-        Option("init_r", "rank at the start", low=1),
-        Option("target_r", "average rank at the end", low=1),
-        *LORA_OPTIONS[1:],
-    ],
-    compare=False,
-)
+# lr set by hand, for both kinds
+register_method("adalora", AdaLoraConfig, "AdaLoRA: rank 12 -> 8 by importance (Zhang et al. 2023)",
+                lr=1e-2, compare=False, defaults={"init_r": 12, "target_r": 8, "lora_alpha": 16},
+                per_steps=schedule_for,
+                options=[Option("init_r", "rank at the start", low=1),
+                         Option("target_r", "average rank at the end", low=1),
+                         *LORA_OPTIONS[1:]])  # fmt: skip

@@ -208,13 +208,9 @@ class AdapterConfig(PeftConfig):
         return AdapterLinear(layer, self.bottleneck_size, self.non_linearity, rng=rng)
 
 
-register_method(
-    name="adapter",
-    summary="Houlsby adapters, bottleneck 16 (Houlsby et al. 2019)",
-    config=AdapterConfig,
-    lr=1e-2,  # set by hand; the classification lr is swept
-    classification_lr=3e-3,
-    defaults={"bottleneck_size": 16},
-    options=[Option("bottleneck_size", "bottleneck width", low=1), TARGET_MODULES],
-    lr_grid=[1e-3, 3e-3, 1e-2],
-)
+# lr set by hand; the classification lr is swept
+register_method("adapter", AdapterConfig, "Houlsby adapters, bottleneck 16 (Houlsby et al. 2019)",
+                lr=1e-2, classification_lr=3e-3, lr_grid=[1e-3, 3e-3, 1e-2],
+                defaults={"bottleneck_size": 16},
+                options=[Option("bottleneck_size", "bottleneck width", low=1),
+                         TARGET_MODULES])  # fmt: skip

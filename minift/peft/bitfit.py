@@ -40,8 +40,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from minift.nn import LayerNorm, Module
-from minift.peft.base import PeftConfig, match_target_modules, register
+from minift.peft.base import PeftConfig, register
 from minift.peft.registry import TARGET_MODULES, register_method
+from minift.peft.targets import match_target_modules
 
 
 @register
@@ -89,12 +90,6 @@ class BitFitConfig(PeftConfig):
             )
 
 
-register_method(
-    name="bitfit",
-    summary="biases only (Ben Zaken et al. 2022)",
-    config=BitFitConfig,
-    lr=1e-1,
-    classification_lr=3e-2,
-    options=[TARGET_MODULES],
-    lr_grid=[3e-3, 1e-2, 3e-2, 1e-1, 3e-1],
-)
+register_method("bitfit", BitFitConfig, "biases only (Ben Zaken et al. 2022)",
+                lr=1e-1, classification_lr=3e-2, lr_grid=[3e-3, 1e-2, 3e-2, 1e-1, 3e-1],
+                options=[TARGET_MODULES])  # fmt: skip

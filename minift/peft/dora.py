@@ -225,25 +225,14 @@ class DoraLinear(LoraLinear):
 
     dora_detach_norm: bool = False
 
-    def __init__(
-        self,
-        base_layer: Linear,
-        r: int,
-        lora_alpha: float,
-        lora_dropout: float = 0.0,
-        use_rslora: bool = False,
-        init_lora_weights: bool | str = True,
-        *,
-        rng: np.random.Generator,
-        dora_detach_norm: bool | None = None,
-    ):
+    def __init__(self, base_layer: Linear, *lora_args, dora_detach_norm=None, **lora_kwargs):
+        """LoraLinear's arguments (``base_layer``, ``r``, ``lora_alpha``, …, ``rng=``), and
+        ``dora_detach_norm``: True, False, or None for the class default."""
         if dora_detach_norm is not None and not isinstance(dora_detach_norm, bool):
             raise TypeError(
                 f"dora_detach_norm: expected True, False or None, got {dora_detach_norm!r}"
             )
-        super().__init__(
-            base_layer, r, lora_alpha, lora_dropout, use_rslora, init_lora_weights, rng=rng
-        )
+        super().__init__(base_layer, *lora_args, **lora_kwargs)
         norms = np.linalg.norm(base_layer.weight.value, axis=0)  # (out,) = ‖W₀‖_c
         if not np.all(norms > 0):
             zero = np.flatnonzero(~(norms > 0))
@@ -283,13 +272,7 @@ class DoraLinear(LoraLinear):
 
 LORA_VARIANTS["use_dora"] = DoraLinear  # LoraConfig(use_dora=True) wraps with this layer
 
-register_method(
-    name="dora",
-    summary="DoRA: LoRA with a learned magnitude (Liu et al. 2024)",
-    config=LoraConfig,
-    lr=1e-2,  # set by hand; the classification lr is swept
-    classification_lr=3e-3,
-    defaults={**LORA_DEFAULTS, "use_dora": True},
-    options=LORA_OPTIONS,
-    lr_grid=[1e-3, 3e-3, 1e-2],
-)
+# lr set by hand; the classification lr is swept
+register_method("dora", LoraConfig, "DoRA: LoRA with a learned magnitude (Liu et al. 2024)",
+                lr=1e-2, classification_lr=3e-3, lr_grid=[1e-3, 3e-3, 1e-2],
+                defaults={**LORA_DEFAULTS, "use_dora": True}, options=LORA_OPTIONS)  # fmt: skip

@@ -83,8 +83,10 @@ from minift import functional as F
 from minift.nn import Linear
 from minift.param import Param
 from minift.peft.adapted import AdaptedLinear
-from minift.peft.base import PeftConfig, hf_gpt2_name, hf_layout, register
+from minift.peft.base import PeftConfig, register
+from minift.peft.peft_files import hf_layout
 from minift.peft.registry import TARGET_MODULES, register_method
+from minift.peft.targets import checked_targets, hf_gpt2_name
 
 # ------------------------------------------------------------------------------------------------
 # The math, as pure functions
@@ -147,14 +149,7 @@ class IA3Linear(AdaptedLinear):
     delta_forward = staticmethod(ia3_forward)
     delta_backward = staticmethod(ia3_backward)
 
-    def __init__(
-        self,
-        base_layer: Linear,
-        is_feedforward: bool,
-        init_ia3_weights: bool = True,
-        *,
-        rng: np.random.Generator,
-    ):
+    def __init__(self, base_layer: Linear, is_feedforward: bool, init_ia3_weights=True, *, rng):
         super().__init__(base_layer)
         n = base_layer.in_features if is_feedforward else base_layer.out_features
         self.is_feedforward = bool(is_feedforward)
@@ -203,7 +198,7 @@ class IA3Config(PeftConfig):
                          target_modules' dotted one)
     init_ia3_weights     ones (True; the adapted model starts as the base) or random normal
     fan_in_fan_out       the file's layout: True for GPT-2's [in, out], False for BERT's [out, in];
-                         None (the default): the model's, see base.hf_fan_in_fan_out
+                         None (the default): the model's, see peft_files.hf_fan_in_fan_out
 
     Trainable count: Σ over non-feed-forward targets of d_out + Σ over feed-forward targets of
     d_in; 7·L·C with the defaults (3C per c_attn, 4C per mlp.c_proj).
@@ -219,13 +214,8 @@ class IA3Config(PeftConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        ff = self.feedforward_modules
-        if ff is not None and not isinstance(ff, str):
-            if not isinstance(ff, (list, tuple, set)) or not all(isinstance(x, str) for x in ff):
-                raise TypeError(
-                    f"feedforward_modules: expected a regex string or a list of names, got {ff!r}"
-                )
-            self.feedforward_modules = sorted(ff) if isinstance(ff, set) else list(ff)
+        ff = checked_targets(self.feedforward_modules, "feedforward_modules")
+        self.feedforward_modules = ff
         ff, targets = self.feedforward_modules, self.target_modules
         if isinstance(ff, list) and isinstance(targets, list) and not set(ff) <= set(targets):
             raise ValueError(
@@ -284,12 +274,7 @@ class IA3Config(PeftConfig):
         return self.is_feedforward(param_name[: -len(".ia3_l")])
 
 
-register_method(
-    name="ia3",
-    summary="IA3: learned rescaling of k, v and the MLP (Liu et al. 2022)",
-    config=IA3Config,
-    lr=3e-2,  # set by hand; the classification lr is swept
-    classification_lr=3e-2,
-    options=[TARGET_MODULES],
-    lr_grid=[1e-2, 3e-2, 1e-1],
-)
+# lr set by hand; the classification lr is swept
+register_method("ia3", IA3Config, "IA3: learned rescaling of k, v and the MLP (Liu et al. 2022)",
+                lr=3e-2, classification_lr=3e-2, lr_grid=[1e-2, 3e-2, 1e-1],
+                options=[TARGET_MODULES])  # fmt: skip

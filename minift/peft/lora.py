@@ -139,7 +139,21 @@ def lora_backward(dy, cache, need_base_grads=False):
 # The layer
 
 
-class LoraLinear(AdaptedLinear):
+class LowRankLinear(AdaptedLinear):
+    """What LoRA's family shares: a rank r that fits the base layer, a scale s (its
+    ``delta_constants``), and dropout on the input of the low-rank path (``lora_dropout``)."""
+
+    def __init__(self, base_layer: Linear, r: int, scaling: float, lora_dropout, *, rng):
+        _check_rank(r, base_layer.in_features, base_layer.out_features)
+        super().__init__(base_layer, lora_dropout, rng=rng)
+        self.r = r
+        self.scaling = scaling
+
+    def delta_constants(self):
+        return (self.scaling,)
+
+
+class LoraLinear(LowRankLinear):
     """A frozen Linear plus s·B·A: ``base_layer`` (W₀, b), ``lora_A`` [r, in], ``lora_B`` [out, r].
 
     Its pair is ``lora_forward`` / ``lora_backward`` (the fast path); ``merge()`` folds ΔW into
@@ -163,17 +177,12 @@ class LoraLinear(AdaptedLinear):
         *,
         rng: np.random.Generator,
     ):
-        d_in, d_out = base_layer.in_features, base_layer.out_features
-        _check_rank(r, d_in, d_out)
-        super().__init__(base_layer, lora_dropout, rng=rng)
+        super().__init__(
+            base_layer, r, lora_scaling(r, lora_alpha, use_rslora), lora_dropout, rng=rng
+        )
         dtype = base_layer.weight.dtype
-        self.r = r
-        self.scaling = lora_scaling(r, lora_alpha, use_rslora)
-        self.lora_A = Param(_init_A(init_lora_weights, r, d_in, rng).astype(dtype))
-        self.lora_B = Param(np.zeros((d_out, r), dtype=dtype))
-
-    def delta_constants(self):
-        return (self.scaling,)
+        self.lora_A = Param(_init_A(init_lora_weights, r, self.in_features, rng).astype(dtype))
+        self.lora_B = Param(np.zeros((self.out_features, r), dtype=dtype))
 
     def delta_weight(self) -> np.ndarray:  # [in, out]
         return lora_delta_weight(self.lora_A.value, self.lora_B.value, self.scaling)
@@ -275,13 +284,6 @@ LORA_OPTIONS = [
 ]
 LORA_DEFAULTS = {"r": 8, "lora_alpha": 16, "target_modules": ["c_attn", "attn.c_proj"]}
 
-register_method(
-    name="lora",
-    summary="LoRA r=8 on c_attn and attn.c_proj (§2.3; Hu et al. 2021)",
-    config=LoraConfig,
-    lr=1e-2,
-    classification_lr=3e-3,
-    defaults=LORA_DEFAULTS,
-    options=LORA_OPTIONS,
-    lr_grid=[1e-3, 3e-3, 1e-2, 3e-2],
-)
+register_method("lora", LoraConfig, "LoRA r=8 on c_attn and attn.c_proj (§2.3; Hu et al. 2021)",
+                lr=1e-2, classification_lr=3e-3, lr_grid=[1e-3, 3e-3, 1e-2, 3e-2],
+                defaults=LORA_DEFAULTS, options=LORA_OPTIONS)  # fmt: skip

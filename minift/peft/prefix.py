@@ -326,13 +326,8 @@ class PrefixTuningConfig(PromptLearningConfig):
         return super().peft_key(name)
 
 
-register_method(
-    name="prefix",
-    summary="prefix tuning, 8 key/value rows per layer (Li & Liang 2021)",
-    config=PrefixTuningConfig,
-    lr=1e-2,  # set by hand; the classification lr is swept
-    classification_lr=1e-2,
-    defaults={"num_virtual_tokens": 8},
-    options=[VIRTUAL_TOKENS],
-    lr_grid=[1e-3, 3e-3, 1e-2],
-)
+# lr set by hand; the classification lr is swept
+register_method("prefix", PrefixTuningConfig,
+                "prefix tuning, 8 key/value rows per layer (Li & Liang 2021)",
+                lr=1e-2, classification_lr=1e-2, lr_grid=[1e-3, 3e-3, 1e-2],
+                options=[VIRTUAL_TOKENS], defaults={"num_virtual_tokens": 8})  # fmt: skip

@@ -253,13 +253,8 @@ class PromptTuningConfig(PromptLearningConfig):
         return "prompt_embeddings" if name == "prompt_encoder.embedding" else super().peft_key(name)
 
 
-register_method(
-    name="prompt",
-    summary="prompt tuning, 8 virtual tokens (Lester et al. 2021)",
-    config=PromptTuningConfig,
-    lr=3e-2,  # set by hand; the classification lr is swept
-    classification_lr=1e-1,
-    defaults={"num_virtual_tokens": 8},
-    options=[VIRTUAL_TOKENS],
-    lr_grid=[1e-2, 3e-2, 1e-1],
-)
+# lr set by hand; the classification lr is swept
+register_method("prompt", PromptTuningConfig,
+                "prompt tuning, 8 virtual tokens (Lester et al. 2021)",
+                lr=3e-2, classification_lr=1e-1, lr_grid=[1e-2, 3e-2, 1e-1],
+                defaults={"num_virtual_tokens": 8}, options=[VIRTUAL_TOKENS])  # fmt: skip

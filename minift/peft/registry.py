@@ -1,17 +1,18 @@
 """The fine-tuning methods by their command-line names: ONE table, filled where each is defined.
 
 Each method's file registers it once, beside its config (PEFT's ``register_peft_method`` is the
-model), with everything the rest of minift needs to know about it:
+model), with everything the rest of minift needs to know about it, as a declaration of a few
+lines, each one thing: who (the command line's name, the config, a one-line summary), how fast
+(its learning rate per kind of task, from the sweep over ``lr_grid``), with what (defaults and
+the command line's options). Laid out by hand (``# fmt: skip``), so that it reads as the row of
+a table, not as a column of keywords:
 
-    register_method(
-        name="lora",                                  # minift finetune --method lora
-        summary="LoRA r=8 on c_attn and attn.c_proj (§2.3; Hu et al. 2021)",
-        config=LoraConfig,
-        defaults={"r": 8, "lora_alpha": 16, "target_modules": ["c_attn", "attn.c_proj"]},
-        lr=1e-2, classification_lr=3e-3,              # per kind of task, from the sweep
-        options=LORA_OPTIONS,                         # --r, --lora-alpha, --lora-dropout, …
-        lr_grid=[1e-3, 3e-3, 1e-2, 3e-2],             # what benchmarks/lr_sweep.py tries
-    )
+    register_method("lora", LoraConfig, "LoRA r=8 on c_attn and attn.c_proj (§2.3; Hu et al. 2021)",
+                    lr=1e-2, classification_lr=3e-3, lr_grid=[1e-3, 3e-3, 1e-2, 3e-2],
+                    defaults=LORA_DEFAULTS, options=LORA_OPTIONS)  # fmt: skip
+
+(``minift finetune --method lora``: ``LORA_OPTIONS`` are its ``--r``, ``--lora-alpha``, …;
+``lr_grid`` is what benchmarks/lr_sweep.py tries.)
 
 ``minift finetune`` (its ``--method`` choices and options), ``minift count``, ``minift compare``,
 ``benchmarks/lr_sweep.py``, ``benchmarks/param_counts.py`` and the notebooks all read ``METHODS``,
@@ -129,14 +130,17 @@ class Method:
 METHODS: dict[str, Method] = {}
 
 
-def register_method(**fields) -> Method:
-    """Add a method to ``METHODS`` (keyword arguments: ``Method``'s fields); returns it.
+def register_method(name: str, config: type | None, summary: str, **fields) -> Method:
+    """Add a method to ``METHODS``: its name, its config class, its summary, and as keyword
+    arguments the rest of ``Method``'s fields; returns it.
 
     A name registered twice is an error, as is an option whose field means something else in
     another method (the command line has one ``--r`` for every method that takes it).
     """
-    method = Method(**{**fields, "options": tuple(fields.get("options", ())),
-                       "lr_grid": tuple(fields.get("lr_grid", ()))})  # fmt: skip
+    fields.update(
+        options=tuple(fields.get("options", ())), lr_grid=tuple(fields.get("lr_grid", ()))
+    )
+    method = Method(name, summary, config, **fields)
     if method.name in METHODS:
         raise ValueError(f"name: method {method.name!r} is registered already")
     for option in method.options:
@@ -173,9 +177,4 @@ def command_line_options() -> dict[str, Option]:
     return options
 
 
-register_method(
-    name="base",
-    summary="the pretrained model, not fine-tuned (a new head: random)",
-    config=None,
-    lr=0,
-)
+register_method("base", None, "the pretrained model, not fine-tuned (a new head: random)", lr=0)

@@ -326,29 +326,13 @@ class LastKBlocksConfig(_SftConfig):
 
 
 # The command line's names for these policies (minift/peft/registry.py)
-register_method(
-    name="full",
-    summary="full fine-tuning: every weight trains (§2.1)",
-    config=FullFinetuneConfig,
-    lr=3e-3,
-    classification_lr=3e-4,
-    lr_grid=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2],
-)
-register_method(
-    name="head",
-    summary="only the task head trains; the body is frozen (§3.2.1)",
-    config=HeadOnlyConfig,
-    lr=1e-2,
-    classification_lr=3e-2,
-    lr_grid=[3e-3, 1e-2, 3e-2],
-)
-register_method(
-    name="last-k",
-    summary="the top k blocks, ln_f and the head train; the blocks below are frozen",
-    config=LastKBlocksConfig,
-    lr=3e-3,  # not swept: full fine-tuning's, since what trains, trains fully
-    classification_lr=3e-4,
-    defaults={"k": 1},
-    options=[Option("k", "blocks from the top that train", low=0)],
-    compare=False,
-)
+register_method("full", FullFinetuneConfig, "full fine-tuning: every weight trains (§2.1)",
+                lr=3e-3, classification_lr=3e-4,
+                lr_grid=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2])  # fmt: skip
+register_method("head", HeadOnlyConfig, "only the task head trains; the body is frozen (§3.2.1)",
+                lr=1e-2, classification_lr=3e-2, lr_grid=[3e-3, 1e-2, 3e-2])  # fmt: skip
+# not swept: full fine-tuning's learning rates, since what trains, trains fully
+register_method("last-k", LastKBlocksConfig,
+                "the top k blocks, ln_f and the head train; the blocks below are frozen",
+                lr=3e-3, classification_lr=3e-4, compare=False, defaults={"k": 1},
+                options=[Option("k", "blocks from the top that train", low=0)])  # fmt: skip

@@ -211,11 +211,7 @@ class SharingConfig(PeftConfig):
             p.trainable = True
 
 
-register_method(
-    name="sharing",
-    summary="the article's parameter sharing: every block's MLP tied to block 0's (A3)",
-    config=SharingConfig,
-    lr=3e-3,  # not swept: full fine-tuning's, since every (tied) weight trains
-    classification_lr=3e-4,
-    compare=False,
-)
+# not swept: full fine-tuning's learning rates, since every (tied) weight trains
+register_method("sharing", SharingConfig,
+                "the article's parameter sharing: every block's MLP tied to block 0's (A3)",
+                lr=3e-3, classification_lr=3e-4, compare=False)  # fmt: skip

@@ -64,7 +64,6 @@ of kept entries (``len(indices)``). Weights are [in, out], as everywhere in mini
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,8 +77,10 @@ from minift.peft.registry import TARGET_MODULES, Option, register_method
 from minift.peft.sparse_mask import (
     MASKS,
     check_choice,
+    check_density,
     check_indices,
-    choose_mask_indices,
+    check_mask,
+    layer_mask_indices,
     mask_from_indices,
 )
 
@@ -213,13 +214,9 @@ class MaskedLinear(AdaptedLinear):
 
     def __init__(self, base_layer: Linear, mask, activation: str = "identity"):
         check_choice(activation, ACTIVATIONS, "activation")
-        mask = np.asarray(mask)
-        if mask.shape != base_layer.weight.shape:
-            raise ValueError(
-                f"mask: expected the weight's shape {base_layer.weight.shape}, got {mask.shape}"
-            )
+        mask = check_mask(mask, base_layer.weight.shape)
         super().__init__(base_layer)
-        self.mask = mask.astype(bool)  # D, fixed
+        self.mask = mask  # D, fixed
         self.activation = activation
 
     def delta_constants(self):
@@ -326,12 +323,7 @@ class SparseConfig(PeftConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        d = self.density
-        if isinstance(d, bool) or not isinstance(d, (int, float, np.integer, np.floating)):
-            raise TypeError(f"density: expected a number in (0, 1], got {d!r}")
-        if not 0.0 < d <= 1.0:
-            raise ValueError(f"density: expected a fraction in (0, 1], got {d}")
-        self.density = float(d)
+        self.density = check_density(self.density)
         check_choice(self.mask, MASKS, "mask")
         check_choice(self.activation, ACTIVATIONS, "activation")
         check_choice(self.mode, MODES, "mode")
@@ -339,27 +331,18 @@ class SparseConfig(PeftConfig):
         if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
             raise ValueError(f"mask_seed: expected an integer >= 0, got {s!r}")
 
-    def wrap(self, name, layer, rng):
-        # the mask comes from (mask_seed, name), not from get_peft_model's rng: the saved
-        # adapter_config.json must rebuild it, whatever seed the model is loaded with
-        mask_rng = np.random.default_rng([self.mask_seed, zlib.crc32(name.encode())])
-        indices = choose_mask_indices(layer.weight.value, self.density, self.mask, mask_rng, name)
+    def wrap(self, name, layer, rng):  # rng unused: the mask is drawn from (mask_seed, name)
+        W0 = layer.weight.value
+        indices = layer_mask_indices(W0, self.density, self.mask, self.mask_seed, name)
         if self.mode == "delta":
             return SparseDeltaLinear(layer, indices, self.activation)
         layer.weight.trainable = True  # W₁ is the layer's own weight
         return MaskedLinear(layer, mask_from_indices(indices, layer.weight.shape), self.activation)
 
 
-register_method(
-    name="sparse",
-    summary="the article's sparse connections, 5 % of every Linear (§2.2, A4)",
-    config=SparseConfig,
-    lr=3e-2,
-    classification_lr=1e-2,
-    defaults={"density": 0.05, "target_modules": ["c_attn", "c_proj", "c_fc"]},
-    options=[
-        Option("density", "share of each matrix kept", type=float, low=0, high=1, low_open=True),
-        TARGET_MODULES,
-    ],  # fmt: skip
-    lr_grid=[3e-3, 1e-2, 3e-2, 1e-1],
-)
+register_method("sparse", SparseConfig,
+                "the article's sparse connections, 5 % of every Linear (§2.2, A4)",
+                lr=3e-2, classification_lr=1e-2, lr_grid=[3e-3, 1e-2, 3e-2, 1e-1],
+                defaults={"density": 0.05, "target_modules": ["c_attn", "c_proj", "c_fc"]},
+                options=[Option("density", "share of each matrix kept", type=float, low=0, high=1,
+                                low_open=True), TARGET_MODULES])  # fmt: skip

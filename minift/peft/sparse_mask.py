@@ -14,14 +14,19 @@ Shape legend: d_in / d_out a weight's in / out, k the number of kept entries.
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 
 __all__ = [
     "MASKS",
     "check_choice",
+    "check_density",
     "check_indices",
+    "check_mask",
     "choose_mask_indices",
     "kept_count",
+    "layer_mask_indices",
     "mask_from_indices",
 ]
 
@@ -61,11 +66,42 @@ def choose_mask_indices(W0, density, mask, rng, name="weight"):
     return np.sort(chosen).astype(np.int64)
 
 
+def layer_mask_indices(W0, density, mask, mask_seed, name):
+    """``choose_mask_indices`` for the layer called ``name``, drawn from (mask_seed, name).
+
+    Not from get_peft_model's seed: the saved adapter_config.json (which holds ``mask_seed``)
+    must rebuild the same mask, whatever seed the model is loaded with.
+    """
+    rng = np.random.default_rng([mask_seed, zlib.crc32(name.encode())])
+    return choose_mask_indices(W0, density, mask, rng, name)
+
+
+def check_density(density) -> float:
+    """``density`` as a float, if it is a number in (0, 1]; else an error naming ``density``."""
+    d = density
+    if isinstance(d, bool) or not isinstance(d, (int, float, np.integer, np.floating)):
+        raise TypeError(f"density: expected a number in (0, 1], got {d!r}")
+    if not 0.0 < d <= 1.0:
+        raise ValueError(f"density: expected a fraction in (0, 1], got {d}")
+    return float(d)
+
+
 def mask_from_indices(indices, shape):
     """D as a boolean array: True at the kept flat positions.  # int [k] -> bool [in, out]"""
     D = np.zeros(int(np.prod(shape)), dtype=bool)
     D[indices] = True
     return D.reshape(shape)
+
+
+def check_mask(mask, shape):
+    """D as a boolean array, if it has the weight's ``shape``; else a ValueError naming ``mask``.
+
+    0/1 or bool [in, out] -> bool [in, out]
+    """
+    mask = np.asarray(mask)
+    if mask.shape != tuple(shape):
+        raise ValueError(f"mask: expected the weight's shape {tuple(shape)}, got {mask.shape}")
+    return mask.astype(bool)
 
 
 def check_indices(indices, shape):

@@ -144,9 +144,18 @@ def _base_spec(args) -> BaseSpec:
     )
 
 
-def _add_base_options(p):
+def _add_base_options(p, pretrain_steps: bool):
+    """The base model's shape; with ``pretrain_steps``, --pretrain-steps too, for the commands
+    that may pretrain the base on the way (``pretrain`` itself has --steps)."""
     default = BaseSpec()
     g = p.add_argument_group("the base model (pretrained once per choice, then cached)")
+    if pretrain_steps:
+        g.add_argument(
+            "--pretrain-steps",
+            type=_positive_int,
+            default=None,
+            help=f"steps for the base, if not cached (default: {default.steps})",
+        )
     g.add_argument("--base-d-model", type=_positive_int, default=default.d_model, help="width")
     g.add_argument("--base-n-layer", type=_positive_int, default=default.n_layer, help="blocks")
     g.add_argument(
@@ -172,13 +181,7 @@ def _add_run_options(p, steps):
         default=None,
         help="evaluate on the first N examples of a split (default: all)",
     )
-    p.add_argument(
-        "--pretrain-steps",
-        type=_positive_int,
-        default=None,
-        help=f"steps for the base, if not cached (default: {BaseSpec.steps})",
-    )
-    _add_base_options(p)
+    _add_base_options(p, pretrain_steps=True)
 
 
 def _add_checkpoint_options(p):
@@ -371,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=BaseSpec.steps, help="optimizer steps")
     p.add_argument("--seed", type=_natural, default=0, help="initialisation and batches")
     p.add_argument("--out", default=None, help="a directory (default: the cache)")
-    _add_base_options(p)
+    _add_base_options(p, pretrain_steps=False)
     _add_checkpoint_options(p)
 
     p = command("finetune", "fine-tune the base on a task (or your data) with a method")
@@ -452,13 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="sample among the fewest most likely tokens of mass >= p (nucleus sampling)",
     )
     p.add_argument("--seed", type=_natural, default=0, help="the sampling's random generator")
-    p.add_argument(
-        "--pretrain-steps",
-        type=_positive_int,
-        default=None,
-        help=f"steps for the base, if not cached (default: {BaseSpec.steps})",
-    )
-    _add_base_options(p)
+    _add_base_options(p, pretrain_steps=True)
 
     p = command("classify", "a fine-tuned classifier's label for each text")
     p.add_argument("--model", required=True, help="a classifier folder from finetune --out")

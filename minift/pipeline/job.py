@@ -15,25 +15,11 @@ from minift.data import standard_tokenizer
 from minift.model import GPT
 from minift.peft.base import MINIFT_ONLY
 from minift.peft.registry import METHODS, get_method
+from minift.pipeline import finetuning, pretraining
 from minift.pipeline.finetuned import save_finetuned
-from minift.pipeline.finetuning import (
-    RunSettings,
-    evaluate,
-    finetune,
-    max_sequence,
-    prepare_model,
-    train_config,
-)
+from minift.pipeline.finetuning import RunSettings
 from minift.pipeline.outputs import removed_on_failure, writable_dir
-from minift.pipeline.pretraining import (
-    BaseSpec,
-    base_path,
-    is_cached,
-    load_base,
-    pretrain,
-    pretrain_config,
-    pretrain_description,
-)
+from minift.pipeline.pretraining import BaseSpec
 from minift.pipeline.resume import check_resume, run_description
 from minift.pipeline.tasks import data_task, get_task
 
@@ -61,14 +47,14 @@ def pretrain_job(
     """
     checkpoints = checkpoints or {}
     if checkpoints.get("resume"):
-        run = pretrain_description(spec, standard_tokenizer())
-        check_resume(checkpoints["checkpoint_dir"], run, pretrain_config(spec))
-    if not out and is_cached(spec):
-        report(f"base model cached in {base_path(spec)}")
+        run = pretraining.pretrain_description(spec, standard_tokenizer())
+        check_resume(checkpoints["checkpoint_dir"], run, pretraining.pretrain_config(spec))
+    if not out and pretraining.is_cached(spec):
+        report(f"base model cached in {pretraining.base_path(spec)}")
         return
-    out = writable_dir(out, "out") if out else base_path(spec)
+    out = writable_dir(out, "out") if out else pretraining.base_path(spec)
     with removed_on_failure(out):
-        _, info = pretrain(spec, out, **checkpoints)
+        _, info = pretraining.pretrain(spec, out, **checkpoints)
     if not _stopped_early(info["step"], spec.steps, checkpoints, report):
         final = f"; final loss {info['losses'][-1]:.3f}" if info["losses"] else ""
         report(f"saved to {out}{final} after {spec.steps} steps")
@@ -104,11 +90,12 @@ def finetune_job(
     # the config must also fit the base's modules (target_modules): tried on an untrained model
     # of the base's shape, which takes milliseconds where loading the base may pretrain it
     untrained = GPT(base.model_config(tok.vocab_size))
-    untrained = prepare_model(
+    untrained = finetuning.prepare_model(
         untrained, loaded, method, 0, tok, settings.steps, copy.deepcopy(config)
     )
-    if data and max_sequence(untrained) < base.block_size:
-        loaded = data_task(data, max_sequence(untrained), split_seed)  # a prompt takes positions
+    room = finetuning.max_sequence(untrained)  # below block_size where a prompt takes positions
+    if data and room < base.block_size:
+        loaded = data_task(data, room, split_seed)
     busy = checkpoints.get("checkpoint_dir") or checkpoints.get("log_path") or settings.eval_every
     if not spec.trains and busy:
         raise ValueError(
@@ -121,18 +108,22 @@ def finetune_job(
         )
     run = run_description(loaded, method, seed, untrained, base, tok)
     if checkpoints.get("resume"):
-        resumed = train_config(loaded.kind, method, seed, settings)
+        resumed = finetuning.train_config(loaded.kind, method, seed, settings)
         check_resume(checkpoints["checkpoint_dir"], run, resumed)
     out = writable_dir(out, "out") if out else None
     adapter = writable_dir(save_adapter, "save_adapter") if save_adapter else None
 
-    model = prepare_model(load_base(base), loaded, method, seed, tok, settings.steps, config)
+    model = finetuning.prepare_model(
+        pretraining.load_base(base), loaded, method, seed, tok, settings.steps, config
+    )
     if spec.trains:
-        result, _ = finetune(model, loaded, method, seed, tok, settings, extra_state={"run": run},
-                             on_validation=on_validation, **checkpoints)  # fmt: skip
+        result, _ = finetuning.finetune(
+            model, loaded, method, seed, tok, settings, extra_state={"run": run},
+            on_validation=on_validation, **checkpoints,
+        )  # fmt: skip
         if _stopped_early(result.step, settings.steps, checkpoints, report):
             return None
-    metrics = evaluate(model, loaded, tok, limit=settings.eval_examples)
+    metrics = finetuning.evaluate(model, loaded, tok, limit=settings.eval_examples)
     for name, value in metrics.items():
         report(f"{loaded.name} / {method}: {name} = {value:.4f}")
     if out:

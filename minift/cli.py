@@ -41,7 +41,12 @@ from minift.pipeline.comparison import compare
 from minift.pipeline.finetuning import RunSettings
 from minift.pipeline.inference import classify_texts, evaluate_saved, generate_text
 from minift.pipeline.job import finetune_job, peft_format_methods, pretrain_job
-from minift.pipeline.outputs import removed_on_failure, writable_dir, writable_file
+from minift.pipeline.outputs import (
+    Checkpoints,
+    removed_on_failure,
+    writable_dir,
+    writable_file,
+)
 from minift.pipeline.pretraining import (
     BaseSpec,
 )
@@ -238,9 +243,9 @@ def _print_validation(scores: dict) -> None:
             tqdm.write(f"step {scores['step']}: validation {name} = {value:.4f}", file=sys.stdout)
 
 
-def _training_options(args, steps: int) -> dict:
+def _training_options(args, steps: int) -> Checkpoints:
     """--checkpoint-dir, --checkpoint-every, --resume, --stop-at and --log, checked before any
-    work: finetune's and pretrain's keyword arguments."""
+    work: what a pretrain or finetune run saves as it goes."""
     directory = args.checkpoint_dir
     if directory is None:
         for option, value in [
@@ -262,13 +267,13 @@ def _training_options(args, steps: int) -> dict:
             )
     if args.stop_at is not None and args.stop_at >= steps:
         raise ValueError(f"--stop-at: expected a step before --steps {steps}, got {args.stop_at}")
-    return {
-        "checkpoint_dir": directory,
-        "checkpoint_every": (args.checkpoint_every or max(1, steps // 10)) if directory else 0,
-        "resume": args.resume,
-        "stop_at": args.stop_at,
-        "log_path": writable_file(args.log, "--log") if args.log else None,
-    }
+    return Checkpoints(
+        checkpoint_dir=directory,
+        checkpoint_every=(args.checkpoint_every or max(1, steps // 10)) if directory else 0,
+        resume=args.resume,
+        stop_at=args.stop_at,
+        log_path=writable_file(args.log, "--log") if args.log else None,
+    )
 
 
 def _method_options(args) -> dict:

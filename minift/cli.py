@@ -41,7 +41,12 @@ from minift.pipeline.comparison import compare
 from minift.pipeline.finetuning import RunSettings
 from minift.pipeline.inference import classify_texts, evaluate_saved, generate_text
 from minift.pipeline.job import finetune_job, peft_format_methods, pretrain_job
-from minift.pipeline.outputs import removed_on_failure, writable_dir, writable_file
+from minift.pipeline.outputs import (
+    Checkpoints,
+    removed_on_failure,
+    writable_dir,
+    writable_file,
+)
 from minift.pipeline.pretraining import (
     BaseSpec,
 )
@@ -144,9 +149,18 @@ def _base_spec(args) -> BaseSpec:
     )
 
 
-def _add_base_options(p):
+def _add_base_options(p, pretrain_steps: bool):
+    """The base model's shape; with ``pretrain_steps``, --pretrain-steps too, for the commands
+    that may pretrain the base on the way (``pretrain`` itself has --steps)."""
     default = BaseSpec()
     g = p.add_argument_group("the base model (pretrained once per choice, then cached)")
+    if pretrain_steps:
+        g.add_argument(
+            "--pretrain-steps",
+            type=_positive_int,
+            default=None,
+            help=f"steps for the base, if not cached (default: {default.steps})",
+        )
     g.add_argument("--base-d-model", type=_positive_int, default=default.d_model, help="width")
     g.add_argument("--base-n-layer", type=_positive_int, default=default.n_layer, help="blocks")
     g.add_argument(
@@ -172,13 +186,7 @@ def _add_run_options(p, steps):
         default=None,
         help="evaluate on the first N examples of a split (default: all)",
     )
-    p.add_argument(
-        "--pretrain-steps",
-        type=_positive_int,
-        default=None,
-        help=f"steps for the base, if not cached (default: {BaseSpec.steps})",
-    )
-    _add_base_options(p)
+    _add_base_options(p, pretrain_steps=True)
 
 
 def _add_checkpoint_options(p):
@@ -235,9 +243,9 @@ def _print_validation(scores: dict) -> None:
             tqdm.write(f"step {scores['step']}: validation {name} = {value:.4f}", file=sys.stdout)
 
 
-def _training_options(args, steps: int) -> dict:
+def _training_options(args, steps: int) -> Checkpoints:
     """--checkpoint-dir, --checkpoint-every, --resume, --stop-at and --log, checked before any
-    work: finetune's and pretrain's keyword arguments."""
+    work: what a pretrain or finetune run saves as it goes."""
     directory = args.checkpoint_dir
     if directory is None:
         for option, value in [
@@ -259,13 +267,13 @@ def _training_options(args, steps: int) -> dict:
             )
     if args.stop_at is not None and args.stop_at >= steps:
         raise ValueError(f"--stop-at: expected a step before --steps {steps}, got {args.stop_at}")
-    return {
-        "checkpoint_dir": directory,
-        "checkpoint_every": (args.checkpoint_every or max(1, steps // 10)) if directory else 0,
-        "resume": args.resume,
-        "stop_at": args.stop_at,
-        "log_path": writable_file(args.log, "--log") if args.log else None,
-    }
+    return Checkpoints(
+        checkpoint_dir=directory,
+        checkpoint_every=(args.checkpoint_every or max(1, steps // 10)) if directory else 0,
+        resume=args.resume,
+        stop_at=args.stop_at,
+        log_path=writable_file(args.log, "--log") if args.log else None,
+    )
 
 
 def _method_options(args) -> dict:
@@ -371,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=BaseSpec.steps, help="optimizer steps")
     p.add_argument("--seed", type=_natural, default=0, help="initialisation and batches")
     p.add_argument("--out", default=None, help="a directory (default: the cache)")
-    _add_base_options(p)
+    _add_base_options(p, pretrain_steps=False)
     _add_checkpoint_options(p)
 
     p = command("finetune", "fine-tune the base on a task (or your data) with a method")
@@ -452,13 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="sample among the fewest most likely tokens of mass >= p (nucleus sampling)",
     )
     p.add_argument("--seed", type=_natural, default=0, help="the sampling's random generator")
-    p.add_argument(
-        "--pretrain-steps",
-        type=_positive_int,
-        default=None,
-        help=f"steps for the base, if not cached (default: {BaseSpec.steps})",
-    )
-    _add_base_options(p)
+    _add_base_options(p, pretrain_steps=True)
 
     p = command("classify", "a fine-tuned classifier's label for each text")
     p.add_argument("--model", required=True, help="a classifier folder from finetune --out")

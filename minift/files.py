@@ -2,12 +2,12 @@
 
 Everything minift writes goes through ``atomic_write_bytes``: a temporary file in the same
 directory, fsync, then rename, so a crash or a full disk leaves the previous file or none, never
-half of one. Everything it reads goes through ``read_json`` and ``load_tensors``, and each JSON
-field through ``json_bool``/``json_int``/``json_number``/``json_str``/``json_str_list``, so that
-whatever is wrong with a file (missing, a folder, not UTF-8, not JSON, a field of the wrong type
-or range, a tensor damaged, of the wrong dtype or shape, or holding NaN or ±inf) is a
-``minift.errors.FileFormatError`` naming the file and the field, never a TypeError from deep
-inside, and never a silently different model.
+half of one. Everything it reads goes through ``read_text`` (``read_json`` and the vocabulary
+reader build on it) and ``load_tensors``, and each JSON field through ``json_bool``/``json_int``/
+``json_number``/``json_str``/``json_str_list``, so that whatever is wrong with a file (missing, a
+folder, not UTF-8, not JSON, a field of the wrong type or range, a tensor damaged, of the wrong
+dtype or shape, or holding NaN or ±inf) is a ``minift.errors.FileFormatError`` naming the file
+and the field, never a TypeError from deep inside, and never a silently different model.
 
 The safetensors format, the whole of it (``load_tensors`` checks all of this before it lets the
 library parse a byte):
@@ -48,6 +48,7 @@ __all__ = [
     "CONFIG_DIGEST_KEY",
     "atomic_write_bytes",
     "atomic_write_json",
+    "read_text",
     "read_json",
     "check_folder",
     "json_bool",
@@ -145,6 +146,27 @@ def atomic_write_json(path, obj) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def read_text(path, what: str) -> str:
+    """The UTF-8 text of the file at ``path``, its line ends as they are; ``what`` names the
+    file in errors ("vocabulary", …).
+
+    MissingFileError when the file is not there (a dangling link included); FileFormatError when
+    it is a folder, unreadable or not UTF-8.
+    """
+    path = Path(path)
+    try:
+        # bytes, then decoded: Path.read_text would turn a lone "\r" into a line end
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise MissingFileError(path, f"{what}: no such file") from None
+    except IsADirectoryError:
+        raise FileFormatError(path, f"{what}: a folder, expected a file") from None
+    except UnicodeDecodeError as e:
+        raise FileFormatError(path, f"{what} is not UTF-8 text ({e})") from None
+    except OSError as e:  # no permission, a file where the path needs a folder, …
+        raise FileFormatError(path, f"{what} cannot be read ({e.strerror or e})") from None
+
+
 def read_json(path, what: str, *, expect: type = dict) -> dict | list:
     """Read a JSON object from ``path``; ``what`` names the file in errors ("config", …).
 
@@ -154,16 +176,7 @@ def read_json(path, what: str, *, expect: type = dict) -> dict | list:
     sentence-transformers' modules.json).
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise MissingFileError(path, f"{what}: no such file") from None
-    except IsADirectoryError:
-        raise FileFormatError(path, f"{what}: a folder, expected a file") from None
-    except UnicodeDecodeError as e:
-        raise FileFormatError(path, f"{what} is not UTF-8 text ({e})") from None
-    except OSError as e:  # no permission, a file where the path needs a folder, …
-        raise FileFormatError(path, f"{what} cannot be read ({e.strerror or e})") from None
+    text = read_text(path, what)
     try:
         obj = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
     except ValueError as e:  # JSONDecodeError, and a key given twice

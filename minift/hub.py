@@ -258,6 +258,25 @@ def _count(config: dict, key: str, path, default=None) -> int:
     return value
 
 
+def _counts(config: dict, path, fields: dict[str, str]) -> dict[str, int]:
+    """The required positive-integer fields, read in the table's order: {minift's name: value}
+    from ``fields``, {minift's name: the config.json key}."""
+    return {name: _count(config, key, path) for name, key in fields.items()}
+
+
+def _pad_token_id(config: dict, path, vocab_size: int) -> int | None:
+    """pad_token_id: null or absent when there is none; else a token's id."""
+    return json_int(
+        config, "pad_token_id", path, minimum=0, maximum=vocab_size - 1, nullable=True, default=None
+    )
+
+
+def _dropout(config: dict, key: str, path, override: float | None) -> float:
+    """The config's dropout probability ``key`` (absent: 0.1), unless the caller overrides it."""
+    p = _number(config, key, path, 0.1, minimum=0.0, below=1.0)
+    return p if override is None else override
+
+
 def _number(config: dict, key: str, path, default: float, **bounds) -> float:
     """A finite number field (within ``bounds``); null or absent means ``default``."""
     value = json_number(config, key, path, nullable=True, default=default, **bounds)
@@ -283,6 +302,14 @@ def _build(cls, path, **kwargs):
 
 # -- GPT-2 ---------------------------------------------------------------------------------------
 
+# minift's GPTConfig field: the config.json key of GPT-2 that gives it (n_embd is read first)
+_GPT2_COUNTS = {
+    "vocab_size": "vocab_size",
+    "block_size": "n_positions",
+    "n_layer": "n_layer",
+    "n_head": "n_head",
+}
+
 
 def _gpt2_config(config: dict, path, dropout) -> GPTConfig:
     d_model = _count(config, "n_embd", path)
@@ -304,23 +331,16 @@ def _gpt2_config(config: dict, path, dropout) -> GPTConfig:
     _require(config, "scale_attn_by_inverse_layer_idx", (False,), path, "not implemented")
     _require(config, "add_cross_attention", (False,), path, "minift's GPT is a decoder only")
     _require(config, "tie_word_embeddings", (True,), path, "minift's LM head is tied to wte")
-    vocab_size = _count(config, "vocab_size", path)
-    pad = json_int(
-        config, "pad_token_id", path, minimum=0, maximum=vocab_size - 1, nullable=True, default=None
-    )
-    # minift has one dropout probability for the embeddings and the residual branches
-    resid_pdrop = _number(config, "resid_pdrop", path, 0.1, minimum=0.0, below=1.0)
+    sizes = _counts(config, path, _GPT2_COUNTS)
     return _build(
         GPTConfig,
         path,
-        vocab_size=vocab_size,
-        block_size=_count(config, "n_positions", path),
-        n_layer=_count(config, "n_layer", path),
-        n_head=_count(config, "n_head", path),
+        **sizes,
         d_model=d_model,
-        dropout=resid_pdrop if dropout is None else dropout,
+        # minift has one dropout probability for the embeddings and the residual branches
+        dropout=_dropout(config, "resid_pdrop", path, dropout),
         layer_norm_eps=_number(config, "layer_norm_epsilon", path, 1e-5, minimum=0.0),
-        pad_token_id=pad,
+        pad_token_id=_pad_token_id(config, path, sizes["vocab_size"]),
     )
 
 
@@ -360,6 +380,19 @@ def _gpt2_tensors(tensors: dict, config: GPTConfig, path) -> tuple[dict, str]:
 
 # -- BERT ----------------------------------------------------------------------------------------
 
+# BertConfig's fields have the names of Hugging Face's config.json keys
+_BERT_COUNTS = {
+    key: key
+    for key in (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+    )
+}
+
 
 def _bert_config(config: dict, path, dropout) -> BertConfig:
     _require(
@@ -374,27 +407,19 @@ def _bert_config(config: dict, path, dropout) -> BertConfig:
     )
     _require(config, "is_decoder", (False,), path, "minift's BERT is an encoder")
     _require(config, "add_cross_attention", (False,), path, "minift's BERT is an encoder")
-    defaults = BertConfig()
-    vocab_size = _count(config, "vocab_size", path)
-    hidden_dropout_prob = _number(config, "hidden_dropout_prob", path, 0.1, minimum=0.0, below=1.0)
-    pad = json_int(config, "pad_token_id", path, minimum=0, maximum=vocab_size - 1,
-                   nullable=True, default=None)  # fmt: skip
+    sizes = _counts(config, path, _BERT_COUNTS)
+    pad = _pad_token_id(config, path, sizes["vocab_size"])
     return _build(
         BertConfig,
         path,
-        vocab_size=vocab_size,
-        hidden_size=_count(config, "hidden_size", path),
-        num_hidden_layers=_count(config, "num_hidden_layers", path),
-        num_attention_heads=_count(config, "num_attention_heads", path),
-        intermediate_size=_count(config, "intermediate_size", path),
-        max_position_embeddings=_count(config, "max_position_embeddings", path),
+        **sizes,
         type_vocab_size=_count(config, "type_vocab_size", path, 2),
         layer_norm_eps=_number(config, "layer_norm_eps", path, 1e-12, minimum=0.0),
         # attention_probs_dropout_prob has no counterpart: minift has no dropout on attention
         # probabilities (evaluation is unaffected; training is the slightly less regularised)
-        hidden_dropout_prob=hidden_dropout_prob if dropout is None else dropout,
+        hidden_dropout_prob=_dropout(config, "hidden_dropout_prob", path, dropout),
         initializer_range=_number(config, "initializer_range", path, 0.02, minimum=0.0),
-        pad_token_id=defaults.pad_token_id if pad is None else pad,
+        pad_token_id=BertConfig().pad_token_id if pad is None else pad,
     )
 
 

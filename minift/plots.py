@@ -103,6 +103,35 @@ def _format_number(v: float) -> str:
     return f"{v:.3g}"
 
 
+def _error_bars(ax, x, y, half_width, color: str, linewidth: float) -> np.ndarray:
+    """y ± half_width at each x, where there is an interval: a nan half width (one seed) gets no
+    bar. Which points got one."""
+    has_bar = ~np.isnan(half_width)
+    if has_bar.any():
+        ax.errorbar(
+            x[has_bar],
+            y[has_bar],
+            yerr=half_width[has_bar],
+            fmt="none",
+            ecolor=color,
+            elinewidth=linewidth,
+            capsize=4,
+        )
+    return has_bar
+
+
+def _finish_log_lines(fig: Figure, ax, path, xlabel: str, ylabel: str, title: str) -> Figure:
+    """Label a figure of one line per series on log axes, grid the minor decades too, add the
+    legend, save it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    return fig
+
+
 def _style(i: int) -> dict:
     """Colour and marker of the i-th series, the same order in every figure."""
     return {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)]}
@@ -154,17 +183,7 @@ def plot_metric_vs_params(rows, path, metric_name: str | None = None) -> Figure:
             y = np.array([float(r["mean"]) for r in mine])
             hw = np.array([float(r["half_width"]) for r in mine])
             ax.plot(x, y, linestyle="none", markersize=7, label=method, **style)
-            has_bar = ~np.isnan(hw)  # one seed: a mean but no interval, so no bar
-            if has_bar.any():
-                ax.errorbar(
-                    x[has_bar],
-                    y[has_bar],
-                    yerr=hw[has_bar],
-                    fmt="none",
-                    ecolor=style["color"],
-                    elinewidth=1.2,
-                    capsize=4,
-                )
+            _error_bars(ax, x, y, hw, style["color"], linewidth=1.2)
             for xi, yi in zip(x, y, strict=True):
                 ax.annotate(
                     method,
@@ -280,17 +299,7 @@ def plot_bars(values, path, ylabel: str, title: str, log: bool = False, errors=N
     ax.bar(x, heights, color="C0", width=0.7)
     top = heights.copy()  # where each value's text goes: above the bar, or above its error bar
     if err is not None:
-        has_bar = ~np.isnan(err)
-        if has_bar.any():
-            ax.errorbar(
-                x[has_bar],
-                heights[has_bar],
-                yerr=err[has_bar],
-                fmt="none",
-                ecolor="black",
-                elinewidth=1.0,
-                capsize=4,
-            )
+        has_bar = _error_bars(ax, x, heights, err, "black", linewidth=1.0)
         top = np.where(has_bar, heights + np.sign(heights) * np.nan_to_num(err), heights)
     for xi, h, t in zip(x, heights, top, strict=True):
         ax.annotate(
@@ -345,13 +354,9 @@ def plot_parameter_counts(series, path, xlabel: str, title: str) -> Figure:
         ax.plot(xs[order], ys[order], label=str(method), **_style(m))
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel(f"{xlabel}, log scale")
-    ax.set_ylabel("trainable parameters (count, log scale)")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=8)
-    _save(fig, path)
-    return fig
+    return _finish_log_lines(
+        fig, ax, path, f"{xlabel}, log scale", "trainable parameters (count, log scale)", title
+    )
 
 
 # -- singular values -----------------------------------------------------------------------------
@@ -388,10 +393,6 @@ def plot_singular_values(spectra, path, title: str) -> Figure:
             markersize=4,
         )
     ax.set_yscale("log", nonpositive="mask")
-    ax.set_xlabel("index i (largest first)")
-    ax.set_ylabel("singular value σᵢ (log scale)")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=8)
-    _save(fig, path)
-    return fig
+    return _finish_log_lines(
+        fig, ax, path, "index i (largest first)", "singular value σᵢ (log scale)", title
+    )

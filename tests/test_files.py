@@ -23,6 +23,7 @@ from minift.files import (
     json_str_list,
     load_tensors,
     read_json,
+    read_text,
     save_tensors,
 )
 
@@ -57,6 +58,26 @@ def test_read_json_refuses_a_folder_or_a_dangling_link(tmp_path):
     os.symlink(tmp_path / "nowhere.json", link)
     with pytest.raises(MissingFileError, match="no such file"):
         read_json(link, "config")
+
+
+@given(lines=st.lists(st.text(alphabet="ab\r\n\u2028é", max_size=6), max_size=4))
+def test_read_text_returns_the_file_as_written_line_ends_included(tmp_path_factory, lines):
+    # a vocabulary token may hold "\r" or another line-breaking character: nothing is translated
+    text = "\n".join(lines)
+    path = tmp_path_factory.mktemp("text") / "vocab.txt"
+    path.write_bytes(text.encode("utf-8"))
+    assert read_text(path, "vocabulary") == text
+
+
+def test_read_text_names_the_file_and_what_it_is(tmp_path):
+    path = tmp_path / "vocab.txt"
+    with pytest.raises(MissingFileError, match=f"{path}: vocabulary: no such file"):
+        read_text(path, "vocabulary")
+    path.write_bytes(b"[PAD]\n\xff\n")
+    with pytest.raises(FileFormatError, match=f"{path}: vocabulary is not UTF-8 text"):
+        read_text(path, "vocabulary")
+    with pytest.raises(FileFormatError, match="vocabulary: a folder, expected a file"):
+        read_text(tmp_path, "vocabulary")
 
 
 def test_every_file_error_is_one_minift_error_naming_file_and_field():

@@ -133,6 +133,25 @@ def _stratified_splits(texts_by_label: dict[str, list[str]], n_train, n_val, n_t
     return label_names, splits
 
 
+def _classification_task(
+    name: str, texts_by_label, sizes: tuple[int, int, int], seed, description: str, info=None
+) -> Task:
+    """A balanced classification task scored by accuracy: each label's texts cut into the
+    splits by ``_stratified_splits``; ``sizes`` = (n_train, n_val, n_test)."""
+    label_names, splits = _stratified_splits(texts_by_label, *sizes, seed)
+    return Task(
+        name,
+        "classification",
+        splits["train"],
+        splits["val"],
+        splits["test"],
+        label_names=label_names,
+        metrics=("accuracy",),
+        description=description,
+        info=info or {},
+    )
+
+
 # -- §6.1 question answering: bAbI-style stories ---------------------------------------------------
 
 TRAIN_NAMES = (
@@ -253,16 +272,12 @@ def _kjv_books(seed, n_train, n_val, n_test):
     n_train = _check_count("n_train", n_train, 12000)
     n_val = _check_count("n_val", n_val, 600)
     n_test = _check_count("n_test", n_test, 1800)
-    label_names, splits = _stratified_splits(_kjv_verses(), n_train, n_val, n_test, seed)
-    return Task(
+    return _classification_task(
         "kjv-books",
-        "classification",
-        splits["train"],
-        splits["val"],
-        splits["test"],
-        label_names=label_names,
-        metrics=("accuracy",),
-        description="A King James verse -> its group of books; balanced, chance = 1/6.",
+        _kjv_verses(),
+        (n_train, n_val, n_test),
+        seed,
+        "A King James verse -> its group of books; balanced, chance = 1/6.",
     )
 
 
@@ -273,16 +288,12 @@ def _stdlib_modules(seed, n_train, n_val, n_test, k=6):
     texts_by_label: dict[str, list[str]] = {}
     for text, module in docstring_module_task(k):
         texts_by_label.setdefault(module, []).append(text)
-    label_names, splits = _stratified_splits(texts_by_label, n_train, n_val, n_test, seed)
-    return Task(
+    return _classification_task(
         "stdlib-modules",
-        "classification",
-        splits["train"],
-        splits["val"],
-        splits["test"],
-        label_names=label_names,
-        metrics=("accuracy",),
-        description=f"A stdlib docstring's summary -> its module, among the {k} most documented.",
+        texts_by_label,
+        (n_train, n_val, n_test),
+        seed,
+        f"A stdlib docstring's summary -> its module, among the {k} most documented.",
         info={"k": k},
     )
 

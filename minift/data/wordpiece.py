@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from minift.errors import FileFormatError, MissingFileError
-from minift.files import check_folder, json_bool, json_int, json_str, read_json
+from minift.files import check_folder, json_bool, json_int, json_str, read_json, read_text
 
 __all__ = ["WordPieceTokenizer", "load_vocab", "normalize", "pre_tokenize", "wordpiece"]
 
@@ -54,16 +54,7 @@ def load_vocab(path) -> dict[str, int]:
     """vocab.txt -> {token: id}, id = line number (0-based). Duplicates and blanks are errors,
     each a FileFormatError naming the file and the line; a missing file a MissingFileError."""
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise MissingFileError(path, "vocabulary: no such file") from None
-    except IsADirectoryError:
-        raise FileFormatError(path, "vocabulary: a folder, expected a file") from None
-    except UnicodeDecodeError as e:
-        raise FileFormatError(path, f"vocabulary is not UTF-8 text ({e})") from None
-    except OSError as e:
-        raise FileFormatError(path, f"vocabulary cannot be read ({e.strerror or e})") from None
+    text = read_text(path, "vocabulary")
     vocab: dict[str, int] = {}
     # one token a line: split on "\n" only (a token may hold other line-breaking characters)
     lines = text.split("\n")

@@ -36,6 +36,7 @@ from minift.pipeline.finetuning import (
     prepare_model,
     train_config,
 )
+from minift.pipeline.outputs import Checkpoints
 from minift.pipeline.pretraining import (
     BaseSpec,
     base_path,
@@ -81,6 +82,7 @@ __all__ = [
     "METHODS",
     "Method",
     "BaseSpec",
+    "Checkpoints",
     "RunResult",
     "RunSettings",
     "TASK_NAMES",

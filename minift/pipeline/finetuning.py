@@ -19,6 +19,7 @@ from minift.model import GPT, GPTForSequenceClassification
 from minift.nn import Module
 from minift.peft import get_peft_model
 from minift.peft.registry import get_method, method_config
+from minift.pipeline.outputs import NO_CHECKPOINTS, Checkpoints
 from minift.train import TrainConfig, Trainer
 
 
@@ -92,24 +93,21 @@ def finetune(
     settings: RunSettings,
     progress=True,
     *,
-    checkpoint_dir=None,
-    checkpoint_every: int = 0,
-    resume: bool = False,
-    stop_at: int | None = None,
-    log_path=None,
+    checkpoints: Checkpoints = NO_CHECKPOINTS,
     extra_state: dict | None = None,
     on_validation=None,
 ):
     """Train ``model`` (from prepare_model) on the task's training split; (TrainResult, Trainer).
 
-    With ``checkpoint_dir`` the loop saves a checkpoint every ``checkpoint_every`` steps and at
-    the end, ``extra_state`` (``run_description``) inside each; ``resume`` continues from the
-    latest, bit for bit; ``stop_at`` ends early, as an interruption would. ``log_path``: one
-    JSON line of metrics per step, appended. ``settings.eval_every`` scores the validation split
-    during training (never the test split); ``on_validation({"step": n, metric: value, …})`` is
-    called with each score as soon as it is made (the command line prints it).
+    ``checkpoints``: what the run saves as it goes (a checkpoint every ``checkpoint_every`` steps
+    and at the end, ``extra_state`` (``run_description``) inside each) and whether it resumes
+    from the latest, bit for bit. ``settings.eval_every`` scores the validation split during
+    training (never the test split); ``on_validation({"step": n, metric: value, …})`` is called
+    with each score as soon as it is made (the command line prints it).
     """
-    config = train_config(task.kind, method, seed, settings, checkpoint_every=checkpoint_every)
+    config = train_config(
+        task.kind, method, seed, settings, checkpoint_every=checkpoints.checkpoint_every
+    )
     sampler = example_sampler(tok, task.train, max_sequence(model), task.kind)
 
     def validate(m):
@@ -123,13 +121,13 @@ def finetune(
         config,
         sampler,
         evaluate=validate if settings.eval_every else None,
-        log_path=log_path,
-        checkpoint_dir=checkpoint_dir,
+        log_path=checkpoints.log_path,
+        checkpoint_dir=checkpoints.checkpoint_dir,
         extra_state=extra_state,
         progress=progress,
         desc=f"{task.name}/{method}/seed {seed}",
     )
-    return trainer.train(resume=resume, stop_at=stop_at), trainer
+    return trainer.train(resume=checkpoints.resume, stop_at=checkpoints.stop_at), trainer
 
 
 def max_sequence(model) -> int:

@@ -15,25 +15,16 @@ from minift.data import standard_tokenizer
 from minift.model import GPT
 from minift.peft.base import MINIFT_ONLY
 from minift.peft.registry import METHODS, get_method
+from minift.pipeline import finetuning, pretraining
 from minift.pipeline.finetuned import save_finetuned
-from minift.pipeline.finetuning import (
-    RunSettings,
-    evaluate,
-    finetune,
-    max_sequence,
-    prepare_model,
-    train_config,
+from minift.pipeline.finetuning import RunSettings
+from minift.pipeline.outputs import (
+    NO_CHECKPOINTS,
+    Checkpoints,
+    removed_on_failure,
+    writable_dir,
 )
-from minift.pipeline.outputs import removed_on_failure, writable_dir
-from minift.pipeline.pretraining import (
-    BaseSpec,
-    base_path,
-    is_cached,
-    load_base,
-    pretrain,
-    pretrain_config,
-    pretrain_description,
-)
+from minift.pipeline.pretraining import BaseSpec
 from minift.pipeline.resume import check_resume, run_description
 from minift.pipeline.tasks import data_task, get_task
 
@@ -51,24 +42,22 @@ def pretrain_job(
     spec: BaseSpec,
     *,
     out=None,
-    checkpoints: dict | None = None,
+    checkpoints: Checkpoints = NO_CHECKPOINTS,
     report: Callable[[str], None] = print,
 ) -> None:
     """Pretrain the base of ``spec`` into ``out`` (default: the cache, unless it holds it).
 
-    ``checkpoints``: ``pretrain``'s keyword arguments checkpoint_dir, checkpoint_every, resume,
-    stop_at and log_path. ``report(line)`` is told what was done.
+    ``checkpoints``: what the run saves as it goes. ``report(line)`` is told what was done.
     """
-    checkpoints = checkpoints or {}
-    if checkpoints.get("resume"):
-        run = pretrain_description(spec, standard_tokenizer())
-        check_resume(checkpoints["checkpoint_dir"], run, pretrain_config(spec))
-    if not out and is_cached(spec):
-        report(f"base model cached in {base_path(spec)}")
+    if checkpoints.resume:
+        run = pretraining.pretrain_description(spec, standard_tokenizer())
+        check_resume(checkpoints.checkpoint_dir, run, pretraining.pretrain_config(spec))
+    if not out and pretraining.is_cached(spec):
+        report(f"base model cached in {pretraining.base_path(spec)}")
         return
-    out = writable_dir(out, "out") if out else base_path(spec)
+    out = writable_dir(out, "out") if out else pretraining.base_path(spec)
     with removed_on_failure(out):
-        _, info = pretrain(spec, out, **checkpoints)
+        _, info = pretraining.pretrain(spec, out, checkpoints=checkpoints)
     if not _stopped_early(info["step"], spec.steps, checkpoints, report):
         final = f"; final loss {info['losses'][-1]:.3f}" if info["losses"] else ""
         report(f"saved to {out}{final} after {spec.steps} steps")
@@ -84,7 +73,7 @@ def finetune_job(
     split_seed: int = 0,
     seed: int = 0,
     options: dict | None = None,
-    checkpoints: dict | None = None,
+    checkpoints: Checkpoints = NO_CHECKPOINTS,
     out=None,
     save_adapter=None,
     on_validation: Callable[[dict], None] | None = None,
@@ -94,22 +83,23 @@ def finetune_job(
     ``options``; evaluate on the test split; save the model to ``out`` and the adapter alone,
     in PEFT's format, to ``save_adapter``. The metrics, or None if training stopped early.
 
-    ``checkpoints``: ``finetune``'s keyword arguments checkpoint_dir, checkpoint_every, resume,
-    stop_at and log_path. ``report(line)`` is told what was done, as it is done.
+    ``checkpoints``: what the run saves as it goes. ``report(line)`` is told what was done, as it
+    is done.
     """
-    spec, checkpoints = get_method(method), checkpoints or {}
+    spec = get_method(method)
     loaded = data_task(data, base.block_size, split_seed) if data else get_task(task)
     config = spec.build(loaded.kind, settings.steps, **(options or {}))
     tok = standard_tokenizer()
     # the config must also fit the base's modules (target_modules): tried on an untrained model
     # of the base's shape, which takes milliseconds where loading the base may pretrain it
     untrained = GPT(base.model_config(tok.vocab_size))
-    untrained = prepare_model(
+    untrained = finetuning.prepare_model(
         untrained, loaded, method, 0, tok, settings.steps, copy.deepcopy(config)
     )
-    if data and max_sequence(untrained) < base.block_size:
-        loaded = data_task(data, max_sequence(untrained), split_seed)  # a prompt takes positions
-    busy = checkpoints.get("checkpoint_dir") or checkpoints.get("log_path") or settings.eval_every
+    room = finetuning.max_sequence(untrained)  # below block_size where a prompt takes positions
+    if data and room < base.block_size:
+        loaded = data_task(data, room, split_seed)
+    busy = checkpoints.checkpoint_dir or checkpoints.log_path or settings.eval_every
     if not spec.trains and busy:
         raise ValueError(
             f"method: {method} does not train: no checkpoints, log or evaluations to make"
@@ -120,19 +110,23 @@ def finetune_job(
             f"have one: {', '.join(peft_format_methods())} (--out saves any method's model)"
         )
     run = run_description(loaded, method, seed, untrained, base, tok)
-    if checkpoints.get("resume"):
-        resumed = train_config(loaded.kind, method, seed, settings)
-        check_resume(checkpoints["checkpoint_dir"], run, resumed)
+    if checkpoints.resume:
+        resumed = finetuning.train_config(loaded.kind, method, seed, settings)
+        check_resume(checkpoints.checkpoint_dir, run, resumed)
     out = writable_dir(out, "out") if out else None
     adapter = writable_dir(save_adapter, "save_adapter") if save_adapter else None
 
-    model = prepare_model(load_base(base), loaded, method, seed, tok, settings.steps, config)
+    model = finetuning.prepare_model(
+        pretraining.load_base(base), loaded, method, seed, tok, settings.steps, config
+    )
     if spec.trains:
-        result, _ = finetune(model, loaded, method, seed, tok, settings, extra_state={"run": run},
-                             on_validation=on_validation, **checkpoints)  # fmt: skip
+        result, _ = finetuning.finetune(
+            model, loaded, method, seed, tok, settings, extra_state={"run": run},
+            checkpoints=checkpoints, on_validation=on_validation,
+        )  # fmt: skip
         if _stopped_early(result.step, settings.steps, checkpoints, report):
             return None
-    metrics = evaluate(model, loaded, tok, limit=settings.eval_examples)
+    metrics = finetuning.evaluate(model, loaded, tok, limit=settings.eval_examples)
     for name, value in metrics.items():
         report(f"{loaded.name} / {method}: {name} = {value:.4f}")
     if out:
@@ -148,12 +142,12 @@ def finetune_job(
     return metrics
 
 
-def _stopped_early(step: int, steps: int, checkpoints: dict, report) -> bool:
+def _stopped_early(step: int, steps: int, checkpoints: Checkpoints, report) -> bool:
     """Say so, if ``stop_at`` ended the run before its last step."""
     if step >= steps:
         return False
     report(
-        f"stopped at step {step} of {steps}; the checkpoint is in {checkpoints['checkpoint_dir']}:"
+        f"stopped at step {step} of {steps}; the checkpoint is in {checkpoints.checkpoint_dir}:"
         " run the same command with --resume to continue (nothing is written to --out before)"
     )
     return True

@@ -1,4 +1,5 @@
-"""Where a run writes: checked before any work, made only when written, removed if a write fails.
+"""Where a run writes: checked before any work, made only when written, removed if a write fails;
+and what a training run saves as it goes (``Checkpoints``).
 
 Every check takes the name to give in its error (the command line's "--out"), so the person who
 typed it reads which of their paths is wrong.
@@ -9,7 +10,23 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """What a training run (``pretrain``, ``finetune``) saves as it goes, and whether it goes on
+    from an earlier save: the command line's --checkpoint-dir … --log, checked by it first."""
+
+    checkpoint_dir: Path | None = None  # None: no checkpoints
+    checkpoint_every: int = 0  # steps between checkpoints (0: only at the end)
+    resume: bool = False  # continue from the latest checkpoint in checkpoint_dir, bit for bit
+    stop_at: int | None = None  # end at this step, as an interruption would
+    log_path: Path | None = None  # one JSON line of metrics per step, appended
+
+
+NO_CHECKPOINTS = Checkpoints()  # a run that saves nothing as it goes and starts afresh
 
 
 def writable_dir(path, option: str) -> Path:

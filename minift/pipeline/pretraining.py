@@ -12,6 +12,7 @@ from pathlib import Path
 from minift.checkpoint import atomic_write_json, load_model, save_model
 from minift.data import lm_sampler, load_corpus, standard_tokenizer
 from minift.model import GPT, GPTConfig
+from minift.pipeline.outputs import NO_CHECKPOINTS, Checkpoints
 from minift.train import TrainConfig, Trainer
 
 
@@ -68,32 +69,28 @@ def pretrain(
     out_dir: Path | None = None,
     progress=True,
     *,
-    checkpoint_dir=None,
-    checkpoint_every: int = 0,
-    resume: bool = False,
-    stop_at: int | None = None,
-    log_path=None,
+    checkpoints: Checkpoints = NO_CHECKPOINTS,
 ) -> tuple[GPT, dict]:
     """Train the base on the corpus; save it (with tokenizer and losses) to out_dir if given.
 
-    The checkpoint options are ``finetune``'s. A run stopped early (``stop_at``) saves nothing
-    to ``out_dir``: only its checkpoint; info["step"] says where it stopped, info["losses"] are
-    those of this call (after a resume: from the step it resumed at).
+    ``checkpoints``: what the run saves as it goes. A run stopped early (``stop_at``) saves
+    nothing to ``out_dir``: only its checkpoint; info["step"] says where it stopped,
+    info["losses"] are those of this call (after a resume: from the step it resumed at).
     """
     tok = standard_tokenizer()
     ids = tok.encode(load_corpus())
     model = GPT(spec.model_config(tok.vocab_size), seed=spec.seed)
     trainer = Trainer(
         model,
-        pretrain_config(spec, checkpoint_every=checkpoint_every),
+        pretrain_config(spec, checkpoint_every=checkpoints.checkpoint_every),
         lm_sampler(ids, spec.block_size),
-        log_path=log_path,
-        checkpoint_dir=checkpoint_dir,
+        log_path=checkpoints.log_path,
+        checkpoint_dir=checkpoints.checkpoint_dir,
         extra_state={"run": pretrain_description(spec, tok)},
         progress=progress,
         desc="pretraining",
     )
-    result = trainer.train(resume=resume, stop_at=stop_at)
+    result = trainer.train(resume=checkpoints.resume, stop_at=checkpoints.stop_at)
     info = {
         "spec": asdict(spec),
         "corpus_tokens": len(ids),

@@ -484,7 +484,7 @@ CASES = [  # (loader, file, its new content: bytes, or the fields to set; what t
         "adapter-lora",
         "adapter_config.json",
         {"peft_type": ["LORA"]},
-        'peft_type: ["LORA"] is not one',
+        'peft_type: expected one of "ADALORA", "IA3", "LORA"',
     ),
     (
         "adapter-lora",

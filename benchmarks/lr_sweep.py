@@ -39,6 +39,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import multiprocessing  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -108,23 +109,58 @@ def choose(records) -> dict:
     return chosen
 
 
-def markdown(records, chosen, commands) -> str:
+def choices_resting_on_chrf(records, chosen) -> list[str]:
+    """The generation choices that exact match alone does not decide (a tie at the top)."""
+    resting = []
+    for key, lr in chosen.items():
+        method, kind = key.split("/")
+        if kind != "generation":
+            continue
+        by_lr = {}
+        for r in records:
+            if r["method"] == method and "exact_match" in r:
+                by_lr.setdefault(r["lr"], []).append(r["exact_match"])
+        best = sum(by_lr[lr]) / len(by_lr[lr])
+        if any(sum(v) / len(v) >= best for other, v in by_lr.items() if other != lr):
+            resting.append(key)
+    return resting
+
+
+def markdown(records, chosen, commands, day: str | None = None) -> str:
+    """The page; ``day`` is the day of the runs (today's by default)."""
     from minift.peft import get_method
+
+    day = day or f"{datetime.now(timezone.utc):%Y-%m-%d}"
 
     made_by = " and ".join(f"`{c}`" for c in commands)
     lines = [
         "# Learning rates, chosen on the validation split",
         "",
-        f"Made by {made_by}; one seed per run; {datetime.now(timezone.utc):%Y-%m-%d}.",
+        f"Made by {made_by}; one seed per run; {day}.",
         "",
         "| task | method | lr | validation metrics |",
         "|---|---|--:|---|",
     ]
     for r in records:
         metrics = ", ".join(
-            f"{k} {r[k]:.3f}" for k in ("accuracy", "exact_match", "chrf") if k in r
+            f"{k}{'†' if k == 'chrf' and _stale(r) else ''} {r[k]:.3f}"
+            for k in ("accuracy", "exact_match", "chrf")
+            if k in r
         )
         lines.append(f"| {r['task']} | {r['method']} | {r['lr']:g} | {metrics} |")
+    if any(_stale(r) for r in records):
+        resting = choices_resting_on_chrf(records, chosen)
+        lines += [
+            "",
+            "† scored when minift's chrF was the mean of sentence chrF, not the corpus chrF it "
+            "is now (`python -m benchmarks.lr_sweep` runs these again). chrF only breaks ties of "
+            "exact match: "
+            + (
+                "no choice below rests on it."
+                if not resting
+                else f"these choices rest on it: {', '.join(resting)}."
+            ),
+        ]
     lines += ["", "| method | kind | chosen lr | registered lr |", "|---|---|--:|--:|"]
     for key, lr in chosen.items():
         method, kind = key.split("/")
@@ -141,7 +177,21 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument(
+        "--rewrite-markdown",
+        action="store_true",
+        help="only rewrite lr_sweep.md from lr_sweep.json",
+    )
     args = parser.parse_args(argv)
+    if args.rewrite_markdown:
+        from minift.files import atomic_write_bytes
+
+        sweep = json.loads((args.out / "lr_sweep.json").read_text())
+        page = (args.out / "lr_sweep.md").read_text()
+        day = re.search(r"one seed per run; (\d{4}-\d\d-\d\d)\.", page)  # the runs' day stays
+        text = markdown(sweep["records"], sweep["chosen"], sweep["commands"], day and day[1])
+        atomic_write_bytes(args.out / "lr_sweep.md", text.encode())
+        return sweep["records"], sweep["chosen"]
 
     from minift.pipeline.pretraining import BaseSpec, load_base
 
@@ -164,7 +214,7 @@ def main(argv=None):
             print(f"[{i}/{len(jobs)}] {json.dumps(record)}", flush=True)
     command = ("python -m benchmarks.lr_sweep " + " ".join(sys.argv[1:])).strip()
     args.out.mkdir(parents=True, exist_ok=True)
-    from minift.checkpoint import atomic_write_bytes, atomic_write_json
+    from minift.files import atomic_write_bytes, atomic_write_json
 
     # an earlier sweep's runs of other (task, method, lr) are kept: one file holds every choice
     new_keys = {_key(r) for r in records}

@@ -400,6 +400,30 @@ def test_the_sweep_runs_again_what_was_scored_with_the_old_mean_of_sentence_chrf
     assert not _stale({"task": "kjv-books", "method": "lora", "lr": 1e-2, "accuracy": 0.5})
 
 
+def test_the_sweep_page_marks_old_chrf_and_says_which_choices_rest_on_it():
+    from benchmarks.lr_sweep import choices_resting_on_chrf, markdown
+
+    def run(lr, em, chrf):
+        return {
+            "task": "en-fr-numbers",
+            "method": "lora",
+            "lr": lr,
+            "exact_match": em,
+            "chrf": chrf,
+        }
+
+    decided = [run(1e-2, 0.3, 0.6), run(3e-2, 0.2, 0.9)]
+    assert choices_resting_on_chrf(decided, {"lora/generation": 1e-2}) == []
+    tied = [run(1e-2, 0.2, 0.6), run(3e-2, 0.2, 0.9)]
+    assert choices_resting_on_chrf(tied, {"lora/generation": 3e-2}) == ["lora/generation"]
+    page = markdown(tied, {"lora/generation": 3e-2}, ["python -m benchmarks.lr_sweep"])
+    assert "chrf† 0.600" in page and "these choices rest on it: lora/generation." in page
+    committed = json.loads(SWEEP.read_text())
+    page = markdown(committed["records"], committed["chosen"], committed["commands"])
+    table = (SWEEP.parent / "lr_sweep.md").read_text()
+    assert page.split("\n", 3)[3] == table.split("\n", 3)[3]  # all but the date line
+
+
 def test_a_method_without_a_classification_lr_uses_its_one_lr_for_both_kinds():
     adalora = pipeline.get_method("adalora")  # not swept: one hand-set lr
     assert adalora.classification_lr is None

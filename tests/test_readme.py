@@ -266,3 +266,62 @@ def test_the_glossary_covers_the_articles_terms_and_every_where_file_exists():
             f"{term}: {f} does not exist" for f in files if not (README.parent / f).exists()
         ]
     assert not problems, "\n".join(problems)
+
+
+def test_the_readme_prose_on_the_results_is_what_the_committed_run_measured():
+    """Each number the README's "What it shows" quotes is computed here from results.json and
+    lr_sweep.json, and each comparison its words make ("equal, not better", "reaches") holds."""
+    import json
+
+    from minift import pipeline
+
+    base = README.parent / "benchmarks" / "results"
+    rows = pipeline.summarize(json.loads((base / "compare" / "results.json").read_text()))
+    main = {
+        (r["task"], r["method"]): r
+        for r in rows
+        if r["metric"] == pipeline.main_metric(rows, r["task"])
+    }
+    text = " ".join(README.read_text().split())
+
+    def overlap(a, b):
+        return abs(a["mean"] - b["mean"]) <= a["half_width"] + b["half_width"]
+
+    lora, full = main["kjv-books", "lora"], main["kjv-books", "full"]
+    lora_docs, full_docs = main["stdlib-modules", "lora"], main["stdlib-modules", "full"]
+    share = 100 * lora["trainable_params"] / full["trainable_params"]
+    assert f"{share:.1f} % as many parameters" in text
+    of_model = 100 * lora["trainable_params"] / lora["total_params"]
+    assert (
+        f"({lora['trainable_params']:,} against {full['trainable_params']:,}; "
+        f"{of_model:.2f} % of its model's" in text
+    )
+    assert (
+        f"{lora['mean']:.3f} against {full['mean']:.3f} on King James verses and "
+        f"{lora_docs['mean']:.3f} against {full_docs['mean']:.3f} on docstrings" in text
+    )
+    if "(the intervals overlap: equal, not better)" in text:
+        assert overlap(lora, full) and overlap(lora_docs, full_docs)
+
+    sweep = json.loads((base / "lr_sweep.json").read_text())["records"]
+    generation_lr = pipeline.get_method("lora").lr_for("generation")
+    at_generation_lr = {
+        r["task"]: r["accuracy"]
+        for r in sweep
+        if r["method"] == "lora" and r["lr"] == generation_lr and "accuracy" in r
+    }
+    assert (
+        f"at the {generation_lr:.0e}".replace("e-0", "e-") + " that suits it for generation" in text
+    )
+    assert (
+        f"LoRA falls to {at_generation_lr['kjv-books']:.2f} and "
+        f"{at_generation_lr['stdlib-modules']:.2f} on the validation splits" in text
+    )
+
+    lora_fr, full_fr = main["en-fr-numbers", "lora"], main["en-fr-numbers", "full"]
+    share_fr = 100 * lora_fr["mean"] / full_fr["mean"]
+    assert f"{share_fr:.0f} % of full fine-tuning's exact match" in text
+    assert lora_fr["mean"] + lora_fr["half_width"] < full_fr["mean"] - full_fr["half_width"]
+    sparse_fr = main["en-fr-numbers", "sparse"]
+    if "reaches full fine-tuning there too" in text:
+        assert overlap(sparse_fr, full_fr) or sparse_fr["mean"] > full_fr["mean"]

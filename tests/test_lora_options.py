@@ -12,9 +12,13 @@ from hypothesis import strategies as st
 import minift
 from minift.errors import FileFormatError
 from minift.gradcheck import check_gradients, cross_entropy_loss, randomize_params
+from minift.optim import AdamW
+from minift.param_groups import loraplus_param_groups
 from minift.peft import LoraConfig, PeftModel, get_peft_model
 from minift.peft.lora_init import olora_init, pissa_init
+from minift.peft.registry import command_line_options, method_config
 from minift.peft.targets import block_index, pattern_key
+from minift.train import TrainConfig, build_optimizer
 
 TINY = minift.GPTConfig(vocab_size=11, block_size=8, n_layer=3, n_head=2, d_model=8)
 TOL = 1e-7
@@ -262,3 +266,66 @@ def test_every_parameter_of_a_lora_with_rank_and_alpha_patterns_matches_finite_d
     report = check_gradients(cross_entropy_loss(peft, *batch(seed)), peft.named_parameters())
     assert len(report.errors) == 2 * 2 * TINY.n_layer
     assert report.ok(TOL), str(report)
+
+
+# -- LoRA+ -----------------------------------------------------------------------------------------
+
+
+def test_loraplus_groups_give_b_and_the_1d_params_ratio_times_the_lr_as_peft_does():
+    model = minift.GPTForSequenceClassification(TINY, num_labels=3, seed=0, dtype=np.float64)
+    config = LoraConfig(r=2, target_modules=["c_attn"], modules_to_save=["score", "ln_f"])
+    named = get_peft_model(model, config).named_parameters()
+    groups = {g["name"]: g for g in loraplus_param_groups(named, 1e-3, 16, weight_decay=0.1)}
+    assert sorted(groups["A"]["params"]) == sorted(
+        [f"h.{i}.attn.c_attn.lora_A" for i in range(3)] + ["score.weight"]
+    )
+    assert sorted(groups["B"]["params"]) == [f"h.{i}.attn.c_attn.lora_B" for i in range(3)]
+    assert sorted(groups["B_no_decay"]["params"]) == ["ln_f.bias", "ln_f.weight"]
+    lrs = {k: (g["lr"], g["weight_decay"]) for k, g in groups.items()}
+    assert lrs == {"A": (1e-3, 0.1), "B": (16e-3, 0.1), "B_no_decay": (16e-3, 0.0)}
+    with pytest.raises(ValueError, match="loraplus_lr_ratio: expected a finite number > 0"):
+        loraplus_param_groups(named, 1e-3, 0)
+
+
+def test_loraplus_steps_b_exactly_as_an_adamw_with_ratio_times_the_lr():
+    def trained(ratio):
+        config = LoraConfig(r=2, lora_alpha=4, loraplus_lr_ratio=ratio)
+        peft = get_peft_model(tiny_gpt(7), config, seed=7)
+        train_config = TrainConfig(steps=3, lr=1e-2, weight_decay=0.01)
+        optimizer = build_optimizer(peft, train_config)
+        for _ in range(3):
+            peft.zero_grad()
+            cross_entropy_loss(peft, *batch(7))(True)
+            optimizer.step()
+        return {n: p.value for n, p in peft.named_parameters().items() if "lora_" in n}
+
+    def plain(lr_of):
+        peft = get_peft_model(tiny_gpt(7), LoraConfig(r=2, lora_alpha=4), seed=7)
+        named = {n: p for n, p in peft.named_parameters().items() if p.trainable}
+        groups = [
+            {"params": {n: p for n, p in named.items() if kind in n}, "lr": lr_of[kind]}
+            for kind in ("lora_A", "lora_B")
+        ]
+        optimizer = AdamW(groups, lr=1e-2, weight_decay=0.01)
+        for _ in range(3):
+            peft.zero_grad()
+            cross_entropy_loss(peft, *batch(7))(True)
+            optimizer.step()
+        return {n: p.value for n, p in peft.named_parameters().items() if "lora_" in n}
+
+    loraplus = trained(16.0)
+    reference = plain({"lora_A": 1e-2, "lora_B": 16e-2})
+    for name, value in reference.items():
+        np.testing.assert_array_equal(loraplus[name], value, err_msg=name)
+    same_lr = trained(1.0)["h.0.attn.c_attn.lora_B"]
+    assert np.abs(same_lr - loraplus["h.0.attn.c_attn.lora_B"]).max() > 1e-3
+
+
+def test_finetune_takes_loraplus_lr_ratio_and_peft_files_leave_it_out(tmp_path):
+    config = method_config("lora", "generation", 10, loraplus_lr_ratio=8.0)
+    assert config.loraplus_lr_ratio == 8.0
+    assert command_line_options()["loraplus_lr_ratio"].flag == "--loraplus-lr-ratio"
+    get_peft_model(tiny_gpt(), config).save_pretrained(tmp_path)
+    assert "loraplus_lr_ratio" not in json.loads((tmp_path / "adapter_config.json").read_text())
+    with pytest.raises(ValueError, match="layerwise_lr_decay: cannot be combined with LoRA+"):
+        build_optimizer(get_peft_model(tiny_gpt(), config), TrainConfig(layerwise_lr_decay=0.9))

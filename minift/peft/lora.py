@@ -254,7 +254,10 @@ class LoraConfig(PeftConfig):
     exclude_modules: list[str] | str | None = None
     layers_to_transform: int | list[int] | None = None  # block indices
     layers_pattern: list[str] | str | None = None  # the name of the block list ("h")
+    # LoRA+: B's lr = ratio × A's (param_groups.loraplus_param_groups); PEFT's LoraConfig lacks it
+    loraplus_lr_ratio: float | None = None
 
+    fields_peft_lacks = ("loraplus_lr_ratio",)
     peft_type = "LORA"
     positive_fields = ("lora_alpha",)  # α ≤ 0 flips or erases the update
     default_target_modules = ("c_attn",)  # PEFT's default for GPT-2
@@ -275,6 +278,9 @@ class LoraConfig(PeftConfig):
                 f"init (True or 'gaussian'), got {self.init_lora_weights!r}"
             )
         self._check_patterns()
+        ratio = self.loraplus_lr_ratio
+        if ratio is not None and not (isinstance(ratio, (int, float)) and 0 < ratio < math.inf):
+            raise ValueError(f"loraplus_lr_ratio: expected a finite number > 0, got {ratio!r}")
         if self.bias != "none":
             raise ValueError(
                 f"bias: minift's LoRA trains no biases (use BitFit), got {self.bias!r}"
@@ -334,8 +340,9 @@ LORA_OPTIONS = [
     Option("lora_dropout", "dropout on LoRA's input", type=float, low=0, high=1, high_open=True),
     TARGET_MODULES,
 ]
+LORAPLUS = Option("loraplus_lr_ratio", "LoRA+: B's lr = ratio·lr", type=float, low=0, low_open=True)
 LORA_DEFAULTS = {"r": 8, "lora_alpha": 16, "target_modules": ["c_attn", "attn.c_proj"]}
 
 register_method("lora", LoraConfig, "LoRA r=8 on c_attn and attn.c_proj (§2.3; Hu et al. 2021)",
                 lr=1e-2, classification_lr=3e-3, lr_grid=[1e-3, 3e-3, 1e-2, 3e-2],
-                defaults=LORA_DEFAULTS, options=LORA_OPTIONS)  # fmt: skip
+                defaults=LORA_DEFAULTS, options=[*LORA_OPTIONS, LORAPLUS])  # fmt: skip

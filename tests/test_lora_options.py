@@ -203,7 +203,7 @@ def test_patterns_and_layers_survive_the_adapter_files_both_ways(tmp_path):
         r=2,
         lora_alpha=4,
         target_modules=["c_attn", "c_fc"],
-        rank_pattern={"c_fc": 3},
+        rank_pattern={"c_fc": 3, "attn.c_attn": 1},  # not sorted: the order is the meaning
         alpha_pattern={r"h\.2\.attn\.c_attn": 9},
         layers_to_transform=[0, 2],
         exclude_modules=["h.0.mlp.c_fc"],
@@ -214,7 +214,8 @@ def test_patterns_and_layers_survive_the_adapter_files_both_ways(tmp_path):
     expected = peft.forward(idx)
     peft.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "adapter_config.json").read_text())
-    assert saved["rank_pattern"] == {"c_fc": 3} and saved["layers_to_transform"] == [0, 2]
+    assert list(saved["rank_pattern"].items()) == [("c_fc", 3), ("attn.c_attn", 1)]
+    assert saved["layers_to_transform"] == [0, 2]
     loaded = PeftModel.from_pretrained(tiny_gpt(5), tmp_path)
     assert sorted(lora_layers(loaded)) == ["h.0.attn.c_attn", "h.2.attn.c_attn", "h.2.mlp.c_fc"]
     np.testing.assert_array_equal(loaded.forward(idx), expected)

@@ -11,7 +11,12 @@ from hypothesis import strategies as st
 
 import minift
 from minift.errors import FileFormatError
-from minift.gradcheck import check_gradients, cross_entropy_loss, randomize_params
+from minift.gradcheck import (
+    check_gradients,
+    cross_entropy_loss,
+    fixed_dropout_masks,
+    randomize_params,
+)
 from minift.optim import AdamW
 from minift.param_groups import loraplus_param_groups
 from minift.peft import LoraConfig, PeftModel, get_peft_model
@@ -248,13 +253,15 @@ def test_a_bad_option_in_adapter_config_is_named_with_its_file(tmp_path, field, 
 
 
 @settings(max_examples=4, deadline=None)
-@given(seeds, st.sampled_from([True, "pissa", "olora"]))
+@given(seeds, st.sampled_from([True, "pissa", "olora"]), st.floats(0.1, 0.5))
 def test_every_parameter_of_a_lora_with_rank_and_alpha_patterns_matches_finite_differences(
-    seed, init
+    seed, init, dropout
 ):
+    """Per-layer r and α from the patterns, lora_dropout on (its masks fixed for the check)."""
     config = LoraConfig(
         r=2,
         lora_alpha=3,
+        lora_dropout=dropout,
         init_lora_weights=init,
         target_modules=["c_attn", "c_fc"],
         rank_pattern={"c_fc": 1, r"h\.1\.attn\.c_attn": 3},
@@ -264,7 +271,8 @@ def test_every_parameter_of_a_lora_with_rank_and_alpha_patterns_matches_finite_d
     assert {m.r for m in lora_layers(peft).values()} == {1, 2, 3}
     lora = {n: p for n, p in peft.named_parameters().items() if "lora_" in n}
     randomize_params(lora, seed + 1, scale=0.1)
-    report = check_gradients(cross_entropy_loss(peft, *batch(seed)), peft.named_parameters())
+    loss = fixed_dropout_masks(cross_entropy_loss(peft, *batch(seed)), peft)
+    report = check_gradients(loss, peft.named_parameters())
     assert len(report.errors) == 2 * 2 * TINY.n_layer
     assert report.ok(TOL), str(report)
 
@@ -330,3 +338,18 @@ def test_finetune_takes_loraplus_lr_ratio_and_peft_files_leave_it_out(tmp_path):
     assert "loraplus_lr_ratio" not in json.loads((tmp_path / "adapter_config.json").read_text())
     with pytest.raises(ValueError, match="layerwise_lr_decay: cannot be combined with LoRA+"):
         build_optimizer(get_peft_model(tiny_gpt(), config), TrainConfig(layerwise_lr_decay=0.9))
+
+
+def test_a_failed_pissa_load_leaves_the_base_weights_as_they_were(tmp_path):
+    config = LoraConfig(r=2, init_lora_weights="pissa", target_modules=["c_attn"])
+    get_peft_model(tiny_gpt(1), config).save_pretrained(tmp_path)
+    wider = minift.GPTConfig(**{**vars(TINY), "d_model": 12})
+    model = tiny_gpt(1, config=wider)
+    before = {n: p.value.copy() for n, p in model.named_parameters().items()}
+    with pytest.raises(FileFormatError, match="expected shape"):
+        # the layers wrap (and factorise) first; only the tensors then do not fit
+        PeftModel.from_pretrained(model, tmp_path)
+    after = model.named_parameters()
+    assert sorted(after) == sorted(before)
+    for name, value in before.items():
+        np.testing.assert_array_equal(after[name].value, value, err_msg=name)

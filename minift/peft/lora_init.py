@@ -28,7 +28,8 @@ Saving such an adapter: its A and B are only meaningful with the residual base. 
 PEFT's from_pretrained does: adapter_config.json says ``"pissa"`` (or ``"olora"``), and loading
 the file onto the ORIGINAL base model runs the same factorisation again (computing the residual)
 before the trained A, B overwrite the initial ones. The file is for the original base, never for
-the residual one.
+the residual one. (So too ``unload()`` returns the residual base, and ``merge_and_unload()`` the
+original W₀ plus the trained change.)
 
 Shape legend: r rank, d_in / d_out the layer's in / out.
 """

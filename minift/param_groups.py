@@ -247,16 +247,14 @@ _NORM_NAME = re.compile(r"(^|\.)(ln_\w+|LayerNorm)\.")
 
 
 def loraplus_param_groups(
-    named_params: Mapping[str, Param],
-    lr: float,
-    loraplus_lr_ratio: float,
-    weight_decay: float = 0.0,
+    named_params: Mapping[str, Param], lr: float, loraplus_lr_ratio: float, *, weight_decay=0.0
 ) -> list[dict[str, Any]]:
     """LoRA+ (Hayou et al., 2024): B learns ``loraplus_lr_ratio`` times faster than A.
 
     With A [r, in] and B [out, r] of very unequal widths, one learning rate for both is not the
-    efficient choice; LoRA+ sets η_B = λ·η_A (the paper suggests λ ≈ 16). The groups are those of
-    PEFT's ``create_loraplus_optimizer``, and like it, by the parameters' names and shapes:
+    efficient choice; LoRA+ sets η_B = λ·η_A, with λ > 1 (PEFT's ``loraplus_lr_ratio``). The
+    groups are those of PEFT's ``create_loraplus_optimizer``, and like it, by the parameters'
+    names and shapes:
 
         "A"           lora_A and every other trainable matrix          lr,     weight_decay
         "B"           lora_B, and every other 1-D parameter (a bias,   λ·lr,   weight_decay

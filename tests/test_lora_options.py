@@ -353,3 +353,15 @@ def test_a_failed_pissa_load_leaves_the_base_weights_as_they_were(tmp_path):
     assert sorted(after) == sorted(before)
     for name, value in before.items():
         np.testing.assert_array_equal(after[name].value, value, err_msg=name)
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_unload_gives_the_residual_base_and_merge_and_unload_the_original(init):
+    config = LoraConfig(r=2, lora_alpha=4, init_lora_weights=init, target_modules=["c_attn"])
+    W0 = tiny_gpt(2).h[1].attn.c_attn.weight.value
+    merged = get_peft_model(tiny_gpt(2), config).merge_and_unload().h[1].attn.c_attn.weight.value
+    np.testing.assert_allclose(merged, W0, rtol=0, atol=1e-12)
+    peft = get_peft_model(tiny_gpt(2), config)
+    layer = peft.h[1].attn.c_attn
+    residual = W0 - 2.0 * (layer.lora_B.value @ layer.lora_A.value).T  # s = 4/2
+    np.testing.assert_allclose(peft.unload().h[1].attn.c_attn.weight.value, residual, atol=1e-12)

@@ -71,7 +71,7 @@ from minift.nn import Linear
 from minift.param import Param
 from minift.peft.adapted import AdaptedLinear
 from minift.peft.base import PeftConfig, register
-from minift.peft.lora_init import SVD_INITS, check_init, random_init
+from minift.peft.lora_init import SVD_INITS, check_init, random_init, warn_if_peft_cannot_load
 from minift.peft.registry import TARGET_MODULES, Option, register_method
 from minift.peft.targets import (
     check_layer_fields,
@@ -307,10 +307,8 @@ class LoraConfig(PeftConfig):
 
     def apply(self, model, rng):
         targets = self.target_modules or list(self.default_target_modules)
-        chosen = select_targets(
-            model, targets, self.exclude_modules, self.layers_to_transform, self.layers_pattern
-        )
-        for name in chosen:
+        narrowing = (self.exclude_modules, self.layers_to_transform, self.layers_pattern)
+        for name in select_targets(model, targets, *narrowing):
             model.set_submodule(name, self.wrap(name, model.get_submodule(name), rng))
 
     def wrap(self, name, layer, rng):
@@ -326,6 +324,10 @@ class LoraConfig(PeftConfig):
             self.init_lora_weights,
             rng=rng,
         )
+
+    def peft_fields(self, peft_model):
+        warn_if_peft_cannot_load(self.init_lora_weights, self.fan_in_fan_out)
+        return {}
 
     def peft_key(self, name):
         # PEFT's lora_A / lora_B are nn.Linear modules, so their keys end in ".weight":

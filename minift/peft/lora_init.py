@@ -22,7 +22,7 @@ QR fix their vectors only up to sign, so two implementations agree on B·A and W
 and B. PEFT factorises in float32; minift in the model's dtype. PEFT gives PiSSA GPT-2's [in, out]
 Conv1D transposed, but refuses OLoRA on it (its QR would take W₀ʳᵀ); minift's weights are
 [in, out] throughout and both inits transpose to the paper's layout first: OLoRA on GPT-2 is
-minift's extension, the file it writes loads only in minift.
+minift's extension, the file it writes loads only in minift (saving it warns so).
 
 Saving such an adapter: its A and B are only meaningful with the residual base. minift does what
 PEFT's from_pretrained does: adapter_config.json says ``"pissa"`` (or ``"olora"``), and loading
@@ -37,6 +37,7 @@ Shape legend: r rank, d_in / d_out the layer's in / out.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -88,3 +89,17 @@ def olora_init(W0, r: int, scaling: float):
 
 
 SVD_INITS = {"pissa": pissa_init, "olora": olora_init}
+
+
+def warn_if_peft_cannot_load(init, fan_in_fan_out) -> None:
+    """Saving an OLoRA adapter for GPT-2: say that it loads in minift only.
+
+    PEFT 0.21's OLoRA factorises the stored weight as is; on GPT-2's [in, out] Conv1D that gives
+    B [in, r] and A [r, out], and the adapted model fails at its first forward.
+    """
+    if init == "olora" and fan_in_fan_out:
+        warnings.warn(
+            "init_lora_weights: 'olora' on [in, out] (Conv1D) weights is minift's extension; "
+            "PEFT 0.21 cannot apply this adapter to GPT-2 (it loads in minift only)",
+            stacklevel=4,
+        )

@@ -20,9 +20,10 @@ of W₀ into A and B, the base keeping the residual W₀ʳᵉˢ = W₀ − s·B�
 Either way W₀ʳᵉˢ + s·B·A = W₀ exactly in exact arithmetic (tests: to 1e-10 in float64). SVD and
 QR fix their vectors only up to sign, so two implementations agree on B·A and W₀ʳᵉˢ, not on A
 and B. PEFT factorises in float32; minift in the model's dtype. PEFT gives PiSSA GPT-2's [in, out]
-Conv1D transposed, but refuses OLoRA on it (its QR would take W₀ʳᵀ); minift's weights are
-[in, out] throughout and both inits transpose to the paper's layout first: OLoRA on GPT-2 is
-minift's extension, the file it writes loads only in minift (saving it warns so).
+Conv1D transposed, but not OLoRA: its QR takes the stored [in, out] weight, builds B [in, r] and
+A [r, out], and the model fails at its first forward. minift's weights are [in, out] throughout
+and both inits transpose to the paper's layout first: OLoRA on GPT-2 is minift's extension, the
+file it writes loads only in minift (saving it warns so).
 
 Saving such an adapter: its A and B are only meaningful with the residual base. minift does what
 PEFT's from_pretrained does: adapter_config.json says ``"pissa"`` (or ``"olora"``), and loading

@@ -511,6 +511,8 @@ def _add_method_options(p):
                     value = list(config.default_target_modules)
                 if isinstance(value, (list, tuple)):
                     value = " ".join(value) or "every module"
+                if value is None:
+                    value = "off"  # an option that is off unless given (LoRA+)
                 defaults.append(f"{method.name}: {value}")
         g.add_argument(
             option.flag,

@@ -1,5 +1,6 @@
 """Parameter groups: the forms an optimizer's ``params`` may take, the checks every
-hyper-parameter passes, and layer-wise learning-rate decay (one group per depth).
+hyper-parameter passes, layer-wise learning-rate decay (one group per depth) and LoRA+ (B's
+learning rate a multiple of A's).
 
 A group is a dict ``{"params": {name: Param}, <hyper-parameter>: value, …}``. Names are GPT-2's
 (the keys of ``model.named_parameters()``), so optimizer state, checkpoints and the trainable
@@ -23,6 +24,7 @@ __all__ = [
     "params_by_name",
     "split_into_groups",
     "layerwise_lr_groups",
+    "loraplus_param_groups",
     "sum_of_squares",
     "check_real",
     "check_lr",
@@ -236,5 +238,60 @@ def layerwise_lr_groups(
     return [
         {"name": key, "params": members[key], "lr": lr_of[key], "weight_decay": weight_decay}
         for key in order
+        if members[key]
+    ]
+
+
+# A LayerNorm's gain and shift, GPT-2's (ln_1, ln_f) and BERT's (LayerNorm): never decayed
+_NORM_NAME = re.compile(r"(^|\.)(ln_\w+|LayerNorm)\.")
+
+
+def loraplus_param_groups(
+    named_params: Mapping[str, Param], lr: float, loraplus_lr_ratio: float, *, weight_decay=0.0
+) -> list[dict[str, Any]]:
+    """LoRA+ (Hayou et al., 2024): B learns ``loraplus_lr_ratio`` times faster than A.
+
+    With A [r, in] and B [out, r] of very unequal widths, one learning rate for both is not the
+    efficient choice; LoRA+ sets η_B = λ·η_A, with λ > 1 (PEFT's ``loraplus_lr_ratio``). The
+    groups are those of PEFT's ``create_loraplus_optimizer``, and like it, by the parameters'
+    names and shapes:
+
+        "A"           lora_A and every other trainable matrix          lr,     weight_decay
+        "B"           lora_B, and every other 1-D parameter (a bias,   λ·lr,   weight_decay
+                      DoRA's magnitude …)
+        "B_no_decay"  those of "B" that are biases or LayerNorm's      λ·lr,   0
+
+    Frozen params are left out, and so is a group with no trainable param. A schedule scales
+    every group's lr by the same factor (minift.schedule), so the ratio holds throughout.
+    """
+    named = params_by_name(named_params, "named_params", [0])
+    lr = check_lr(lr)
+    ratio = check_real(loraplus_lr_ratio, "loraplus_lr_ratio", "")
+    if not (math.isfinite(ratio) and ratio > 0):
+        raise ValueError(f"loraplus_lr_ratio: expected a finite number > 0, got {ratio}")
+    weight_decay = check_weight_decay(weight_decay)
+    members: dict[str, dict[str, Param]] = {"A": {}, "B": {}, "B_no_decay": {}}
+    for name, p in named.items():
+        if not p.trainable:
+            continue
+        if "lora_B" not in name and p.value.ndim != 1:
+            members["A"][name] = p
+        elif "bias" in name or _NORM_NAME.search(name):
+            members["B_no_decay"][name] = p
+        else:
+            members["B"][name] = p
+    settings = {
+        "A": (lr, weight_decay),
+        "B": (ratio * lr, weight_decay),
+        "B_no_decay": (ratio * lr, 0.0),
+    }
+    return [
+        {
+            "name": key,
+            "params": members[key],
+            "lr": settings[key][0],
+            "weight_decay": settings[key][1],
+        }
+        for key in members
         if members[key]
     ]

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from minift.functional import cross_entropy
 from minift.nn import Dropout, Module
 from minift.optim import SGD, AdamW
-from minift.param_groups import layerwise_lr_groups
+from minift.param_groups import layerwise_lr_groups, loraplus_param_groups
 from minift.schedule import LRScheduler, clip_grad_norm, warmup_cosine
 from minift.train_checkpoint import (  # noqa: F401 (importable from here, as before)
     CHECKPOINT_FILES,
@@ -151,11 +151,20 @@ class TrainResult:
 
 
 def build_optimizer(model: Module, config: TrainConfig):
-    """AdamW or SGD over the trainable params, with layer-wise lr groups when asked."""
+    """AdamW or SGD over the trainable params, with layer-wise lr groups when asked, or LoRA+'s
+    when the model's LoRA config sets ``loraplus_lr_ratio``."""
     named = {n: p for n, p in model.named_parameters().items() if p.trainable}
     if not named:
         raise ValueError("model: no trainable parameters; the method froze everything")
     params: Any = named
+    ratio = getattr(getattr(model, "peft_config", None), "loraplus_lr_ratio", None)
+    if ratio is not None and config.layerwise_lr_decay is not None:
+        raise ValueError(
+            "layerwise_lr_decay: cannot be combined with LoRA+ (loraplus_lr_ratio), which sets "
+            "the learning rates by factor instead of by depth"
+        )
+    if ratio is not None:
+        params = loraplus_param_groups(named, config.lr, ratio, weight_decay=config.weight_decay)
     if config.layerwise_lr_decay is not None:
         params = layerwise_lr_groups(
             named, config.lr, config.layerwise_lr_decay, weight_decay=config.weight_decay

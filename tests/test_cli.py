@@ -114,6 +114,14 @@ def test_finetune_evaluate_generate_round_trip(tmp_path, capsys):
     assert code == 0 and stdout.startswith("def ") and len(stdout.strip()) >= 5
 
 
+def test_finetune_with_loraplus_records_the_ratio_with_the_method(tmp_path, capsys):
+    out = tmp_path / "ft"
+    code, stdout, _ = run(capsys, "finetune", "--task", "stdlib-modules", "--method", "lora",
+                          "--loraplus-lr-ratio", "16", "--out", str(out), *FAST)  # fmt: skip
+    assert code == 0 and "stdlib-modules / lora: accuracy = " in stdout
+    assert '"loraplus_lr_ratio": 16.0' in (out / "finetuned.json").read_text()
+
+
 def test_pretrain_to_a_directory(tmp_path, capsys):
     code, stdout, _ = run(
         capsys, "pretrain", "--steps", "2", "--out", str(tmp_path / "base"), *TINY_BASE
@@ -189,6 +197,14 @@ def test_finetune_in_two_threads(tmp_path, capsys):
         (
             ["finetune", "--task", "babi-qa", "--method", "lora", "--r", "0"],
             "--r: expected ≥ 1, got 0",
+        ),
+        (
+            ["finetune", "--task", "babi-qa", "--method", "lora", "--loraplus-lr-ratio", "0"],
+            "--loraplus-lr-ratio: expected a number in (0, inf], got 0",
+        ),
+        (
+            ["finetune", "--task", "babi-qa", "--method", "adalora", "--loraplus-lr-ratio", "2"],
+            "--loraplus-lr-ratio: method adalora has no such option",
         ),
         (
             ["finetune", "--task", "babi-qa", "--method", "lora", "--steps", "abc"],

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -398,7 +399,16 @@ def test_adapter_matches_hugging_face_peft_when_installed(tmp_path):
     [
         ({"r": 0}, ValueError, "r: expected a positive integer rank, got 0"),
         ({"lora_dropout": 1.0}, ValueError, r"lora_dropout: expected a probability in \[0, 1\)"),
-        ({"init_lora_weights": "pissa"}, ValueError, "init_lora_weights: expected True or"),
+        ({"init_lora_weights": "loftq"}, ValueError, "init_lora_weights: expected True, False"),
+        ({"init_lora_weights": "pissa_niter_4"}, ValueError, "randomized SVD of 'pissa_niter_K'"),
+        ({"init_lora_weights": 1}, ValueError, "init_lora_weights: expected True, False"),
+        ({"rank_pattern": {"c_attn": 0}}, ValueError, "rank_pattern: 'c_attn': expected a pos"),
+        ({"alpha_pattern": {"c_(": 2}}, re.error, "alpha_pattern: 'c_\\(': "),
+        ({"layers_to_transform": [0, -1]}, TypeError, "layers_to_transform: expected a block"),
+        ({"layers_pattern": "h"}, ValueError, "layers_pattern: needs layers_to_transform"),
+        ({"layers_to_transform": 0, "target_modules": "c_.*"}, ValueError, "when target_mod"),
+        ({"exclude_modules": 3}, TypeError, "exclude_modules: expected a regex string or a list"),
+        ({"use_dora": True, "init_lora_weights": "pissa"}, ValueError, "DoRA's magnitude"),
         ({"bias": "all"}, ValueError, "bias: minift's LoRA trains no biases"),
         ({"target_modules": 3}, TypeError, "target_modules: expected a regex string or a list"),
         ({"lora_alpha": float("nan")}, ValueError, "lora_alpha: expected a finite number, got nan"),

@@ -36,6 +36,26 @@ CONFIG = minift.GPTConfig(vocab_size=11, block_size=16, n_layer=2, n_head=2, d_m
 N_VIRTUAL = 4
 TOL = 1e-10  # float64 on both sides: only the order of the sums differs
 
+PATTERNS = {
+    "r": 2,
+    "lora_alpha": 4,
+    "target_modules": ["c_attn", "c_fc", "c_proj"],
+    # h.1.attn.c_attn ends in "c_attn" too: the first key wins, in dict order. PEFT writes its
+    # config with sorted keys, and reads the file in that order: the more specific key must
+    # also sort first (".*h" < "c_") for PEFT's model and PEFT's file to mean the same
+    "rank_pattern": {r".*h\.1\.attn\.c_attn": 1, "c_attn": 3, "c_fc": 4},
+    "alpha_pattern": {"attn.c_proj": 5, "c_attn": 7},
+    "layers_to_transform": [1],
+    "exclude_modules": ["mlp.c_proj"],
+}
+ALL_LINEAR = {
+    "r": 2,
+    "lora_alpha": 4,
+    "target_modules": "all-linear",
+    "exclude_modules": r".*h\.0\.mlp\..*",
+    "rank_pattern": {"mlp.c_proj": 3},
+}
+
 # method -> (minift's config, the same method as PEFT's config class name and its fields)
 METHODS = {
     "lora": (
@@ -63,6 +83,15 @@ METHODS = {
                 r"|transformer\.h\.1\.mlp\.c_fc",
             },
         ),
+    ),
+    # PEFT 0.21's LoRA options: per-layer r and α, blocks, exclusions, and "all-linear"
+    "lora_patterns": (
+        lambda: LoraConfig(**PATTERNS),
+        ("LoraConfig", PATTERNS),
+    ),
+    "lora_all_linear": (
+        lambda: LoraConfig(**ALL_LINEAR),
+        ("LoraConfig", ALL_LINEAR),
     ),
     "adalora": (
         lambda: AdaLoraConfig(init_r=3, target_r=2, lora_alpha=5, total_step=10, tinit=2),
@@ -408,3 +437,50 @@ def test_a_pruned_adalora_adapter_minift_writes_gives_pefts_logits(tmp_path):
     ignored = "rank_pattern keys did not match any targeted module and were ignored"
     assert [c for c in complaints if ignored not in c] == []
     np.testing.assert_allclose(hf_logits(torch, hf, idx), expected, rtol=TOL, atol=TOL)
+
+
+@pytest.mark.reference
+def test_a_pissa_adapter_means_the_same_residual_and_logits_in_peft_both_ways(tmp_path):
+    """PEFT factorises W₀ only in float32 (it refuses float64 for PiSSA), so here, unlike
+    everywhere else in this file, the two sides agree to float32's rounding, not float64's: the
+    residual and s·B·A to 1e-5 (entries of size ≈ 1, float32's ε ≈ 1.2e-7, an SVD's error a
+    few ε·‖W‖), the logits to 1e-4. SVD signs are arbitrary, so B·A is compared, not A and B."""
+    torch, transformers, peft_lib = import_references()
+    fields = {"r": 2, "lora_alpha": 4, "init_lora_weights": "pissa", "target_modules": ["c_fc"]}
+    model = base_model(7)
+    hf_gpt2(model, tmp_path / "base")
+
+    def hf32():
+        return transformers.GPT2LMHeadModel.from_pretrained(
+            tmp_path / "base", torch_dtype=torch.float32
+        )
+
+    theirs = peft_lib.get_peft_model(
+        hf32(), peft_lib.LoraConfig(task_type="CAUSAL_LM", fan_in_fan_out=True, **fields)
+    )
+    ours = get_peft_model(model, LoraConfig(**fields))
+    for i in range(CONFIG.n_layer):
+        layer, peft_layer = ours.h[i].mlp.c_fc, theirs.base_model.model.transformer.h[i].mlp.c_fc
+        A = peft_layer.lora_A["default"].weight.detach().double().numpy()
+        B = peft_layer.lora_B["default"].weight.detach().double().numpy()
+        residual = peft_layer.base_layer.weight.detach().double().numpy()  # Conv1D: [in, out]
+        np.testing.assert_allclose(layer.base_layer.weight.value, residual, rtol=0, atol=1e-5)
+        ours_BA = layer.lora_B.value @ layer.lora_A.value
+        np.testing.assert_allclose(ours_BA, B @ A, rtol=0, atol=1e-5)
+
+    # trained a little, written by PEFT, read by minift onto the ORIGINAL base
+    with torch.no_grad():
+        for p in theirs.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    theirs.eval()
+    idx = tokens(8)
+    expected = hf_logits(torch, theirs, idx)
+    theirs.save_pretrained(tmp_path / "peft")
+    loaded = PeftModel.from_pretrained(base_model(7), tmp_path / "peft", is_trainable=True)
+    np.testing.assert_allclose(loaded.forward(idx), expected, rtol=1e-4, atol=1e-4)
+
+    # and back: minift's file, read by PEFT onto the original base, gives minift's logits
+    loaded.save_pretrained(tmp_path / "minift")
+    back = peft_lib.PeftModel.from_pretrained(hf32().eval(), tmp_path / "minift")
+    np.testing.assert_allclose(hf_logits(torch, back, idx), expected, rtol=1e-4, atol=1e-4)

@@ -27,9 +27,9 @@ def config_from_json(cls, d: dict[str, Any], where):
     ``target_modules`` must compile, a field in ``cls.positive_fields`` must be > 0, and
     whatever the config's own checks refuse is refused too: each a FileFormatError naming
     ``where`` and the field. A field we do not implement, set to a non-default value, is an
-    error: PEFT writes many fields (``task_type``, ``inference_mode``, ``layers_to_transform``
-    …); those left at their neutral values are ignored, anything that would change the method
-    is refused rather than silently dropped.
+    error: PEFT writes many fields (``task_type``, ``inference_mode``, ``lora_bias`` …);
+    those left at their neutral values are ignored, anything that would change the method is
+    refused rather than silently dropped.
     """
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
@@ -108,7 +108,8 @@ def _checked_field(cls, key: str, value, hint, where):
     return value
 
 
-_REGEX_FIELDS = {"target_modules", "feedforward_modules"}  # a string is a regex (PEFT's rule)
+# a string in these is a regex (PEFT's rule)
+_REGEX_FIELDS = {"target_modules", "feedforward_modules", "exclude_modules"}
 
 
 def _json_text(value) -> str:

@@ -15,7 +15,8 @@ The "Gaussian matrix" is most likely a memory of A's random initialisation:
     A ~ Kaiming-uniform, U(−1/√d_in, 1/√d_in) (PEFT's default), or N(0, 1/r²) ("gaussian")
     B = 0
 
-so ΔW = 0 at step 0 and the adapted model starts EXACTLY at the pretrained one. (One factor
+so ΔW = 0 at step 0 and the adapted model starts EXACTLY at the pretrained one (PEFT's other
+``init_lora_weights``, False, "pissa" and "olora", are in lora_init.py). (One factor
 must be zero for that, one random, or nothing moves: with A = B = 0 both gradients vanish. With
 B = 0, ∂L/∂A = s·Bᵀ·G = 0 on the first step only, and B's own gradient s·G·Aᵀ gets it going;
 A = 0 with B random would work as well, mirrored. B = 0 is the paper's and PEFT's convention.)
@@ -58,7 +59,9 @@ Shape legend: N positions (any leading shape ...), r rank, d_in / d_out the laye
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,7 +71,14 @@ from minift.nn import Linear
 from minift.param import Param
 from minift.peft.adapted import AdaptedLinear
 from minift.peft.base import PeftConfig, register
+from minift.peft.lora_init import SVD_INITS, check_init, random_init, warn_if_peft_cannot_load
 from minift.peft.registry import TARGET_MODULES, Option, register_method
+from minift.peft.targets import (
+    check_layer_fields,
+    checked_targets,
+    pattern_key,
+    select_targets,
+)
 
 # ------------------------------------------------------------------------------------------------
 # The math, as pure functions
@@ -181,8 +191,16 @@ class LoraLinear(LowRankLinear):
             base_layer, r, lora_scaling(r, lora_alpha, use_rslora), lora_dropout, rng=rng
         )
         dtype = base_layer.weight.dtype
-        self.lora_A = Param(_init_A(init_lora_weights, r, self.in_features, rng).astype(dtype))
-        self.lora_B = Param(np.zeros((self.out_features, r), dtype=dtype))
+        check_init(init_lora_weights)
+        if init_lora_weights in SVD_INITS:  # part of W₀ moves into A, B: see lora_init.py
+            W0 = base_layer.weight.value
+            A, B, residual = SVD_INITS[init_lora_weights](W0, r, self.scaling)
+            # a new Param, not W₀ written in place: a failed load puts the old one back
+            base_layer.weight = Param(residual.astype(dtype), trainable=base_layer.weight.trainable)
+        else:
+            A, B = random_init(init_lora_weights, r, self.in_features, self.out_features, rng)
+        self.lora_A = Param(A.astype(dtype))
+        self.lora_B = Param(B.astype(dtype))
 
     def delta_weight(self) -> np.ndarray:  # [in, out]
         return lora_delta_weight(self.lora_A.value, self.lora_B.value, self.scaling)
@@ -191,6 +209,11 @@ class LoraLinear(LowRankLinear):
 # The layers of LoRA's variants, by the LoraConfig flag that selects them, each registered where
 # it is defined (dora.py: "use_dora"), so that this file needs none of them.
 LORA_VARIANTS: dict[str, type[LoraLinear]] = {}
+
+
+def _check_rank_value(r):
+    if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1:
+        raise ValueError(f"expected a positive integer rank, got {r!r}")
 
 
 def _check_rank(r, d_in, d_out):
@@ -203,16 +226,6 @@ def _check_rank(r, d_in, d_out):
         )
 
 
-def _init_A(init, r, d_in, rng):  # -> [r, in]
-    if init is True:
-        # PEFT's kaiming_uniform_(a=√5): bound = √(6/((1 + a²)·fan_in)) = 1/√fan_in
-        bound = 1.0 / math.sqrt(d_in)
-        return rng.uniform(-bound, bound, (r, d_in))
-    if init == "gaussian":
-        return rng.normal(0.0, 1.0 / r, (r, d_in))
-    raise ValueError(f"init_lora_weights: expected True or 'gaussian', got {init!r}")
-
-
 # ------------------------------------------------------------------------------------------------
 # The config
 
@@ -220,7 +233,13 @@ def _init_A(init, r, d_in, rng):  # -> [r, in]
 @register
 @dataclass
 class LoraConfig(PeftConfig):
-    """LoRA with PEFT's field names. Trainable count: Σ over targets of r·(d_in + d_out)."""
+    """LoRA with PEFT's field names. Trainable count: Σ over targets of r·(d_in + d_out).
+
+    Which layers: ``target_modules`` (or ``"all-linear"``), less ``exclude_modules``, kept only in
+    the blocks ``layers_to_transform`` lists (``layers_pattern`` names the block list); each
+    layer's r and α: the first key of ``rank_pattern`` / ``alpha_pattern`` that matches its name,
+    else ``r`` / ``lora_alpha`` (targets.py has the rules). ``init_lora_weights``: lora_init.py.
+    """
 
     r: int = 8
     lora_alpha: float = 8
@@ -230,7 +249,15 @@ class LoraConfig(PeftConfig):
     init_lora_weights: bool | str = True
     fan_in_fan_out: bool | None = None  # the file's layout; None: the model's (hf_fan_in_fan_out)
     bias: str = "none"
+    rank_pattern: dict = dataclasses.field(default_factory=dict)  # name regex -> r
+    alpha_pattern: dict = dataclasses.field(default_factory=dict)  # name regex -> α
+    exclude_modules: list[str] | str | None = None
+    layers_to_transform: int | list[int] | None = None  # block indices
+    layers_pattern: list[str] | str | None = None  # the name of the block list ("h")
+    # LoRA+: B's lr = ratio × A's (param_groups.loraplus_param_groups); PEFT's LoraConfig lacks it
+    loraplus_lr_ratio: float | None = None
 
+    fields_peft_lacks = ("loraplus_lr_ratio",)
     peft_type = "LORA"
     positive_fields = ("lora_alpha",)  # α ≤ 0 flips or erases the update
     default_target_modules = ("c_attn",)  # PEFT's default for GPT-2
@@ -244,10 +271,16 @@ class LoraConfig(PeftConfig):
             raise ValueError(
                 f"lora_dropout: expected a probability in [0, 1), got {self.lora_dropout}"
             )
-        if self.init_lora_weights not in (True, "gaussian"):
+        check_init(self.init_lora_weights)
+        if self.use_dora and self.init_lora_weights not in (True, "gaussian"):
             raise ValueError(
-                f"init_lora_weights: expected True or 'gaussian', got {self.init_lora_weights!r}"
+                "init_lora_weights: DoRA's magnitude starts from ‖W₀‖, which needs ΔW = 0 at "
+                f"init (True or 'gaussian'), got {self.init_lora_weights!r}"
             )
+        self._check_patterns()
+        ratio = self.loraplus_lr_ratio
+        if ratio is not None and not (isinstance(ratio, (int, float)) and 0 < ratio < math.inf):
+            raise ValueError(f"loraplus_lr_ratio: expected a finite number > 0, got {ratio!r}")
         if self.bias != "none":
             raise ValueError(
                 f"bias: minift's LoRA trains no biases (use BitFit), got {self.bias!r}"
@@ -257,17 +290,44 @@ class LoraConfig(PeftConfig):
                 f"fan_in_fan_out: expected True, False or None, got {self.fan_in_fan_out!r}"
             )
 
+    def _check_patterns(self):
+        for field, check in (("rank_pattern", _check_rank_value), ("alpha_pattern", None)):
+            pattern = getattr(self, field)
+            if not isinstance(pattern, dict) or not all(isinstance(k, str) for k in pattern):
+                raise TypeError(f"{field}: expected a dict of name patterns, got {pattern!r}")
+            for key, value in pattern.items():
+                try:
+                    re.compile(key)
+                    (check or check_lora_alpha)(value)
+                except (TypeError, ValueError, re.error) as e:
+                    message = str(e).removeprefix("lora_alpha: ")
+                    raise type(e)(f"{field}: {key!r}: {message}") from None
+        self.exclude_modules = checked_targets(self.exclude_modules, "exclude_modules")
+        check_layer_fields(self.layers_to_transform, self.layers_pattern, self.target_modules)
+
+    def apply(self, model, rng):
+        targets = self.target_modules or list(self.default_target_modules)
+        narrowing = (self.exclude_modules, self.layers_to_transform, self.layers_pattern)
+        for name in select_targets(model, targets, *narrowing):
+            model.set_submodule(name, self.wrap(name, model.get_submodule(name), rng))
+
     def wrap(self, name, layer, rng):
         layer_class = LORA_VARIANTS["use_dora"] if self.use_dora else LoraLinear
+        r_key = pattern_key(self.rank_pattern, name)
+        alpha_key = pattern_key(self.alpha_pattern, name)
         return layer_class(
             layer,
-            self.r,
-            self.lora_alpha,
+            self.r if r_key is None else self.rank_pattern[r_key],
+            self.lora_alpha if alpha_key is None else self.alpha_pattern[alpha_key],
             self.lora_dropout,
             self.use_rslora,
             self.init_lora_weights,
             rng=rng,
         )
+
+    def peft_fields(self, peft_model):
+        warn_if_peft_cannot_load(self.init_lora_weights, self.fan_in_fan_out)
+        return {}
 
     def peft_key(self, name):
         # PEFT's lora_A / lora_B are nn.Linear modules, so their keys end in ".weight":
@@ -282,8 +342,9 @@ LORA_OPTIONS = [
     Option("lora_dropout", "dropout on LoRA's input", type=float, low=0, high=1, high_open=True),
     TARGET_MODULES,
 ]
+LORAPLUS = Option("loraplus_lr_ratio", "LoRA+: B's lr = ratio·lr", type=float, low=0, low_open=True)
 LORA_DEFAULTS = {"r": 8, "lora_alpha": 16, "target_modules": ["c_attn", "attn.c_proj"]}
 
 register_method("lora", LoraConfig, "LoRA r=8 on c_attn and attn.c_proj (§2.3; Hu et al. 2021)",
                 lr=1e-2, classification_lr=3e-3, lr_grid=[1e-3, 3e-3, 1e-2, 3e-2],
-                defaults=LORA_DEFAULTS, options=LORA_OPTIONS)  # fmt: skip
+                defaults=LORA_DEFAULTS, options=[*LORA_OPTIONS, LORAPLUS])  # fmt: skip

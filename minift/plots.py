@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from minift.files import atomic_write_bytes
 
@@ -458,6 +459,9 @@ def plot_parameter_count_panels(panels, path, title: str, guides=()) -> Figure:
                     label=f"{100 * f:g} % of the model")  # fmt: skip
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # less than a decade: labels would collide
+        if len(np.unique(every_x)) <= 8:  # few sizes: name each one where it is drawn
+            ax.set_xticks(np.unique(every_x), [_format_number(x) for x in np.unique(every_x)])
         ax.set_xlabel(_wrap(f"{xlabel}, log scale", 4.4, 9), fontsize=9)
         ax.set_ylabel("trainable parameters (count, log scale)")
         ax.set_title(_wrap(subtitle, 4.4), fontsize=10)

@@ -173,6 +173,22 @@ def _legend_right(ax, **kwargs) -> None:
               **kwargs)  # fmt: skip
 
 
+def _figure_legend(fig: Figure, axes, **kwargs) -> None:
+    """One legend for all panels, right of them: each label once, in the order first drawn."""
+    handles = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=8,
+               **kwargs)  # fmt: skip
+
+
+def _pair(name: str, value, what: str) -> None:
+    """``value`` must be a pair (a list or tuple of two), else a ValueError naming ``name``."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
+        raise ValueError(f"{name} must be a pair {what}")
+
+
 def figure_data(path) -> object:
     """The data a figure saved with ``data`` drew, read back from its PNG (None if it has none)."""
     from PIL import Image  # matplotlib's own dependency
@@ -248,12 +264,7 @@ def plot_metric_vs_params(rows, path, metric_name: str | None = None) -> Figure:
         ax.grid(True, which="major", alpha=0.3)
     for ax in axes[len(tasks) :]:
         ax.set_visible(False)
-    handles = {}  # one entry per method, in the order the methods came
-    for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            handles.setdefault(label, handle)
-    fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=8,
-               title="method", title_fontsize=8)  # fmt: skip
+    _figure_legend(fig, axes, title="method", title_fontsize=8)
     title = (f"{ylabel} against trainable parameters\n"
              "error bars: ± confidence-interval half width (none for a single seed)")  # fmt: skip
     fig.suptitle(_wrap(title, fig.get_figwidth() - 0.5, 11), fontsize=11)
@@ -441,9 +452,7 @@ def plot_parameter_count_panels(panels, path, title: str, guides=()) -> Figure:
     _nonempty_mapping("panels", panels)
     checked = {}
     for subtitle, panel in panels.items():
-        where = f"panels[{subtitle!r}]"
-        if isinstance(panel, (str, bytes)) or not isinstance(panel, Sequence) or len(panel) != 2:
-            raise ValueError(f"{where} must be a pair (series, xlabel)")
+        _pair(f"panels[{subtitle!r}]", panel, "(series, xlabel)")
         checked[subtitle] = (_count_series(panel[0]), str(panel[1]))
     fractions = _numbers("guides", list(guides), positive=True) if len(guides) else []
     methods = list(dict.fromkeys(m for series, _ in checked.values() for m in series))
@@ -466,11 +475,7 @@ def plot_parameter_count_panels(panels, path, title: str, guides=()) -> Figure:
         ax.set_ylabel("trainable parameters (count, log scale)")
         ax.set_title(_wrap(subtitle, 4.4), fontsize=10)
         ax.grid(True, which="both", alpha=0.25)
-    handles = {}
-    for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            handles.setdefault(label, handle)
-    fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=8)
+    _figure_legend(fig, axes)
     fig.suptitle(_wrap(title, fig.get_figwidth() - 0.5, 11), fontsize=11)
     data = {subtitle: {m: [xs.tolist(), ys.tolist()] for m, (xs, ys) in series.items()}
             for subtitle, (series, _) in checked.items()}  # fmt: skip
@@ -484,8 +489,7 @@ def _count_series(series) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     out = {}
     for method, pair in series.items():
         name = f"series[{method!r}]"
-        if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
-            raise ValueError(f"{name} must be a pair (xs, ys)")
+        _pair(name, pair, "(xs, ys)")
         xs = _numbers(f"{name} xs", pair[0], positive=True)
         ys = _numbers(f"{name} ys", pair[1], positive=True)
         if len(xs) != len(ys):

@@ -267,6 +267,14 @@ def test_overwrites_existing_file(tmp_path):
             lambda p: plot_parameter_counts({"lora": [1, 2, 3]}, p, "x", "t"),
             r"series\['lora'\] must be a pair \(xs, ys\)",
         ),
+        (
+            lambda p: plot_parameter_count_panels({"small": [{"lora": ([1], [1])}]}, p, "t"),
+            r"panels\['small'\] must be a pair \(series, xlabel\)",
+        ),
+        (
+            lambda p: plot_parameter_counts({"lora": ([1], [1])}, p, "x", "t", guides=(0.01, 0)),
+            "guides must be finite and > 0 .log axis., got 0.0 at index 1",
+        ),
         (lambda p: plot_singular_values({}, p, "t"), "spectra is empty"),
         (
             lambda p: plot_singular_values({"dW": [1.0, -0.5]}, p, "t"),

@@ -419,7 +419,7 @@ def _horizontal_bars(labels, widths, err, path, xlabel: str, title: str, log: bo
     ax.invert_yaxis()  # the dict's first label on top, as it is read
     if log:
         ax.set_xscale("log")
-    ax.margins(x=0.12)  # room for the numbers right of the longest bar
+    ax.margins(x=0.12, y=0.01)  # room for the numbers right of the longest bar
     ax.set_xlabel(xlabel + (", log scale" if log else ""))
     label_inches = max(map(len, labels)) * 8 * 0.62 / 72  # 8-point tick labels
     ax.set_title(_wrap(title, fig.get_figwidth() - label_inches - 0.6))

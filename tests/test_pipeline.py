@@ -511,7 +511,7 @@ def synthetic_results(tmp_path):
 
 
 def test_the_plots_are_drawn_again_from_results_and_curves_alone(tmp_path):
-    from minift.pipeline import report
+    from minift.pipeline import replot
 
     written = synthetic_results(tmp_path)
     pngs = {p.name: p.read_bytes() for p in written if p.suffix == ".png"}
@@ -519,7 +519,7 @@ def test_the_plots_are_drawn_again_from_results_and_curves_alone(tmp_path):
                             "metric_vs_params.png", "train_seconds.png"]  # fmt: skip
     for name in pngs:
         (tmp_path / name).unlink()
-    assert report.main([str(tmp_path)]) == 0
+    assert replot.main([str(tmp_path)]) == 0
     for name, png in pngs.items():  # the same pictures, from the two JSON files alone
         assert (tmp_path / name).read_bytes() == png, name
         assert int.from_bytes(png[16:20], "big") <= 1800, name  # no wider than a screen

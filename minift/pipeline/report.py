@@ -218,19 +218,3 @@ def _plots(rows: list[dict], curves: dict, out_dir: Path) -> list[Path]:
         )
         written.append(out_dir / "train_seconds.png")
     return written
-
-
-def main(argv=None) -> int:
-    """``python -m minift.pipeline.report DIR``: redraw DIR's plots (``write_plots``)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=write_plots.__doc__.split("\n\n")[0])
-    parser.add_argument("out_dir", type=Path, help="a folder minift compare wrote")
-    args = parser.parse_args(argv)
-    for path in write_plots(args.out_dir):
-        print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

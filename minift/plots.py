@@ -10,6 +10,13 @@ can read the data back (``fig.axes[0].lines[0].get_ydata()``) or show it.
     plot_parameter_counts   trainable parameters against model size or LoRA rank, log–log
     plot_parameter_count_panels   the same, several panels side by side (one legend)
     plot_singular_values    the sorted singular values of a learned ΔW, log y
+    figure_data             what a parameter-count PNG drew, read back from the file
+
+What every figure keeps for its reader: each series its own colour AND marker (``COLORS`` and
+``MARKERS`` repeat together only after 182 series); the legend beside the axes, never over the
+data; titles and labels wrapped to the space they have, so nothing is clipped; no figure wider
+than ``MAX_WIDTH`` (many bars are laid down instead). tests/test_plots.py renders each figure and
+checks all four.
 
 Figures are built with ``matplotlib.figure.Figure`` directly, not ``pyplot``: no global list of
 open figures to leak, no backend to select, nothing to close. Saving is atomic: the PNG is rendered
@@ -51,11 +58,8 @@ MAX_WIDTH = 12.0  # inches: 1,440 px at DPI, narrower than a laptop's screen
 # after 182 series; a comparison draws 13 methods at most.
 COLORS = [f"C{i}" for i in range(10)] + ["#000000", "#8b0000", "#00008b", "#556b2f"]
 MARKERS = "osD^vP*Xh<>pd"
-GUIDE_FRACTIONS = (
-    0.001,
-    0.01,
-    0.1,
-)  # the guide lines of the parameter-count plots: 0.1 %, 1 %, 10 %
+# the guide lines of the parameter-count plots: 0.1 %, 1 % and 10 % of the model
+GUIDE_FRACTIONS = (0.001, 0.01, 0.1)
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -70,9 +74,8 @@ def _save(fig: Figure, path, data=None) -> None:
         raise ValueError(f"path must end in .png (the figures are PNGs), got {str(path)!r}")
     buffer = io.BytesIO()
     metadata = {"Description": json.dumps(data)} if data is not None else None
-    fig.savefig(
-        buffer, format="png", dpi=DPI, metadata=metadata
-    )  # a failure here leaves the disk untouched
+    # a failure here leaves the disk untouched
+    fig.savefig(buffer, format="png", dpi=DPI, metadata=metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buffer.getvalue())
 
@@ -232,7 +235,8 @@ def plot_metric_vs_params(rows, path, metric_name: str | None = None) -> Figure:
     methods = list(dict.fromkeys(str(r["method"]) for r in rows))
     ncols = min(2, len(tasks))  # two panels and the legend fit MAX_WIDTH
     nrows = math.ceil(len(tasks) / ncols)
-    fig = Figure(figsize=(4.6 * ncols + 2.0, 3.9 * nrows + 0.6), layout="constrained")
+    fig = Figure(figsize=(min(MAX_WIDTH, 4.6 * ncols + 2.0), 3.9 * nrows + 0.6),
+                 layout="constrained")  # fmt: skip
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     ylabel = metric_name or "metric"
 
@@ -360,7 +364,8 @@ def plot_bars(values, path, ylabel: str, title: str, log: bool = False, errors=N
 
     if len(labels) > VERTICAL_BARS:  # more bars than a screen's width holds: lay them down
         return _horizontal_bars(labels, heights, err, path, ylabel, title, log)
-    fig = Figure(figsize=(max(5.0, 0.9 * len(labels) + 2.0), 4.3), layout="constrained")
+    fig = Figure(figsize=(min(MAX_WIDTH, max(5.0, 0.9 * len(labels) + 2.0)), 4.3),
+                 layout="constrained")  # fmt: skip
     ax = fig.subplots()
     x = np.arange(len(labels))
     ax.bar(x, heights, color="C0", width=0.7)
@@ -456,7 +461,7 @@ def plot_parameter_count_panels(panels, path, title: str, guides=()) -> Figure:
         checked[subtitle] = (_count_series(panel[0]), str(panel[1]))
     fractions = _numbers("guides", list(guides), positive=True) if len(guides) else []
     methods = list(dict.fromkeys(m for series, _ in checked.values() for m in series))
-    fig = Figure(figsize=(4.6 * len(panels) + 2.4, 4.8), layout="constrained")
+    fig = Figure(figsize=(min(MAX_WIDTH, 4.6 * len(panels) + 2.4), 4.8), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False).ravel()
     for ax, (subtitle, (series, xlabel)) in zip(axes, checked.items(), strict=True):
         for method, (xs, ys) in series.items():

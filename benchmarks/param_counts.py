@@ -1,7 +1,8 @@
-"""How many parameters each fine-tuning method trains, as a table and a chart.
+"""How many parameters each fine-tuning method trains, as tables and a chart.
 
 The table is ``minift.counts`` (also printed by ``minift count``); this script runs it for one
-model size and draws it. Run from the repo root:
+model size, adds GPT-2's published sizes from the closed forms, and draws both. Run from the repo
+root:
 
     python -m benchmarks.param_counts
     python -m benchmarks.param_counts --d-model 768 --n-layer 12 --vocab-size 50257 \\
@@ -9,9 +10,12 @@ model size and draws it. Run from the repo root:
 
 It prints and writes (to ``--out``, default ``benchmarks/results``):
 
-    param_counts.md     the Markdown table: method (as ``minift finetune --method`` names it),
-                        what trains, trainable, total, trainable %, added
-    param_counts.png    trainable parameters per method, a bar chart on a log scale
+    param_counts.md     the Markdown tables: for the chosen model, each method (as ``minift
+                        finetune --method`` names it), what trains, trainable, total, trainable %,
+                        added; then each method on GPT-2 124M … 1.5B, from the closed forms
+    param_counts.png    trainable parameters against model size, log–log: minift's GPT at widths
+                        up to --d-model (measured), and GPT-2's sizes (closed form); guide lines
+                        at 0.1 %, 1 % and 10 % of the model (``minift.counts.plot``)
 """
 
 from __future__ import annotations
@@ -19,9 +23,31 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from minift import counts, plots
+from minift import counts
 from minift.checkpoint import atomic_write_bytes
 from minift.model import GPTConfig
+
+
+def gpt2_markdown() -> str:
+    """Each method's trainable parameters on GPT-2's published shapes, from the closed forms
+    (tests/test_counts.py holds them to ``count_parameters`` on small models of the same depth)."""
+    family = counts.GPT2_FAMILY
+    series = counts.closed_form_series(list(family.values()))
+    lines = [
+        "## The same methods on GPT-2's published shapes (closed form)",
+        "",
+        "Counted from the shapes alone by `minift.counts.closed_form` (the models are too large to "
+        "build here); trainable parameters, in brackets the share of the model. A Llama-shaped "
+        "model is left out: its gated MLP, RMSNorm and untied head are not a `GPTConfig`, so no "
+        "closed form of it could be checked against a model minift builds.",
+        "",
+        "| method | " + " | ".join(family) + " |",
+        "|---|" + "---:|" * len(family),
+    ]
+    for method, (sizes, trainable) in series.items():
+        cells = [f"{t:,d} ({100 * t / s:.3g} %)" for s, t in zip(sizes, trainable, strict=True)]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> list[counts.Row]:
@@ -41,18 +67,11 @@ def main(argv=None) -> list[counts.Row]:
         d_model=args.d_model,
     )
     rows = counts.measure(config)
-    text = counts.markdown(rows, config)
+    text = counts.markdown(rows, config) + "\n" + gpt2_markdown()
     print(text, end="")
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.out / "param_counts.md", text.encode())
-    plots.plot_bars(
-        {f"{r.method}\n{r.percent:.2g} %": r.trainable for r in rows},
-        args.out / "param_counts.png",
-        ylabel="trainable parameters (log scale)",
-        title=f"Trainable parameters per method (d={config.d_model}, L={config.n_layer}, "
-        f"V={config.vocab_size})",
-        log=True,
-    )
+    counts.plot(args.out / "param_counts.png", config)
     print(f"wrote {args.out / 'param_counts.md'} and {args.out / 'param_counts.png'}")
     return rows
 

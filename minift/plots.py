@@ -8,7 +8,15 @@ can read the data back (``fig.axes[0].lines[0].get_ydata()``) or show it.
     plot_loss_curves        training loss per step: mean over seeds, shaded min–max band
     plot_bars               one number per label (time per method, parameters per method)
     plot_parameter_counts   trainable parameters against model size or LoRA rank, log–log
+    plot_parameter_count_panels   the same, several panels side by side (one legend)
     plot_singular_values    the sorted singular values of a learned ΔW, log y
+    figure_data             what a parameter-count PNG drew, read back from the file
+
+What every figure keeps for its reader: each series its own colour AND marker (``COLORS`` and
+``MARKERS`` repeat together only after 182 series); the legend beside the axes, never over the
+data; titles and labels wrapped to the space they have, so nothing is clipped; no figure wider
+than ``MAX_WIDTH`` (many bars are laid down instead). tests/test_plots.py renders each figure and
+checks all four.
 
 Figures are built with ``matplotlib.figure.Figure`` directly, not ``pyplot``: no global list of
 open figures to leak, no backend to select, nothing to close. Saving is atomic: the PNG is rendered
@@ -21,12 +29,15 @@ non-positive number on a log axis) is a ValueError naming the argument.
 from __future__ import annotations
 
 import io
+import json
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from minift.files import atomic_write_bytes
 
@@ -35,23 +46,36 @@ __all__ = [
     "plot_loss_curves",
     "plot_bars",
     "plot_parameter_counts",
+    "plot_parameter_count_panels",
+    "figure_data",
     "plot_singular_values",
 ]
 
 DPI = 120
-MARKERS = "osD^vP*Xh<>"  # a second cue besides colour, for print and colour-blind readers
+MAX_WIDTH = 12.0  # inches: 1,440 px at DPI, narrower than a laptop's screen
+# Every series differs from every other in colour AND marker (for print and colour-blind readers):
+# 14 colours (matplotlib's ten, then four darker ones) against 13 markers repeat together only
+# after 182 series; a comparison draws 13 methods at most.
+COLORS = [f"C{i}" for i in range(10)] + ["#000000", "#8b0000", "#00008b", "#556b2f"]
+MARKERS = "osD^vP*Xh<>pd"
+# the guide lines of the parameter-count plots: 0.1 %, 1 % and 10 % of the model
+GUIDE_FRACTIONS = (0.001, 0.01, 0.1)
 
 
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def _save(fig: Figure, path) -> None:
-    """Render ``fig`` to PNG bytes, then write them atomically to ``path`` (parents created)."""
+def _save(fig: Figure, path, data=None) -> None:
+    """Render ``fig`` to PNG bytes, then write them atomically to ``path`` (parents created).
+    ``data``, if given, is stored as JSON in the PNG's "Description" text, so a test can hold a
+    committed picture to what the code draws today (``figure_data``)."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"path must end in .png (the figures are PNGs), got {str(path)!r}")
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)  # a failure here leaves the disk untouched
+    metadata = {"Description": json.dumps(data)} if data is not None else None
+    # a failure here leaves the disk untouched
+    fig.savefig(buffer, format="png", dpi=DPI, metadata=metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buffer.getvalue())
 
@@ -125,21 +149,62 @@ def _finish_log_lines(fig: Figure, ax, path, xlabel: str, ylabel: str, title: st
     legend, save it."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(_wrap(title, fig.get_figwidth() - 3.5))
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=8)
+    _legend_right(ax)
     _save(fig, path)
     return fig
 
 
 def _style(i: int) -> dict:
     """Colour and marker of the i-th series, the same order in every figure."""
-    return {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)]}
+    return {"color": COLORS[i % len(COLORS)], "marker": MARKERS[i % len(MARKERS)]}
+
+
+def _wrap(text: str, width_inches: float, fontsize: float = 12.0) -> str:
+    """``text`` broken into lines that fit ``width_inches`` at ``fontsize`` points (an axes
+    title's 12 by default; a character is at most ~0.62 em wide), so a title is wrapped, never
+    clipped at the figure's edge."""
+    per_line = max(16, int(width_inches * 72 / (0.62 * fontsize)))
+    return "\n".join(textwrap.fill(line, per_line) for line in text.split("\n"))
+
+
+def _legend_right(ax, **kwargs) -> None:
+    """The legend beside the axes, right of them, where it hides no data; constrained layout
+    narrows the axes to make room."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8,
+              **kwargs)  # fmt: skip
+
+
+def _figure_legend(fig: Figure, axes, **kwargs) -> None:
+    """One legend for all panels, right of them: each label once, in the order first drawn."""
+    handles = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=8,
+               **kwargs)  # fmt: skip
+
+
+def _pair(name: str, value, what: str) -> None:
+    """``value`` must be a pair (a list or tuple of two), else a ValueError naming ``name``."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
+        raise ValueError(f"{name} must be a pair {what}")
+
+
+def figure_data(path) -> object:
+    """The data a figure saved with ``data`` drew, read back from its PNG (None if it has none)."""
+    from PIL import Image  # matplotlib's own dependency
+
+    with Image.open(path) as image:
+        text = image.text.get("Description")
+    return None if text is None else json.loads(text)
 
 
 # -- score against trainable parameters ----------------------------------------------------------
 
 ROW_KEYS = ("task", "method", "trainable_params", "mean", "half_width")
+NAMED_POINTS = 6
 
 
 def plot_metric_vs_params(rows, path, metric_name: str | None = None) -> Figure:
@@ -148,8 +213,9 @@ def plot_metric_vs_params(rows, path, metric_name: str | None = None) -> Figure:
     rows: list of dicts {"task", "method", "trainable_params", "mean", "half_width"}, one per
     (task, method); half_width is the confidence interval's (``stats.mean_ci``), nan for a single
     seed (the point is then drawn without an error bar). x = trainable parameters (log scale),
-    y = the metric's mean over seeds; each point carries its method's name, so the labels are the
-    legend. A method keeps its colour and marker in every panel.
+    y = the metric's mean over seeds. A method keeps its colour and marker in every panel; one
+    legend, right of the panels, names them all. With few methods (up to ``NAMED_POINTS``) each
+    point also carries its method's name; more names than that would cover each other.
     """
     if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence):
         raise ValueError(f"rows must be a list of dicts, got {type(rows).__name__}")
@@ -167,9 +233,10 @@ def plot_metric_vs_params(rows, path, metric_name: str | None = None) -> Figure:
 
     tasks = list(dict.fromkeys(str(r["task"]) for r in rows))  # in order of first appearance
     methods = list(dict.fromkeys(str(r["method"]) for r in rows))
-    ncols = min(3, len(tasks))
+    ncols = min(2, len(tasks))  # two panels and the legend fit MAX_WIDTH
     nrows = math.ceil(len(tasks) / ncols)
-    fig = Figure(figsize=(4.8 * ncols, 3.9 * nrows), layout="constrained")
+    fig = Figure(figsize=(min(MAX_WIDTH, 4.6 * ncols + 2.0), 3.9 * nrows + 0.6),
+                 layout="constrained")  # fmt: skip
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     ylabel = metric_name or "metric"
 
@@ -184,7 +251,7 @@ def plot_metric_vs_params(rows, path, metric_name: str | None = None) -> Figure:
             hw = np.array([float(r["half_width"]) for r in mine])
             ax.plot(x, y, linestyle="none", markersize=7, label=method, **style)
             _error_bars(ax, x, y, hw, style["color"], linewidth=1.2)
-            for xi, yi in zip(x, y, strict=True):
+            for xi, yi in zip(x, y, strict=True) if len(methods) <= NAMED_POINTS else ():
                 ax.annotate(
                     method,
                     (xi, yi),
@@ -197,15 +264,14 @@ def plot_metric_vs_params(rows, path, metric_name: str | None = None) -> Figure:
         ax.margins(x=0.2, y=0.15)  # room for the method names
         ax.set_title(f"task: {task}")
         ax.set_xlabel("trainable parameters (count, log scale)")
-        ax.set_ylabel(f"{ylabel}, mean over seeds")
+        ax.set_ylabel(_wrap(f"{ylabel}, mean over seeds", 3.0, 10))
         ax.grid(True, which="major", alpha=0.3)
     for ax in axes[len(tasks) :]:
         ax.set_visible(False)
-    fig.suptitle(
-        f"{ylabel} against trainable parameters\n"
-        "error bars: ± confidence-interval half width (none for a single seed)",
-        fontsize=11,
-    )
+    _figure_legend(fig, axes, title="method", title_fontsize=8)
+    title = (f"{ylabel} against trainable parameters\n"
+             "error bars: ± confidence-interval half width (none for a single seed)")  # fmt: skip
+    fig.suptitle(_wrap(title, fig.get_figwidth() - 0.5, 11), fontsize=11)
     _save(fig, path)
     return fig
 
@@ -228,7 +294,7 @@ def plot_loss_curves(
     log_y: a log y axis (losses must then be > 0), useful when the loss falls by decades.
     """
     _nonempty_mapping("curves", curves)
-    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+    fig = Figure(figsize=(9.0, 4.8), layout="constrained")
     ax = fig.subplots()
     any_band = False
     for m, (method, runs) in enumerate(curves.items()):
@@ -243,28 +309,29 @@ def plot_loss_curves(
             )
         L = np.stack(losses)  # (seeds, T)
         steps = np.arange(1, L.shape[1] + 1)
-        color = _style(m)["color"]
+        style = _style(m)
+        color = style["color"]
         seeds = f"{L.shape[0]} seed{'s' if L.shape[0] > 1 else ''}"
+        every = max(1, L.shape[1] // 8)  # eight markers a line, shifted per method to not pile up
         ax.plot(
             steps,
             L.mean(axis=0),
-            color=color,
             label=f"{method} (mean of {seeds})",
-            marker="o" if L.shape[1] == 1 else None,
+            markevery=(m % every, every),
+            markersize=5,
+            **style,
         )
         if L.shape[0] > 1:
             ax.fill_between(steps, L.min(axis=0), L.max(axis=0), color=color, alpha=0.2, lw=0)
             any_band = True
     if log_y:
         ax.set_yscale("log")
-    ax.set_title(title)
+    ax.set_title(_wrap(title, fig.get_figwidth() - 3.5))
     ax.set_xlabel("step (optimizer updates)")
     ax.set_ylabel(ylabel + (", log scale" if log_y else ""))
     ax.grid(True, alpha=0.3)
     # a single seed has no band, so its legend must not promise one
-    ax.legend(
-        title="shaded: min–max over seeds" if any_band else None, fontsize=8, title_fontsize=8
-    )
+    _legend_right(ax, title="shaded: min–max over seeds" if any_band else None, title_fontsize=8)
     _save(fig, path)
     return fig
 
@@ -275,8 +342,10 @@ def plot_loss_curves(
 def plot_bars(values, path, ylabel: str, title: str, log: bool = False, errors=None) -> Figure:
     """A bar per label, its value written above it (time per method, parameters per method …).
 
-    values: {label: number}, drawn in the dict's order. ylabel: what the numbers are, with units
-    ("seconds per step (s)"). log: a log y axis (values must then be > 0). errors: None or
+    values: {label: number}, drawn in the dict's order; more than ``VERTICAL_BARS`` of them are
+    drawn as horizontal bars (the value axis then runs across), so no chart outgrows a screen.
+    ylabel: what the numbers are, with units ("seconds per step (s)"). log: a log value axis
+    (values must then be > 0). errors: None or
     {label: half width ≥ 0 or nan} with the same labels as ``values``; drawn as error bars.
     """
     _nonempty_mapping("values", values)
@@ -293,7 +362,10 @@ def plot_bars(values, path, ylabel: str, title: str, log: bool = False, errors=N
             )
         err = np.array([_half_width(f"errors[{k!r}]", errors[k]) for k in values])
 
-    fig = Figure(figsize=(max(5.0, 0.9 * len(labels) + 2.0), 4.3), layout="constrained")
+    if len(labels) > VERTICAL_BARS:  # more bars than a screen's width holds: lay them down
+        return _horizontal_bars(labels, heights, err, path, ylabel, title, log)
+    fig = Figure(figsize=(min(MAX_WIDTH, max(5.0, 0.9 * len(labels) + 2.0)), 4.3),
+                 layout="constrained")  # fmt: skip
     ax = fig.subplots()
     x = np.arange(len(labels))
     ax.bar(x, heights, color="C0", width=0.7)
@@ -319,8 +391,44 @@ def plot_bars(values, path, ylabel: str, title: str, log: bool = False, errors=N
         ax.set_yscale("log")
     ax.margins(y=0.15)  # room for the numbers above the tallest bar
     ax.set_ylabel(ylabel + (", log scale" if log else ""))
-    ax.set_title(title)
+    ax.set_title(_wrap(title, fig.get_figwidth() - 1.2))  # the axes: the figure less its labels
     ax.grid(True, axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    _save(fig, path)
+    return fig
+
+
+VERTICAL_BARS = 10  # up to 11 inches wide; more bars are drawn horizontally, one label a line
+
+
+def _horizontal_bars(labels, widths, err, path, xlabel: str, title: str, log: bool) -> Figure:
+    """``plot_bars`` lying down: the first label on top, each label on one line (its line
+    breaks read " · "), the value right of its bar; as tall as the bars need, never wider."""
+    labels = [label.replace("\n", " · ") for label in labels]
+    fig = Figure(figsize=(8.0, round(0.28 * len(labels) + 1.4, 1)), layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(len(labels))
+    ax.barh(y, widths, color="C0", height=0.7)
+    end = widths.copy()
+    if err is not None:
+        has_bar = ~np.isnan(err)
+        if has_bar.any():
+            ax.errorbar(widths[has_bar], y[has_bar], xerr=err[has_bar], fmt="none",
+                        ecolor="black", elinewidth=1.0, capsize=3)  # fmt: skip
+        end = np.where(has_bar, widths + np.sign(widths) * np.nan_to_num(err), widths)
+    for yi, w, e in zip(y, widths, end, strict=True):
+        ax.annotate(_format_number(w), (e, yi), xytext=(3 if w >= 0 else -3, 0),
+                    textcoords="offset points", ha="left" if w >= 0 else "right",
+                    va="center", fontsize=8)  # fmt: skip
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()  # the dict's first label on top, as it is read
+    if log:
+        ax.set_xscale("log")
+    ax.margins(x=0.12, y=0.01)  # room for the numbers right of the longest bar
+    ax.set_xlabel(xlabel + (", log scale" if log else ""))
+    label_inches = max(map(len, labels)) * 8 * 0.62 / 72  # 8-point tick labels
+    ax.set_title(_wrap(title, fig.get_figwidth() - label_inches - 0.6))
+    ax.grid(True, axis="x", alpha=0.3)
     ax.set_axisbelow(True)
     _save(fig, path)
     return fig
@@ -329,21 +437,64 @@ def plot_bars(values, path, ylabel: str, title: str, log: bool = False, errors=N
 # -- parameter counts ----------------------------------------------------------------------------
 
 
-def plot_parameter_counts(series, path, xlabel: str, title: str) -> Figure:
+def plot_parameter_counts(series, path, xlabel: str, title: str, guides=()) -> Figure:
     """Trainable parameters against model size or LoRA rank, log–log, one line per method.
 
     series: {method: (xs, ys)}, xs and ys of equal length, all > 0; each line is drawn in order of
     increasing x. On log–log axes a count that grows like xᵏ is a straight line of slope k: full
     fine-tuning grows like d_model², LoRA like r · d_model, BitFit like d_model.
     xlabel: the x quantity with its unit ("d_model (width)", "LoRA rank r").
+    guides: fractions f of the model (``GUIDE_FRACTIONS``: 0.1 %, 1 %, 10 %), each the grey line
+    y = f · x; only where x is the model's parameter count.
     """
+    return plot_parameter_count_panels({"": (series, xlabel)}, path, title, guides)
+
+
+def plot_parameter_count_panels(panels, path, title: str, guides=()) -> Figure:
+    """``plot_parameter_counts`` side by side: panels is {subtitle: (series, xlabel)}. A method
+    keeps its colour and marker in every panel, and one legend, right of the panels, names them.
+    The PNG carries what it drew ({subtitle: {method: [xs, ys]}}, ``figure_data``)."""
+    _nonempty_mapping("panels", panels)
+    checked = {}
+    for subtitle, panel in panels.items():
+        _pair(f"panels[{subtitle!r}]", panel, "(series, xlabel)")
+        checked[subtitle] = (_count_series(panel[0]), str(panel[1]))
+    fractions = _numbers("guides", list(guides), positive=True) if len(guides) else []
+    methods = list(dict.fromkeys(m for series, _ in checked.values() for m in series))
+    fig = Figure(figsize=(min(MAX_WIDTH, 4.6 * len(panels) + 2.4), 4.8), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False).ravel()
+    for ax, (subtitle, (series, xlabel)) in zip(axes, checked.items(), strict=True):
+        for method, (xs, ys) in series.items():
+            ax.plot(xs, ys, label=method, **_style(methods.index(method)))
+        every_x = np.concatenate([xs for xs, _ in series.values()])
+        ends = np.array([every_x.min(), every_x.max()])
+        for f, dashes in zip(fractions, ("--", ":", "-."), strict=False):
+            ax.plot(ends, f * ends, color="0.45", linestyle=dashes, linewidth=1.0,
+                    label=f"{100 * f:g} % of the model")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # less than a decade: labels would collide
+        if len(np.unique(every_x)) <= 8:  # few sizes: name each one where it is drawn
+            ax.set_xticks(np.unique(every_x), [_format_number(x) for x in np.unique(every_x)])
+        ax.set_xlabel(_wrap(f"{xlabel}, log scale", 4.4, 9), fontsize=9)
+        ax.set_ylabel("trainable parameters (count, log scale)")
+        ax.set_title(_wrap(subtitle, 4.4), fontsize=10)
+        ax.grid(True, which="both", alpha=0.25)
+    _figure_legend(fig, axes)
+    fig.suptitle(_wrap(title, fig.get_figwidth() - 0.5, 11), fontsize=11)
+    data = {subtitle: {m: [xs.tolist(), ys.tolist()] for m, (xs, ys) in series.items()}
+            for subtitle, (series, _) in checked.items()}  # fmt: skip
+    _save(fig, path, data)
+    return fig
+
+
+def _count_series(series) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{method: (xs, ys)} checked (equal lengths, all > 0) and sorted by increasing x."""
     _nonempty_mapping("series", series)
-    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
-    ax = fig.subplots()
-    for m, (method, pair) in enumerate(series.items()):
+    out = {}
+    for method, pair in series.items():
         name = f"series[{method!r}]"
-        if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
-            raise ValueError(f"{name} must be a pair (xs, ys)")
+        _pair(name, pair, "(xs, ys)")
         xs = _numbers(f"{name} xs", pair[0], positive=True)
         ys = _numbers(f"{name} ys", pair[1], positive=True)
         if len(xs) != len(ys):
@@ -351,12 +502,8 @@ def plot_parameter_counts(series, path, xlabel: str, title: str) -> Figure:
                 f"{name}: xs and ys must have the same length, got {len(xs)} and {len(ys)}"
             )
         order = np.argsort(xs, kind="stable")
-        ax.plot(xs[order], ys[order], label=str(method), **_style(m))
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    return _finish_log_lines(
-        fig, ax, path, f"{xlabel}, log scale", "trainable parameters (count, log scale)", title
-    )
+        out[str(method)] = (xs[order], ys[order])
+    return out
 
 
 # -- singular values -----------------------------------------------------------------------------
@@ -371,7 +518,7 @@ def plot_singular_values(spectra, path, title: str) -> Figure:
     and counted in the legend.
     """
     _nonempty_mapping("spectra", spectra)
-    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    fig = Figure(figsize=(8.0, 4.5), layout="constrained")
     ax = fig.subplots()
     for m, (label, values) in enumerate(spectra.items()):
         name = f"spectra[{label!r}]"

@@ -2,17 +2,19 @@
 ``minift finetune`` trains."""
 
 import re
+from pathlib import Path
 
 import pytest
 
 import minift
 from benchmarks import param_counts
-from minift import cli, counts
-from minift.peft import METHODS, count_parameters
+from minift import cli, counts, plots
+from minift.peft import METHODS, count_parameters, get_peft_model
 from minift.pipeline import finetuning
 
 SMALL = minift.GPTConfig(vocab_size=13, block_size=32, n_layer=2, n_head=2, d_model=16)
 TRAINING = [name for name, m in METHODS.items() if m.trains]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_method_that_trains_has_a_row_most_trainable_first():
@@ -60,6 +62,74 @@ def test_benchmark_writes_the_table_and_the_chart(tmp_path, capsys):
                for r in rows)  # fmt: skip
     assert (tmp_path / "param_counts.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert table in capsys.readouterr().out
+
+
+# -- the closed forms at sizes too large to build, and the figure drawn from them ---------------
+
+
+@pytest.mark.parametrize("name", list(counts.GPT2_FAMILY))
+def test_closed_forms_equal_the_measured_counts_on_small_models_of_gpt2_s_shapes(name):
+    """GPT-2's depth and heads at a head width of 2 (and a small vocabulary and context): every
+    method's closed form is what count_parameters measures on the model minift builds."""
+    big = counts.GPT2_FAMILY[name]
+    small = minift.GPTConfig(vocab_size=29, block_size=11, n_layer=big.n_layer,
+                             n_head=big.n_head, d_model=2 * big.n_head)  # fmt: skip
+    measured = {r.method: r.trainable for r in counts.measure(small)}
+    assert {m: counts.closed_form(m, small) for m in measured} == measured
+    assert counts.closed_form("full", small) == count_parameters(minift.GPT(small)).total
+
+
+def test_closed_form_of_gpt2_small_is_its_published_size():
+    assert counts.closed_form("full", counts.GPT2_FAMILY["GPT-2 124M"]) == 124_439_808
+
+
+def test_closed_form_names_an_unknown_method():
+    with pytest.raises(ValueError, match=r"method: expected one of \[.*'lora'.*\], got 'loar'"):
+        counts.closed_form("loar", SMALL)
+
+
+def drawn_counts_are_what_count_parameters_counts(figure: dict, config: minift.GPTConfig):
+    """The left panel of a parameter-count figure: at each width, every method's point is the
+    base model's size and what count_parameters counts on the model finetune builds; the right
+    panel: GPT-2's sizes and the closed forms."""
+    (small, gpt2) = figure.values()
+    for width in counts.widths(config):
+        size = count_parameters(minift.GPT(width)).total
+        for method in TRAINING:
+            peft = get_peft_model(minift.GPT(width), METHODS[method].build("generation", 200))
+            xs, ys = small[method]
+            i = xs.index(size)
+            assert ys[i] == count_parameters(peft).trainable, (method, width.d_model)
+    assert sorted(small) == sorted(gpt2) == sorted(TRAINING)  # DoRA and AdaLoRA among them
+    for method, (xs, ys) in gpt2.items():
+        family = counts.GPT2_FAMILY.values()
+        assert xs == [counts.closed_form("full", c) for c in family]
+        assert ys == [counts.closed_form(method, c) for c in family]
+
+
+def test_the_chart_draws_what_count_parameters_counts(tmp_path):
+    argv = ["--d-model", "16", "--n-layer", "2", "--n-head", "2", "--vocab-size", "13"]
+    param_counts.main([*argv, "--block-size", "32", "--out", str(tmp_path)])
+    figure = plots.figure_data(tmp_path / "param_counts.png")
+    drawn_counts_are_what_count_parameters_counts(figure, SMALL)
+    fig = counts.plot(tmp_path / "again.png", SMALL)
+    for ax in fig.axes:  # each panel: 0.1 %, 1 % and 10 % of the model beside the methods
+        guides = [line for line in ax.lines if line.get_label().endswith("% of the model")]
+        want = [f"{share} % of the model" for share in ("0.1", "1", "10")]
+        assert [g.get_label() for g in guides] == want
+
+
+def test_the_committed_table_and_chart_are_what_the_code_counts_today(tmp_path, capsys):
+    """benchmarks/results/param_counts.{md,png} were made by this code at its defaults: a count
+    that changes without the files being regenerated fails here."""
+    committed = ROOT / "benchmarks" / "results"
+    param_counts.main(["--out", str(tmp_path)])
+    capsys.readouterr()
+    assert (committed / "param_counts.md").read_text() == (tmp_path / "param_counts.md").read_text()
+    figure = plots.figure_data(committed / "param_counts.png")
+    assert figure == plots.figure_data(tmp_path / "param_counts.png")
+    default = minift.GPTConfig(vocab_size=512, block_size=128, n_layer=6, n_head=4, d_model=256)
+    drawn_counts_are_what_count_parameters_counts(figure, default)
 
 
 # -- minift count shows what minift finetune trains -----------------------------------------------

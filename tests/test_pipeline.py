@@ -490,3 +490,64 @@ def test_method_config_applies_options_and_validates_them_without_a_model():
         pipeline.method_config("bitfit", "generation", 10, r=4)
     with pytest.raises(ValueError, match="r: method base has no options"):
         pipeline.method_config("base", "generation", 10, r=4)
+
+
+# -- the compare plots, drawn again from a results folder ----------------------------------------
+
+
+def synthetic_results(tmp_path):
+    """A results folder as compare writes it: 2 tasks × 12 methods × 2 seeds, with curves."""
+    rng = np.random.default_rng(0)
+    methods = ["base", *(f"method-{i}" for i in range(11))]
+    tasks = {"kjv-books": "accuracy", "en-fr-numbers": "exact_match"}
+    records = [dict(task=task, method=m, seed=seed, metric=metric, value=float(rng.random()),
+                    trainable_params=0 if m == "base" else 10 ** (2 + i % 4), total_params=10**6,
+                    train_seconds=float(rng.random() * 60), peak_rss_mb=200.0,
+                    optimizer_state_bytes=0)
+               for task, metric in tasks.items() for i, m in enumerate(methods)
+               for seed in (0, 1)]  # fmt: skip
+    curves = {task: {m: (1 + rng.random((2, 50))).tolist() for m in methods[1:]} for task in tasks}
+    return pipeline.write_results(records, curves, tmp_path, "minift compare --seeds 2")
+
+
+def test_the_plots_are_drawn_again_from_results_and_curves_alone(tmp_path):
+    from minift.pipeline import replot
+
+    written = synthetic_results(tmp_path)
+    pngs = {p.name: p.read_bytes() for p in written if p.suffix == ".png"}
+    assert sorted(pngs) == ["loss_en-fr-numbers.png", "loss_kjv-books.png",
+                            "metric_vs_params.png", "train_seconds.png"]  # fmt: skip
+    for name in pngs:
+        (tmp_path / name).unlink()
+    assert replot.main([str(tmp_path)]) == 0
+    for name, png in pngs.items():  # the same pictures, from the two JSON files alone
+        assert (tmp_path / name).read_bytes() == png, name
+        assert int.from_bytes(png[16:20], "big") <= 1800, name  # no wider than a screen
+
+
+def test_redrawn_score_panels_name_their_task_s_metric(tmp_path):
+    from minift import plots
+
+    synthetic_results(tmp_path)
+    drawn = {}
+    real = plots.plot_metric_vs_params
+
+    def recording(rows, path, metric_name=None):
+        drawn["tasks"] = list(dict.fromkeys(r["task"] for r in rows))
+        return real(rows, path, metric_name)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plots, "plot_metric_vs_params", recording)
+        pipeline.write_plots(tmp_path)
+    assert drawn["tasks"] == ["kjv-books (accuracy)", "en-fr-numbers (exact match)"]
+
+
+def test_redrawing_names_the_record_that_lacks_a_field(tmp_path):
+    from minift.errors import FileFormatError
+
+    synthetic_results(tmp_path)
+    records = json.loads((tmp_path / "results.json").read_text())
+    del records[3]["train_seconds"]
+    (tmp_path / "results.json").write_text(json.dumps(records))
+    with pytest.raises(FileFormatError, match=r"results.json: \[3\]: missing \['train_seconds'\]"):
+        pipeline.write_plots(tmp_path)

@@ -8,9 +8,11 @@ from matplotlib.figure import Figure
 
 import minift.files
 from minift.plots import (
+    figure_data,
     plot_bars,
     plot_loss_curves,
     plot_metric_vs_params,
+    plot_parameter_count_panels,
     plot_parameter_counts,
     plot_singular_values,
 )
@@ -46,6 +48,23 @@ def assert_png(path, fig):
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     assert (width, height) == tuple(round(v) for v in fig.get_size_inches() * 120)
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+
+
+def legends(fig):
+    """Every legend of the figure: the figure's own, then each axes'."""
+    return [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+
+
+def undrawn_tick_labels(fig) -> set[int]:
+    """The tick labels matplotlib keeps but does not draw: those of ticks outside the view."""
+    undrawn = set()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            lo, hi = sorted(axis.get_view_interval())
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                if not lo * (1 - 1e-9) <= tick.get_loc() <= hi * (1 + 1e-9) + 1e-12:
+                    undrawn |= {id(tick.label1), id(tick.label2)}
+    return undrawn
 
 
 def method_lines(ax):
@@ -148,7 +167,7 @@ def test_parameter_counts(tmp_path):
     assert full.get_ydata().tolist() == [6e4, 2.5e5, 1e6]
     assert lora.get_ydata().tolist() == [2048, 4096, 8192]
     assert ax.get_xscale() == ax.get_yscale() == "log"
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["full", "lora"]
+    assert [t.get_text() for t in legends(fig)[0].get_texts()] == ["full", "lora"]
 
 
 def test_singular_values(tmp_path):
@@ -248,6 +267,14 @@ def test_overwrites_existing_file(tmp_path):
             lambda p: plot_parameter_counts({"lora": [1, 2, 3]}, p, "x", "t"),
             r"series\['lora'\] must be a pair \(xs, ys\)",
         ),
+        (
+            lambda p: plot_parameter_count_panels({"small": [{"lora": ([1], [1])}]}, p, "t"),
+            r"panels\['small'\] must be a pair \(series, xlabel\)",
+        ),
+        (
+            lambda p: plot_parameter_counts({"lora": ([1], [1])}, p, "x", "t", guides=(0.01, 0)),
+            "guides must be finite and > 0 .log axis., got 0.0 at index 1",
+        ),
         (lambda p: plot_singular_values({}, p, "t"), "spectra is empty"),
         (
             lambda p: plot_singular_values({"dW": [1.0, -0.5]}, p, "t"),
@@ -271,3 +298,143 @@ def test_loss_curves_of_single_seeds_promise_no_band(tmp_path):
     fig = plot_loss_curves({"full": [[2.0, 1.0, 0.5]]}, tmp_path / "loss.png")
     ax = fig.axes[0]
     assert len(ax.collections) == 0 and ax.get_legend().get_title().get_text() == ""
+
+
+# -- figures a reader would rather look at --------------------------------------------------------
+
+LONG_TITLE = (
+    "A title long enough to run past the right edge of any figure that does not wrap it " * 2
+)
+METHODS = [f"method-{i}" for i in range(14)]  # more than matplotlib's ten colours
+
+
+def fourteen_of_each(tmp_path):
+    """Every kind of figure, each drawing 14 series (or 48 bars) under a long title."""
+    rng = np.random.default_rng(0)
+    rows = [{"task": task, "method": m, "trainable_params": 10 ** (1 + i % 6),
+             "mean": float(rng.random()), "half_width": 0.05}
+            for task in ("babi-qa", "kjv-books", "stdlib-modules", "en-fr-numbers")
+            for i, m in enumerate(METHODS)]  # fmt: skip
+    curves = {m: (2.0 + rng.random((3, 300))).tolist() for m in METHODS}
+    series = {m: ([1e4, 1e5, 1e6], [10.0 * (i + 1), 100.0 * (i + 1), 1e3 * (i + 1)])
+              for i, m in enumerate(METHODS)}  # fmt: skip
+    spectra = {m: np.sort(rng.random(24))[::-1] for m in METHODS}
+    bars = {f"{task}\n{m}": float(rng.random() * 100) for task in ("babi-qa", "kjv-books",
+            "stdlib-modules", "en-fr-numbers") for m in METHODS[:12]}  # fmt: skip
+    draw = {
+        "metric_vs_params": lambda p: plot_metric_vs_params(rows, p, LONG_TITLE),
+        "loss_curves": lambda p: plot_loss_curves(curves, p, title=LONG_TITLE),
+        "parameter_counts": lambda p: plot_parameter_counts(series, p, LONG_TITLE, LONG_TITLE,
+                                                            guides=(0.001, 0.01, 0.1)),
+        "singular_values": lambda p: plot_singular_values(spectra, p, LONG_TITLE),
+        "bars": lambda p: plot_bars(bars, p, "seconds", LONG_TITLE),
+        "few_bars": lambda p: plot_bars({"full": 3.0, "lora": 2.0}, p, "s", LONG_TITLE),
+    }  # fmt: skip
+    return {
+        kind: (f(tmp_path / f"{kind}.png"), tmp_path / f"{kind}.png") for kind, f in draw.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def figures(tmp_path_factory):
+    return fourteen_of_each(tmp_path_factory.mktemp("figures"))
+
+
+@pytest.mark.parametrize("kind", ["metric_vs_params", "loss_curves", "parameter_counts",
+                                  "singular_values"])  # fmt: skip
+def test_fourteen_series_differ_in_colour_and_in_marker(figures, kind):
+    from matplotlib.colors import to_hex
+
+    for ax in figures[kind][0].axes:
+        lines = [line for line in ax.lines if line.get_label() in METHODS]
+        if not lines:
+            continue
+        assert len(lines) == 14
+        assert len({to_hex(line.get_color()) for line in lines}) == 14
+        assert len({line.get_marker() for line in lines}) >= 13  # 13 shapes: one comes back
+        assert len({(to_hex(line.get_color()), line.get_marker()) for line in lines}) == 14
+
+
+@pytest.mark.parametrize("kind", ["metric_vs_params", "loss_curves", "parameter_counts",
+                                  "singular_values", "bars", "few_bars"])  # fmt: skip
+def test_no_text_reaches_past_the_canvas(figures, kind):
+    from matplotlib.text import Text
+
+    fig = figures[kind][0]
+    fig.draw_without_rendering()
+    canvas = fig.bbox
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()
+             and id(t) not in undrawn_tick_labels(fig)]  # fmt: skip
+    assert any(LONG_TITLE[:20] in t.get_text().replace("\n", " ") for t in texts)
+    for t in texts:
+        box = t.get_window_extent()
+        assert box.x0 >= canvas.x0 - 0.5 and box.x1 <= canvas.x1 + 0.5, (t.get_text(), box)
+        assert box.y0 >= canvas.y0 - 0.5 and box.y1 <= canvas.y1 + 0.5, (t.get_text(), box)
+
+
+@pytest.mark.parametrize("kind", ["metric_vs_params", "loss_curves", "parameter_counts",
+                                  "singular_values"])  # fmt: skip
+def test_legend_lies_outside_every_data_area(figures, kind):
+    fig = figures[kind][0]
+    fig.draw_without_rendering()
+    (legend,) = legends(fig)
+    box = legend.get_window_extent()
+    for ax in fig.axes:
+        if ax.get_visible():
+            assert not box.overlaps(ax.get_window_extent()), (kind, box, ax.get_window_extent())
+
+
+@pytest.mark.parametrize("kind", ["metric_vs_params", "loss_curves", "parameter_counts",
+                                  "singular_values", "bars", "few_bars"])  # fmt: skip
+def test_no_png_is_wider_than_a_screen(figures, kind):
+    header = figures[kind][1].read_bytes()[:24]
+    assert int.from_bytes(header[16:20], "big") <= 1800, kind
+
+
+def test_many_bars_lie_down_in_the_dicts_order(tmp_path):
+    values = {f"task\nmethod-{i}": float(i + 1) for i in range(48)}
+    path = tmp_path / "bars.png"
+    fig = plot_bars(values, path, "seconds", "time", errors={k: 0.5 for k in values})
+    assert_png(path, fig)
+    data = path.read_bytes()
+    assert int.from_bytes(data[16:20], "big") <= 1800
+    ax = fig.axes[0]
+    assert [p.get_width() for p in ax.patches] == list(values.values())
+    assert [t.get_text() for t in ax.get_yticklabels()] == [k.replace("\n", " · ") for k in values]
+    assert ax.yaxis_inverted()  # the first label on top
+
+
+def test_guide_lines_are_fractions_of_the_model(tmp_path):
+    series = {"full": ([1e4, 1e6], [1e4, 1e6]), "lora": ([1e4, 1e6], [50.0, 900.0])}
+    fig = plot_parameter_counts(series, tmp_path / "p.png", "model size", "t",
+                                guides=(0.001, 0.01, 0.1))  # fmt: skip
+    guides = [line for line in fig.axes[0].lines if "of the model" in line.get_label()]
+    assert [g.get_label() for g in guides] == [
+        "0.1 % of the model",
+        "1 % of the model",
+        "10 % of the model",
+    ]
+    for g, f in zip(guides, (0.001, 0.01, 0.1), strict=True):
+        np.testing.assert_allclose(g.get_ydata(), f * np.asarray(g.get_xdata()), rtol=1e-12)
+        assert g.get_xdata().tolist() == [1e4, 1e6]
+
+
+def test_panels_keep_a_method_s_style_and_the_png_carries_what_it_drew(tmp_path):
+    panels = {
+        "small": ({"full": ([10, 20], [10, 20]), "lora": ([10, 20], [1, 2])}, "size"),
+        "large": ({"lora": ([100, 200], [5, 6])}, "size"),
+    }
+    path = tmp_path / "panels.png"
+    fig = plot_parameter_count_panels(panels, path, "counts")
+    assert_png(path, fig)
+    small_lora = method_lines(fig.axes[0])["lora"]
+    large_lora = method_lines(fig.axes[1])["lora"]
+    assert small_lora.get_color() == large_lora.get_color()
+    assert small_lora.get_marker() == large_lora.get_marker()
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["full", "lora"]
+    assert figure_data(path) == {
+        "small": {"full": [[10, 20], [10, 20]], "lora": [[10, 20], [1, 2]]},
+        "large": {"lora": [[100, 200], [5, 6]]},
+    }
+    plot_bars({"a": 1.0}, tmp_path / "bars.png", "y", "t")
+    assert figure_data(tmp_path / "bars.png") is None  # a figure saved without data has none

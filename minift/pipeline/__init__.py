@@ -56,6 +56,7 @@ from minift.pipeline.report import (
     overview_markdown,
     results_markdown,
     summarize,
+    write_plots,
     write_results,
 )
 from minift.pipeline.resume import check_resume, run_description
@@ -121,5 +122,6 @@ __all__ = [
     "standard_tokenizer",
     "summarize",
     "train_config",
+    "write_plots",
     "write_results",
 ]

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from minift.checkpoint import atomic_write_bytes, atomic_write_json
+from minift.errors import FileFormatError
+from minift.files import read_json
 from minift.stats import mean_ci
 
 ARTICLE_CLAIMS = """\
@@ -160,9 +162,8 @@ def results_markdown(rows: list[dict], command: str) -> str:
 
 
 def write_results(records, curves, out_dir, command: str) -> list[Path]:
-    """results.json, results.md and the plots; every file written whole or not at all."""
-    from minift import plots  # matplotlib, loaded only when there is something to draw
-
+    """results.json, results.md, curves.json and the plots; every file written whole or not at
+    all."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = summarize(records)
@@ -170,10 +171,38 @@ def write_results(records, curves, out_dir, command: str) -> list[Path]:
     atomic_write_bytes(out_dir / "results.md", results_markdown(rows, command).encode())
     atomic_write_json(out_dir / "curves.json", curves)
     written = [out_dir / "results.json", out_dir / "results.md", out_dir / "curves.json"]
+    return written + _plots(rows, curves, out_dir)
+
+
+def write_plots(out_dir) -> list[Path]:
+    """Draw a results folder's plots again from its results.json and curves.json alone, with
+    the figure code as it is now: no run repeated."""
+    out_dir = Path(out_dir)
+    records = read_json(out_dir / "results.json", "results.json", expect=list)
+    curves = read_json(out_dir / "curves.json", "curves.json")
+    for i, record in enumerate(records):
+        missing = [k for k in RECORD_KEYS if not isinstance(record, dict) or k not in record]
+        if missing:
+            raise FileFormatError(out_dir / "results.json", f"missing {missing}", f"[{i}]")
+    return _plots(summarize(records), curves, out_dir)
+
+
+# the fields of a record that the tables and plots read (compare writes a few more)
+RECORD_KEYS = ("task", "method", "metric", "value", "train_seconds", "trainable_params",
+               "total_params", "optimizer_state_bytes", "peak_rss_mb")  # fmt: skip
+
+
+def _plots(rows: list[dict], curves: dict, out_dir: Path) -> list[Path]:
+    """Score against trainable parameters, a loss plot per task, and training time per run."""
+    from minift import plots  # matplotlib, loaded only when there is something to draw
+
+    written = []
     main = [r for r in rows if r["metric"] in MAIN_METRIC.values()]
     trained = [r for r in main if r["trainable_params"] > 0]
     if trained:
-        plots.plot_metric_vs_params(trained, out_dir / "metric_vs_params.png")
+        # each panel names its task's metric: accuracy and exact match share no axis
+        panels = [{**r, "task": f"{r['task']} ({r['metric'].replace('_', ' ')})"} for r in trained]
+        plots.plot_metric_vs_params(panels, out_dir / "metric_vs_params.png", "score")
         written.append(out_dir / "metric_vs_params.png")
     for task, by_method in curves.items():
         path = out_dir / f"loss_{task}.png"
@@ -182,7 +211,10 @@ def write_results(records, curves, out_dir, command: str) -> list[Path]:
     times = {f"{r['task']}\n{r['method']}": r["seconds_mean"] for r in trained}
     if times:
         plots.plot_bars(
-            times, out_dir / "train_seconds.png", ylabel="seconds", title="training time per run"
+            times,
+            out_dir / "train_seconds.png",
+            ylabel="training seconds, mean over seeds",
+            title="training time per run",
         )
         written.append(out_dir / "train_seconds.png")
     return written

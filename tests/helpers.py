@@ -87,3 +87,36 @@ def hf_gpt2(model, folder):
     torch, transformers, _ = import_references()
     save_model(model, folder)
     return transformers.GPT2LMHeadModel.from_pretrained(folder, torch_dtype=torch.float64)
+
+
+# -- damaging a saved folder, and what is on the disk ------------------------------------------
+
+
+def disk_state(root) -> dict:
+    """Every entry under ``root``: its kind, and a file's bytes or a link's target."""
+    state = {}
+    for entry in sorted(root.rglob("*")):
+        key = str(entry.relative_to(root))
+        if entry.is_symlink():
+            state[key] = ("link", os.readlink(entry))
+        elif entry.is_dir():
+            state[key] = ("folder",)
+        else:
+            state[key] = ("file", entry.read_bytes())
+    return state
+
+
+def replace_by_folder(path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def replace_by_link_to_folder(path) -> None:
+    path.unlink()
+    (path.parent / "elsewhere").mkdir()
+    path.symlink_to(path.parent / "elsewhere")
+
+
+def dangling_link(path) -> None:
+    path.unlink()
+    path.symlink_to(path.parent / "nothing-here")

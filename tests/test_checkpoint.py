@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import dangling_link, disk_state, replace_by_folder, replace_by_link_to_folder
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -486,22 +487,6 @@ def _rewrite(directory: Path, edit) -> None:
     save_tensors(directory / "model.safetensors", tensors, metadata)
 
 
-def _replace_by_folder(path: Path) -> None:
-    path.unlink()
-    path.mkdir()
-
-
-def _replace_by_link_to_folder(path: Path) -> None:
-    path.unlink()
-    (path.parent / "elsewhere").mkdir()
-    path.symlink_to(path.parent / "elsewhere")
-
-
-def _dangling_link(path: Path) -> None:
-    path.unlink()
-    path.symlink_to(path.parent / "nothing-here")
-
-
 def _set(name, value):
     return lambda tensors: tensors.update({name: value})
 
@@ -525,22 +510,22 @@ def _rename_digest_key(directory: Path) -> None:
 # (damage to the saved folder, the file the error must name, a fragment of the message)
 MODEL_FOLDER_DAMAGE = {
     "weights-a-folder": (
-        lambda d: _replace_by_folder(d / "model.safetensors"),
+        lambda d: replace_by_folder(d / "model.safetensors"),
         "model.safetensors",
         "a folder, expected a file",
     ),
     "weights-a-link-to-a-folder": (
-        lambda d: _replace_by_link_to_folder(d / "model.safetensors"),
+        lambda d: replace_by_link_to_folder(d / "model.safetensors"),
         "model.safetensors",
         "a folder, expected a file",
     ),
     "config-a-folder": (
-        lambda d: _replace_by_folder(d / "config.json"),
+        lambda d: replace_by_folder(d / "config.json"),
         "config.json",
         "a folder, expected a file",
     ),
     "config-a-dangling-link": (
-        lambda d: _dangling_link(d / "config.json"),
+        lambda d: dangling_link(d / "config.json"),
         "config.json",
         "no such file",
     ),
@@ -577,19 +562,6 @@ MODEL_FOLDER_DAMAGE = {
 }
 
 
-def _snapshot(directory: Path) -> dict:
-    """What is on disk under ``directory``: each entry's kind, link target and bytes."""
-    out = {}
-    for path in sorted(directory.rglob("*")):
-        if path.is_symlink():
-            out[path] = ("link", os.readlink(path))
-        elif path.is_dir():
-            out[path] = ("folder",)
-        else:
-            out[path] = ("file", path.read_bytes())
-    return out
-
-
 @pytest.mark.parametrize("damage", list(MODEL_FOLDER_DAMAGE))
 @pytest.mark.parametrize("loader", ["load_model", "load_weights"])
 def test_a_damaged_model_folder_is_refused_naming_file_and_field(tmp_path, loader, damage):
@@ -599,7 +571,7 @@ def test_a_damaged_model_folder_is_refused_naming_file_and_field(tmp_path, loade
     save_model(_make(GPT), folder)
     apply, file, fragment = MODEL_FOLDER_DAMAGE[damage]
     apply(folder)
-    on_disk = _snapshot(tmp_path)
+    on_disk = disk_state(tmp_path)
     model = _make(GPT, seed=9)
     before = model.state_dict()
     with pytest.raises(FileFormatError) as info:
@@ -607,7 +579,7 @@ def test_a_damaged_model_folder_is_refused_naming_file_and_field(tmp_path, loade
     assert str(folder / file) in str(info.value)
     assert fragment in str(info.value)
     _assert_same_state(model.state_dict(), before)
-    assert _snapshot(tmp_path) == on_disk
+    assert disk_state(tmp_path) == on_disk
 
 
 @pytest.mark.parametrize("loader", ["load_model", "load_weights"])

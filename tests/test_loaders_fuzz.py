@@ -24,7 +24,6 @@ nothing on disk changed, and a model an adapter was to be applied to is as it wa
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import as_if_written_elsewhere
+from helpers import as_if_written_elsewhere, disk_state
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -237,20 +236,6 @@ def load(name, folder, model):
 
 
 # -- what must hold after every damaged load ------------------------------------------------------
-
-
-def disk_state(root: Path) -> dict:
-    """Every entry under ``root``: its kind, and a file's bytes or a link's target."""
-    state = {}
-    for entry in sorted(root.rglob("*")):
-        key = str(entry.relative_to(root))
-        if entry.is_symlink():
-            state[key] = ("link", os.readlink(entry))
-        elif entry.is_dir():
-            state[key] = ("folder",)
-        else:
-            state[key] = ("file", entry.read_bytes())
-    return state
 
 
 def model_state(model) -> tuple:

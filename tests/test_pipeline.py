@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import dangling_link, disk_state, replace_by_folder
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -258,30 +259,20 @@ def _with_first(value):
     return edit
 
 
-def _replace_by_folder(path):
-    path.unlink()
-    path.mkdir()
-
-
-def _dangling(path):
-    path.unlink()
-    path.symlink_to(path.parent / "nothing-here")
-
-
 # damage -> (what to do to the copied folder, returning the path to load; the message's fragment)
 FINETUNED_DAMAGE = {
     "nan": (lambda d: _resign(d, _with_first(np.nan)) and d, "holds nan at"),
     "inf": (lambda d: _resign(d, _with_first(np.inf)) and d, "holds inf at"),
     "int32": (lambda d: _resign(d, lambda a: a.astype(np.int32)) and d, "got dtype int32"),
     "weights-a-folder": (
-        lambda d: _replace_by_folder(d / "model.safetensors") or d,
+        lambda d: replace_by_folder(d / "model.safetensors") or d,
         "a folder, expected a file",
     ),
     "description-a-folder": (
-        lambda d: _replace_by_folder(d / "finetuned.json") or d,
+        lambda d: replace_by_folder(d / "finetuned.json") or d,
         "a folder, expected a file",
     ),
-    "description-a-dangling-link": (lambda d: _dangling(d / "finetuned.json") or d, "no such"),
+    "description-a-dangling-link": (lambda d: dangling_link(d / "finetuned.json") or d, "no such"),
     "a-file-for-the-folder": (lambda d: d / "finetuned.json", "finetuned.json"),
 }
 
@@ -295,14 +286,14 @@ def test_a_damaged_fine_tuned_folder_is_refused_naming_file_and_field(saved_lora
     _copy_of_saved(saved_lora, tmp_path)
     do, fragment = FINETUNED_DAMAGE[damage]
     target = do(tmp_path)
-    before = {p: (p.is_dir(), p.is_symlink()) for p in tmp_path.iterdir()}
+    before = disk_state(tmp_path)
     with pytest.raises(MiniftError) as info:
         pipeline.load_finetuned(target)
     message = str(info.value)
     assert fragment in message and str(tmp_path) in message, message
     if damage in ("nan", "inf", "int32"):
         assert "model.safetensors: h." in message or "model.safetensors: " in message, message
-    assert {p: (p.is_dir(), p.is_symlink()) for p in tmp_path.iterdir()} == before
+    assert disk_state(tmp_path) == before
 
 
 def test_prompt_and_prefix_tuning_leave_fewer_positions_for_the_input():

@@ -34,6 +34,22 @@ def blas_info() -> dict:
     return {**main, "others": [p for p in pools if p is not main]}
 
 
+def cpu_line() -> str:
+    """The CPU by its model name (/proc/cpuinfo; the platform's processor string elsewhere) and
+    how many cores this process may use."""
+    import platform
+
+    name = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f
+                         if line.startswith("model name")), name)  # fmt: skip
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"CPU: {name}, {cores} cores"
+
+
 def blas_line(info: dict) -> str:
     line = (
         f"BLAS (numpy's): {info.get('internal_api')} {info.get('version')}, "

@@ -5,6 +5,7 @@ figure, saves it as a PNG at ``path`` and returns the matplotlib ``Figure`` so a
 can read the data back (``fig.axes[0].lines[0].get_ydata()``) or show it.
 
     plot_metric_vs_params   score against trainable parameters, one panel per task
+    plot_lines_with_intervals   a score against a setting (data size …), a line per method
     plot_loss_curves        training loss per step: mean over seeds, shaded min–max band
     plot_bars               one number per label (time per method, parameters per method)
     plot_parameter_counts   trainable parameters against model size or LoRA rank, log–log
@@ -43,6 +44,7 @@ from minift.files import atomic_write_bytes
 
 __all__ = [
     "plot_metric_vs_params",
+    "plot_lines_with_intervals",
     "plot_loss_curves",
     "plot_bars",
     "plot_parameter_counts",
@@ -272,6 +274,36 @@ def plot_metric_vs_params(rows, path, metric_name: str | None = None) -> Figure:
     title = (f"{ylabel} against trainable parameters\n"
              "error bars: ± confidence-interval half width (none for a single seed)")  # fmt: skip
     fig.suptitle(_wrap(title, fig.get_figwidth() - 0.5, 11), fontsize=11)
+    _save(fig, path)
+    return fig
+
+
+def plot_lines_with_intervals(curves, path, xlabel: str, ylabel: str, title: str) -> Figure:
+    """A score against a setting on a log x axis (training examples, rank …), one line per method.
+
+    curves: {method: (xs, means, half_widths)}, the half widths of each mean's confidence
+    interval (``stats.mean_ci``; nan for one seed: no bar). x must be positive.
+    """
+    _nonempty_mapping("curves", curves)
+    fig = Figure(figsize=(8.0, 4.6), layout="constrained")
+    ax = fig.add_subplot()
+    for i, (method, value) in enumerate(curves.items()):
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 3:
+            raise ValueError(f"curves[{method!r}] must be (xs, means, half_widths)")
+        x = _numbers(f"curves[{method!r}] xs", value[0], positive=True)
+        y = _numbers(f"curves[{method!r}] means", value[1])
+        hw = np.array([_half_width(f"curves[{method!r}] half_widths", h) for h in value[2]])
+        if not len(x) == len(y) == len(hw):
+            raise ValueError(f"curves[{method!r}]: xs, means and half_widths differ in length")
+        style = _style(i)
+        ax.plot(x, y, label=method, markersize=6, **style)
+        _error_bars(ax, x, y, hw, style["color"], linewidth=1.0)
+    ax.set_xscale("log")
+    ax.set_xlabel(_wrap(xlabel, fig.get_figwidth() - 3.5, 10))
+    ax.set_ylabel(_wrap(ylabel, fig.get_figheight() - 1.5, 10))
+    ax.set_title(_wrap(title, fig.get_figwidth() - 3.5))
+    ax.grid(True, which="major", alpha=0.3)
+    _legend_right(ax, title="method", title_fontsize=8)
     _save(fig, path)
     return fig
 

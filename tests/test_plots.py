@@ -10,6 +10,7 @@ import minift.files
 from minift.plots import (
     figure_data,
     plot_bars,
+    plot_lines_with_intervals,
     plot_loss_curves,
     plot_metric_vs_params,
     plot_parameter_count_panels,
@@ -276,6 +277,23 @@ def test_overwrites_existing_file(tmp_path):
             "guides must be finite and > 0 .log axis., got 0.0 at index 1",
         ),
         (lambda p: plot_singular_values({}, p, "t"), "spectra is empty"),
+        (lambda p: plot_lines_with_intervals({}, p, "x", "y", "t"), "curves is empty"),
+        (
+            lambda p: plot_lines_with_intervals({"lora": ([1, 2], [0.5, 0.6])}, p, "x", "y", "t"),
+            r"curves\['lora'\] must be \(xs, means, half_widths\)",
+        ),
+        (
+            lambda p: plot_lines_with_intervals(
+                {"lora": ([1, 2], [0.5], [0, 0])}, p, "x", "y", "t"
+            ),
+            r"curves\['lora'\]: xs, means and half_widths differ in length",
+        ),
+        (
+            lambda p: plot_lines_with_intervals(
+                {"lora": ([0, 2], [0.5, 1], [0, 0])}, p, "x", "y", "t"
+            ),
+            r"curves\['lora'\] xs must be finite and > 0",
+        ),
         (
             lambda p: plot_singular_values({"dW": [1.0, -0.5]}, p, "t"),
             r"spectra\['dW'\] must be ≥ 0",
@@ -306,6 +324,8 @@ LONG_TITLE = (
     "A title long enough to run past the right edge of any figure that does not wrap it " * 2
 )
 METHODS = [f"method-{i}" for i in range(14)]  # more than matplotlib's ten colours
+LINE_KINDS = ["metric_vs_params", "lines_with_intervals", "loss_curves", "parameter_counts",
+              "singular_values"]  # fmt: skip
 
 
 def fourteen_of_each(tmp_path):
@@ -321,8 +341,13 @@ def fourteen_of_each(tmp_path):
     spectra = {m: np.sort(rng.random(24))[::-1] for m in METHODS}
     bars = {f"{task}\n{m}": float(rng.random() * 100) for task in ("babi-qa", "kjv-books",
             "stdlib-modules", "en-fr-numbers") for m in METHODS[:12]}  # fmt: skip
+    intervals = {m: ([24, 72, 240, 720], (0.2 + 0.5 * rng.random(4)).tolist(),
+                     [0.05, float("nan"), 0.1, 0.0]) for m in METHODS}  # fmt: skip
     draw = {
         "metric_vs_params": lambda p: plot_metric_vs_params(rows, p, LONG_TITLE),
+        "lines_with_intervals": lambda p: plot_lines_with_intervals(
+            intervals, p, LONG_TITLE, LONG_TITLE, LONG_TITLE
+        ),
         "loss_curves": lambda p: plot_loss_curves(curves, p, title=LONG_TITLE),
         "parameter_counts": lambda p: plot_parameter_counts(series, p, LONG_TITLE, LONG_TITLE,
                                                             guides=(0.001, 0.01, 0.1)),
@@ -340,8 +365,7 @@ def figures(tmp_path_factory):
     return fourteen_of_each(tmp_path_factory.mktemp("figures"))
 
 
-@pytest.mark.parametrize("kind", ["metric_vs_params", "loss_curves", "parameter_counts",
-                                  "singular_values"])  # fmt: skip
+@pytest.mark.parametrize("kind", LINE_KINDS)
 def test_fourteen_series_differ_in_colour_and_in_marker(figures, kind):
     from matplotlib.colors import to_hex
 
@@ -355,8 +379,7 @@ def test_fourteen_series_differ_in_colour_and_in_marker(figures, kind):
         assert len({(to_hex(line.get_color()), line.get_marker()) for line in lines}) == 14
 
 
-@pytest.mark.parametrize("kind", ["metric_vs_params", "loss_curves", "parameter_counts",
-                                  "singular_values", "bars", "few_bars"])  # fmt: skip
+@pytest.mark.parametrize("kind", [*LINE_KINDS, "bars", "few_bars"])
 def test_no_text_reaches_past_the_canvas(figures, kind):
     from matplotlib.text import Text
 
@@ -372,8 +395,7 @@ def test_no_text_reaches_past_the_canvas(figures, kind):
         assert box.y0 >= canvas.y0 - 0.5 and box.y1 <= canvas.y1 + 0.5, (t.get_text(), box)
 
 
-@pytest.mark.parametrize("kind", ["metric_vs_params", "loss_curves", "parameter_counts",
-                                  "singular_values"])  # fmt: skip
+@pytest.mark.parametrize("kind", LINE_KINDS)
 def test_legend_lies_outside_every_data_area(figures, kind):
     fig = figures[kind][0]
     fig.draw_without_rendering()
@@ -384,8 +406,7 @@ def test_legend_lies_outside_every_data_area(figures, kind):
             assert not box.overlaps(ax.get_window_extent()), (kind, box, ax.get_window_extent())
 
 
-@pytest.mark.parametrize("kind", ["metric_vs_params", "loss_curves", "parameter_counts",
-                                  "singular_values", "bars", "few_bars"])  # fmt: skip
+@pytest.mark.parametrize("kind", [*LINE_KINDS, "bars", "few_bars"])
 def test_no_png_is_wider_than_a_screen(figures, kind):
     header = figures[kind][1].read_bytes()[:24]
     assert int.from_bytes(header[16:20], "big") <= 1800, kind

@@ -30,10 +30,11 @@ def test_the_table_holds_each_settings_mean_and_interval_over_its_seeds():
                 "n_train": 720, "seed": s, "steps": 200, "trainable": 25392, "accuracy": a,
                 "kept_ranks": {"h.0.c_attn": 12 - s, "h.1.c_attn": 4 + s}}
                for s, a in enumerate(accuracies)]  # fmt: skip
-    text = ac.markdown(records, ["python -m benchmarks.article_claims"], "a machine")
+    text = ac.markdown(records, ["python -m benchmarks.article_claims"], "a machine", 200)
     assert f"| adalora | — | 720 | 3 | 25,392 | {mean_ci(accuracies).format()} |" in text
     assert "| h.0.c_attn | 12 | 11 | 10 |" in text and "| h.1.c_attn | 4 | 5 | 6 |" in text
     assert "## data-size" not in text  # a part with no runs has no table
+    assert "## adalora" not in ac.markdown(records, [], "a machine", 300)  # other steps: apart
 
 
 def test_fewer_than_three_seeds_are_refused():

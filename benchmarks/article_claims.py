@@ -24,7 +24,8 @@ It writes (``--out``, default ``benchmarks/results/article_claims``):
     results.md      per part a table of means with 95 % intervals (Student t over the seeds)
     data_size.png   the test metric against n_train per method, with the intervals
 
-Runs already in results.json are not run again, so a part or a seed can be added later. Runs go
+Runs already in results.json are not run again (each is written as it ends), so an interrupted
+sweep resumes, and a part or a seed can be added later. Runs go
 ``--workers`` at a time, each in a fresh process with one BLAS thread. Not a speed benchmark:
 no timing is compared here, so a loaded machine changes no number (float32 rounding, set by the
 BLAS kernel, does: that is why the notebooks assert only what the intervals carry).
@@ -209,15 +210,17 @@ def main(argv=None):
         j for p in args.parts for j in jobs_for(p, args.seeds, args.steps) if key(j) not in done
     ]
     os.environ["OPENBLAS_NUM_THREADS"] = "1"  # for the workers, which start after this
+    command = ("python -m benchmarks.article_claims " + " ".join(sys.argv[1:])).strip()
+    commands = [c for c in previous["commands"] if c != command] + [command]
+    machine = f"{cpu_line()}; {blas_line(blas_info())}; {source_line()}"
+    args.out.mkdir(parents=True, exist_ok=True)
     records = list(previous["records"])
     with multiprocessing.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
         for i, record in enumerate(pool.imap(run, jobs), 1):
             records.append(record)
             print(f"[{i}/{len(jobs)}] {json.dumps(record)}", flush=True)
-    command = ("python -m benchmarks.article_claims " + " ".join(sys.argv[1:])).strip()
-    commands = [c for c in previous["commands"] if c != command] + [command]
-    machine = f"{cpu_line()}; {blas_line(blas_info())}; {source_line()}"
-    args.out.mkdir(parents=True, exist_ok=True)
+            # each run kept as it ends: an interrupted sweep resumes where it stopped
+            atomic_write_json(path, {"commands": commands, "machine": machine, "records": records})
     atomic_write_json(path, {"commands": commands, "machine": machine, "records": records})
     text = markdown(records, commands, machine, args.steps)
     atomic_write_bytes(args.out / "results.md", text.encode())

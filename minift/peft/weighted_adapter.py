@@ -29,6 +29,10 @@ ways, with cᵢ = wᵢ·sᵢ:
           every entry of A and B to ±(the q-quantile of all their entries together). Singular
           vectors have arbitrary signs: compare B·A, never A and B, with another implementation.
 
+PEFT 0.21 puts the weights of "linear" and "svd" (and "linear"'s √|cᵢ|) in a float32 tensor
+(torch.tensor's default), rounding them even on a float64 model; minift keeps them float64, so the
+two agree to float64 rounding where those numbers are exact in float32 (0.5, -0.75 …).
+
 The functions take the adapters' (Aᵢ, Bᵢ, sᵢ) and the weights, and return the new (A, B), in the
 layout of lora.py's Params (A [r, in], B [out, r]). Which adapters, which layers and the new
 config: adapters.py (``add_weighted_adapter``).

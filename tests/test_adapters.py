@@ -9,7 +9,7 @@ import warnings
 
 import numpy as np
 import pytest
-from helpers import hf_gpt2, import_references
+from helpers import as_if_written_elsewhere, hf_gpt2, import_references
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -218,9 +218,26 @@ def test_deleting_the_active_adapter_hands_over_to_the_first_remaining_by_name()
         peft.delete_adapter("b")
     with pytest.raises(ValueError, match=r"adapter_name: no adapter 'x'; the model has \['b'\]"):
         peft.delete_adapter("x")
+
+
+def test_a_merged_model_refuses_to_delete_its_active_adapter_or_to_add_one():
+    peft = two_adapters()
     peft.merge_adapter()
+    with pytest.raises(ValueError, match="adapter_name: 'default' is merged"):
+        peft.delete_adapter("default")
     with pytest.raises(RuntimeError, match="merged; unmerge_adapter"):
         peft.add_adapter("c", LoraConfig(r=2))
+    peft.delete_adapter("other")  # an inactive adapter is not merged
+    assert list(peft.peft_configs) == ["default"] and peft.merged
+
+
+def test_a_method_that_changes_more_than_its_layers_holds_one_adapter_and_cannot_be_disabled():
+    peft = get_peft_model(gpt(), PromptTuningConfig(num_virtual_tokens=2))
+    with pytest.raises(TypeError, match="disable_adapter: PromptTuningConfig"):
+        with peft.disable_adapter():
+            pass
+    with pytest.raises(TypeError, match="peft_config: .* got PromptTuningConfig"):
+        peft.add_adapter("other", PromptTuningConfig(num_virtual_tokens=2))
 
 
 @pytest.mark.parametrize(
@@ -492,8 +509,6 @@ def shape_mismatch(folder):  # a config that says r=2 over tensors of rank 3
     path = folder / "other" / "adapter_config.json"
     config = json.loads(path.read_text())
     path.write_text(json.dumps({**config, "r": 2}))
-    from helpers import as_if_written_elsewhere
-
     as_if_written_elsewhere(folder / "other" / "adapter_model.safetensors")
 
 

@@ -326,13 +326,13 @@ class SeveralAdapters:
         self._check_enabled("add_adapter")
         if check_adapter_name(adapter_name) in self._configs:
             raise ValueError(f"adapter_name: an adapter {adapter_name!r} exists already")
-        peft_type = getattr(peft_config, "peft_type", None)
-        if peft_type not in SEVERAL_ADAPTERS:
-            raise TypeError(
-                f"peft_config: one model holds several adapters of "
-                f"{' or '.join(SEVERAL_ADAPTERS.values())}; got {type(peft_config).__name__}"
-            )
-        if peft_type != self.peft_config.peft_type:
+        for cfg in (peft_config, self.peft_config):  # the new adapter's, and the model's
+            if getattr(cfg, "peft_type", None) not in SEVERAL_ADAPTERS:
+                raise TypeError(
+                    f"peft_config: one model holds several adapters of "
+                    f"{' or '.join(SEVERAL_ADAPTERS.values())}; got {type(cfg).__name__}"
+                )
+        if (peft_type := peft_config.peft_type) != self.peft_config.peft_type:
             raise ValueError(
                 f"peft_config: the adapters of one model are of one peft_type (PEFT's rule); this "
                 f"model's are {self.peft_config.peft_type}, got {peft_type}"

@@ -42,7 +42,6 @@ Shape legend: rᵢ the ranks, r the new rank, d_in / d_out the layer's in / out.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import math
 
@@ -152,13 +151,14 @@ def add_weighted_adapter(
         alpha_pattern={},
     )
     peft_model.add_adapter(adapter_name, new_config)
-    layers = {
-        a: collections.defaultdict(type(None), peft_model.adapter_layers(a)) for a in adapters
-    }
+    layers = {a: peft_model.adapter_layers(a) for a in adapters}
     try:
         for module, layer in peft_model.adapter_layers(adapter_name).items():
-            sources = [(layers[a][module], w) for a, w in zip(adapters, weights, strict=True)]
-            sources = [(layer, w) for layer, w in sources if layer is not None]
+            sources = [
+                (layers[a][module], w)
+                for a, w in zip(adapters, weights, strict=True)
+                if module in layers[a]
+            ]
             if not sources:
                 raise ValueError(f"adapters: none of {adapters} adapts {module!r}")
             A, B = _combined(sources, combination_type, new_rank, svd_clamp)

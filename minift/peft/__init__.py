@@ -21,6 +21,9 @@ adapted.py     the template every weight-level method's layer fills in (AdaptedL
 registry.py    the methods by their command-line names, each registered in its own file
 base.py        PEFT's API: PeftConfig, get_peft_model, PeftModel (merge_and_unload, unload,
                save_pretrained, from_pretrained, print_trainable_parameters)
+adapters.py    several adapters on one model: add_adapter, set_adapter, delete_adapter,
+               disable_adapter, merge_adapter, load_adapter (mixed into PeftModel)
+weighted_adapter.py  add_weighted_adapter: LoRA adapters combined ("linear", "cat", "svd")
 targets.py     which layers a method wraps: target_modules, matched as PEFT matches them
 peft_files.py  PEFT's adapter files, adapter_config.json and adapter_model.safetensors
 config_json.py a config read back from a file, every field checked

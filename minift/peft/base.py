@@ -36,12 +36,14 @@ import numpy as np
 from minift.errors import MiniftError
 from minift.files import load_tensors
 from minift.nn import Linear, Module
+from minift.peft.adapters import SeveralAdapters
 from minift.peft.config_json import config_from_json, field_error
 from minift.peft.counting import count_parameters, peft_line
 from minift.peft.peft_files import (
     MINIFT_ONLY,
     adapter_config_json,
     adapter_values,
+    check_adapter_name,
     check_minift_digest,
     hf_layout,
     present_heads,
@@ -136,12 +138,14 @@ class PeftConfig:
         return hf_layout(name, value)
 
 
-class PeftModel(Module):
-    """A model with a method applied; its parameter names are the model's own."""
+class PeftModel(SeveralAdapters, Module):
+    """A model with a method applied; its parameter names are the model's own. Several
+    adapters on one model (``add_adapter``, ``set_adapter`` …): adapters.py."""
 
-    def __init__(self, model: Module, peft_config: PeftConfig):
+    def __init__(self, model: Module, peft_config: PeftConfig, adapter_name: str = "default"):
         self.base_model = model
-        self.peft_config = peft_config
+        self.peft_config = peft_config  # the active adapter's
+        self._init_adapters(adapter_name)
 
     def __getattr__(self, name):
         # called only when normal lookup fails: reach the model's own attributes (peft.h[0]…)
@@ -236,12 +240,18 @@ class PeftModel(Module):
         return adapter_config_json(self, self._tuner_layers())
 
     def save_pretrained(self, directory) -> None:
-        """Write adapter_model.safetensors, then adapter_config.json (each atomically)."""
+        """Write adapter_model.safetensors, then adapter_config.json (each atomically); with
+        several adapters (or one not named "default"), PEFT's layout: ``save_adapters``."""
+        if list(self.peft_configs) != ["default"]:
+            return self.save_adapters(directory)
         write_adapter(directory, self.adapter_config(), self.adapter_state_dict())
 
     @classmethod
-    def from_pretrained(cls, model: Module, directory, is_trainable: bool = False, seed: int = 0):
-        """Apply a saved adapter to ``model``; frozen for inference unless ``is_trainable``.
+    def from_pretrained(
+        cls, model, directory, is_trainable=False, seed: int = 0, adapter_name: str = "default"
+    ):
+        """Apply a saved adapter to ``model``, named ``adapter_name``; frozen for inference
+        unless ``is_trainable``. (Every adapter of a folder: ``from_pretrained_all``.)
 
         Both files are read and checked before the model is touched, and if the adapter still
         does not fit the model, the model is put back as it was: a FileFormatError (naming the
@@ -254,7 +264,7 @@ class PeftModel(Module):
         saved = _module_state(model)
         try:
             try:
-                peft_model = get_peft_model(model, config, seed=seed)
+                peft_model = get_peft_model(model, config, seed, adapter_name)
             except (TypeError, ValueError, re.error) as e:
                 field = str(e).partition(": ")[0]
                 if isinstance(e, MiniftError) or field not in raw:
@@ -306,7 +316,9 @@ def _restore_module_state(saved) -> None:
             p.trainable = flag
 
 
-def get_peft_model(model: Module, peft_config: PeftConfig, seed: int = 0) -> PeftModel:
+def get_peft_model(
+    model: Module, peft_config: PeftConfig, seed: int = 0, adapter_name: str = "default"
+) -> PeftModel:
     """Freeze ``model``, apply the method, unfreeze ``modules_to_save``; see the module docstring.
 
     The model is changed in place (its target layers are wrapped) and returned inside a
@@ -316,6 +328,7 @@ def get_peft_model(model: Module, peft_config: PeftConfig, seed: int = 0) -> Pef
         raise TypeError(f"peft_config: expected a PeftConfig, got {type(peft_config).__name__}")
     if isinstance(model, PeftModel):
         raise TypeError("model: already a PeftModel; merge_and_unload() it first")
+    check_adapter_name(adapter_name)
     resolve_fan_in_fan_out(peft_config, model)
     for p in model.parameters():
         p.trainable = False
@@ -330,4 +343,4 @@ def get_peft_model(model: Module, peft_config: PeftConfig, seed: int = 0) -> Pef
             ) from None
         for p in module.parameters():
             p.trainable = True
-    return (peft_config.peft_model_class or PeftModel)(model, peft_config)
+    return (peft_config.peft_model_class or PeftModel)(model, peft_config, adapter_name)

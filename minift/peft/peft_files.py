@@ -15,6 +15,7 @@ is a FileFormatError naming the file, and the field or tensor.
 from __future__ import annotations
 
 import dataclasses
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ from minift.peft.targets import HF_TRANSFORMER_MODULES, peft_target_modules
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 MINIFT_ONLY = "MINIFT_"  # the peft_type of a method PEFT does not have: its files are minift's
+DEFAULT_ADAPTER = "default"  # with several adapters, the one saved at the folder's root
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a sub-folder's name on any system
 
 
 def hf_layout(name: str, value: np.ndarray) -> np.ndarray:
@@ -187,6 +190,45 @@ def adapter_files(directory) -> tuple[Path, Path]:
             f"a file, expected a folder holding {ADAPTER_CONFIG_NAME} and {ADAPTER_WEIGHTS_NAME}",
         )
     return directory / ADAPTER_CONFIG_NAME, directory / ADAPTER_WEIGHTS_NAME
+
+
+def check_adapter_name(name) -> str:
+    """``name`` if it can name an adapter's sub-folder (``ADAPTER_NAME``), else a ValueError."""
+    if not isinstance(name, str) or not ADAPTER_NAME.fullmatch(name):
+        raise ValueError(
+            f"adapter_name: expected letters, digits, '_', '.' or '-' (a folder's name), "
+            f"got {name!r}"
+        )
+    return name
+
+
+def adapter_folder(directory, adapter_name: str) -> Path:
+    """Where PEFT saves adapter ``adapter_name`` of several: "default" at the root of
+    ``directory``, every other in the sub-folder named for it."""
+    directory = Path(directory)
+    return directory if adapter_name == DEFAULT_ADAPTER else directory / adapter_name
+
+
+def adapter_folders(directory) -> dict[str, Path]:
+    """{adapter name: folder} of every adapter saved in ``directory`` (``adapter_folder``'s
+    layout), "default" first. Strict: every sub-folder holds both files under a name PEFT could
+    have written (not "default"), and there is at least one adapter; else the error names the
+    folder or the file. (A file beside them, PEFT's README.md, is not read.)"""
+    directory = Path(directory)
+    if not directory.is_dir():
+        adapter_files(directory)  # the error: no folder, or a file
+    root = any((directory / n).exists() for n in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME))
+    found = {DEFAULT_ADAPTER: directory} if root else {}
+    for sub in sorted(p for p in directory.iterdir() if p.is_dir()):
+        if sub.name == DEFAULT_ADAPTER or not ADAPTER_NAME.fullmatch(sub.name):
+            raise FileFormatError(sub, "a sub-folder whose name is no adapter PEFT would write")
+        for name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME):
+            if not (sub / name).is_file():
+                raise MissingFileError(sub / name, "missing: every sub-folder is an adapter")
+        found[sub.name] = sub
+    if not found:
+        raise MissingFileError(directory / ADAPTER_CONFIG_NAME, "no adapter in this folder")
+    return found
 
 
 def check_minift_digest(metadata: dict[str, str], path, minift_only: bool) -> None:

@@ -135,6 +135,8 @@ def closed_form(method: str, config: GPTConfig) -> int:
         return 2 * L * (2 * C * m + m + C)
     if method == "ia3":  # a vector on c_attn's output (3C) and on mlp.c_proj's input (4C)
         return 7 * L * C
+    if method == "vera":  # λ_d (r) and λ_b (out) per target; the shared A and B are frozen
+        return L * sum(peft.r + o for _, o in _targeted(targets, C))
     if method == "prompt":
         return peft.num_virtual_tokens * C
     if method == "prefix":  # a key and a value per virtual token per block

@@ -122,6 +122,20 @@ def test_finetune_with_loraplus_records_the_ratio_with_the_method(tmp_path, caps
     assert '"loraplus_lr_ratio": 16.0' in (out / "finetuned.json").read_text()
 
 
+def test_finetune_trains_vera_and_its_saved_model_evaluates_to_the_same_score(tmp_path, capsys):
+    out, adapter = tmp_path / "ft", tmp_path / "adapter"
+    code, stdout, _ = run(capsys, "finetune", "--task", "stdlib-modules", "--method", "vera",
+                          "--r", "16", "--vera-dropout", "0.1", "--out", str(out),
+                          "--save-adapter", str(adapter), *FAST)  # fmt: skip
+    assert code == 0 and "stdlib-modules / vera: accuracy = " in stdout
+    accuracy = float(stdout.split("accuracy = ")[1].split()[0])
+    saved = json.loads((adapter / "adapter_config.json").read_text())
+    assert saved["peft_type"] == "VERA" and saved["r"] == 16 and saved["vera_dropout"] == 0.1
+    code, stdout, _ = run(capsys, "evaluate", "--task", "stdlib-modules", "--model", str(out),
+                          "--eval-examples", "4")  # fmt: skip
+    assert code == 0 and float(stdout.split("accuracy = ")[1].split()[0]) == accuracy
+
+
 def test_pretrain_to_a_directory(tmp_path, capsys):
     code, stdout, _ = run(
         capsys, "pretrain", "--steps", "2", "--out", str(tmp_path / "base"), *TINY_BASE
@@ -221,7 +235,7 @@ def test_finetune_in_two_threads(tmp_path, capsys):
         (
             ["finetune", "--task", "babi-qa", "--method", "bitfit", "--save-adapter", "adapter"],
             "--save-adapter: method bitfit has no PEFT adapter format; the methods that have "
-            "one: lora, dora, adalora, ia3, prompt, prefix",
+            "one: lora, dora, adalora, ia3, vera, prompt, prefix",
         ),
         (
             ["finetune", "--task", "babi-qa", "--method", "lora", "--save-adapter", "no/a"],

@@ -42,6 +42,7 @@ def test_measured_counts_equal_the_closed_forms():
         "bitfit": (11 * L + 1) * C,
         "adapter": 2 * L * (2 * C * 16 + 16 + C),
         "ia3": 7 * L * C,
+        "vera": L * ((256 + 3 * C) + (256 + C)),  # λ_d (r = 256) and λ_b (out) per target
         "prompt": 8 * C,
         "prefix": 2 * L * 8 * C,
     }

@@ -1,12 +1,12 @@
 """PEFT's adapter files, both ways, for every method minift saves in PEFT's format.
 
-Each method (LoRA, rsLoRA, DoRA, LoRA on a regex, AdaLoRA, IA3, prompt tuning, prefix tuning
+Each method (LoRA, rsLoRA, DoRA, LoRA on a regex, AdaLoRA, IA3, VeRA, prompt tuning, prefix tuning
 direct and projected) is saved by minift and loaded by Hugging Face PEFT on a GPT2LMHeadModel with
-the same weights, and saved by PEFT and loaded by minift; the logits agree to 1e-10 in float64,
-PEFT loads minift's file without a warning, every field minift writes is one PEFT's config class
-has, and the layers PEFT adapts are the ones minift adapted. Then: prefix generation through the
-cache, a pruned AdaLoRA adapter, a sequence classifier (SEQ_CLS) both ways. The tests without the
-reference marker check how adapter_config.json says which layers to adapt.
+the same weights, and saved by PEFT and loaded by minift; the logits agree to 1e-10 in float64, PEFT
+loads minift's file without a warning, every field minift writes is one PEFT's config class has, and
+the layers PEFT adapts are the ones minift adapted. Then: prefix generation through the cache, a
+pruned AdaLoRA adapter, a sequence classifier (SEQ_CLS) both ways. The tests without the reference
+marker check how adapter_config.json says which layers to adapt.
 """
 
 import contextlib
@@ -28,6 +28,7 @@ from minift.peft import (
     PeftModel,
     PrefixTuningConfig,
     PromptTuningConfig,
+    VeraConfig,
     get_peft_model,
 )
 from minift.peft.peft_files import targetable_modules
@@ -103,6 +104,10 @@ METHODS = {
             "IA3Config",
             {"target_modules": ["c_attn", "mlp.c_proj"], "feedforward_modules": ["mlp.c_proj"]},
         ),
+    ),
+    "vera": (  # the file carries the shared A and B (save_projection): they load both ways
+        lambda: VeraConfig(r=4, target_modules=["c_attn", "mlp.c_proj"]),
+        ("VeraConfig", {"r": 4, "target_modules": ["c_attn", "mlp.c_proj"]}),
     ),
     "prompt": (
         lambda: PromptTuningConfig(num_virtual_tokens=N_VIRTUAL),
@@ -184,9 +189,9 @@ def hf_logits(torch, hf, idx):
 def peft_adapted_layers(hf):
     """The layers PEFT adapted, by minift's names (base_model.model.transformer.h.0… -> h.0…)."""
     names = {
-        name.split(".lora_", 1)[0].split(".ia3_", 1)[0]
+        re.split(r"\.(?:lora|ia3|vera_lambda)_", name, maxsplit=1)[0]
         for name, _ in hf.named_parameters()
-        if ".lora_" in name or ".ia3_" in name
+        if re.search(r"\.(?:lora|ia3|vera_lambda)_", name)
     }
     return sorted(re.sub(r"^base_model\.model\.(transformer\.)?", "", n) for n in names)
 

@@ -15,6 +15,7 @@ adalora.py     AdaLoRA: P·Λ·Q with a shrinking rank budget (adalora_training.
 bitfit.py      biases only
 adapter.py     Houlsby adapters
 ia3.py         IA3: learned rescaling vectors
+vera.py        VeRA: frozen random projections shared by every layer, trained scaling vectors
 prompt.py      prompt tuning (prompt_learning.py: the config it shares with prefix tuning)
 prefix.py      prefix tuning
 adapted.py     the template every weight-level method's layer fills in (AdaptedLinear)
@@ -54,6 +55,7 @@ from minift.peft.adalora import AdaLoraConfig, RankAllocator, SVDLinear, adalora
 from minift.peft.bitfit import BitFitConfig
 from minift.peft.adapter import AdapterConfig, AdapterLinear
 from minift.peft.ia3 import IA3Config, IA3Linear
+from minift.peft.vera import VeraConfig, VeraLinear, VeraModel
 from minift.peft.prompt import PromptTuningConfig, PromptTuningModel
 from minift.peft.prefix import PrefixTuningConfig, PrefixTuningModel
 
@@ -107,4 +109,7 @@ __all__ = [
     "match_target_modules",
     "share_across_blocks",
     "tie_parameters",
+    "VeraConfig",
+    "VeraLinear",
+    "VeraModel",
 ]

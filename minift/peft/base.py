@@ -239,25 +239,27 @@ class PeftModel(SeveralAdapters, Module):
         """What adapter_config.json holds (see ``peft_files.adapter_config_json``)."""
         return adapter_config_json(self, self._tuner_layers())
 
+    def adapter_metadata(self) -> dict[str, str]:  # for the weights file's header (VeRA's)
+        return {}
+
     def save_pretrained(self, directory) -> None:
         """Write adapter_model.safetensors, then adapter_config.json (each atomically); with
         several adapters (or one not named "default"), PEFT's layout: ``save_adapters``."""
         if list(self.peft_configs) != ["default"]:
             return self.save_adapters(directory)
-        write_adapter(directory, self.adapter_config(), self.adapter_state_dict())
+        write_adapter(
+            directory, self.adapter_config(), self.adapter_state_dict(), self.adapter_metadata()
+        )
 
     @classmethod
     def from_pretrained(
         cls, model, directory, is_trainable=False, seed: int = 0, adapter_name: str = "default"
     ):
         """Apply a saved adapter to ``model``, named ``adapter_name``; frozen for inference
-        unless ``is_trainable``. (Every adapter of a folder: ``from_pretrained_all``.)
-
-        Both files are read and checked before the model is touched, and if the adapter still
-        does not fit the model, the model is put back as it was: a FileFormatError (naming the
-        file, and the field or tensor) leaves ``model`` unchanged.
-        """
-        raw, tensors, config_path, weights_path = read_adapter(directory, PEFT_TYPES)
+        unless ``is_trainable`` (every adapter of a folder: ``from_pretrained_all``). Both files
+        are read and checked first; an adapter that does not fit is a FileFormatError (naming the
+        file, and the field or tensor) that leaves ``model`` as it was."""
+        raw, tensors, metadata, config_path, weights_path = read_adapter(directory, PEFT_TYPES)
         config = PEFT_TYPES[raw["peft_type"]].from_dict(raw, config_path)
         if raw.get("task_type") == "SEQ_CLS" and config.modules_to_save:
             config.modules_to_save = present_heads(config.modules_to_save, model)
@@ -271,7 +273,7 @@ class PeftModel(SeveralAdapters, Module):
                     raise
                 # a field valid on its own that does not fit this model (a target it lacks)
                 raise field_error(config_path, e, {field}) from None
-            peft_model._load_adapter_tensors(tensors, weights_path, config_path)
+            peft_model._load_adapter_tensors(tensors, weights_path, config_path, metadata)
         except BaseException:
             _restore_module_state(saved)
             raise
@@ -288,9 +290,11 @@ class PeftModel(SeveralAdapters, Module):
         check_minift_digest(
             metadata, path, minift_only=self.peft_config.peft_type.startswith(MINIFT_ONLY)
         )
-        self._load_adapter_tensors(tensors, path)
+        self._load_adapter_tensors(tensors, path, metadata=metadata)
 
-    def _load_adapter_tensors(self, tensors: dict[str, np.ndarray], path, config_path=None):
+    def _load_adapter_tensors(self, tensors, path, config_path=None, metadata=None):
+        """Copy ``tensors`` into the Params (strictly: ``adapter_values``); ``metadata``, the
+        file's header, is for a method that records something there (VeRA)."""
         cfg = self.peft_config
         params = {
             cfg.peft_key(n): (n, p) for n, p in self.named_parameters().items() if p.trainable

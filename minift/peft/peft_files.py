@@ -115,27 +115,31 @@ def resolve_fan_in_fan_out(peft_config, model: Module) -> None:
     peft_config.fan_in_fan_out = layout
 
 
-def write_adapter(directory, config: dict[str, Any], tensors: dict[str, np.ndarray]) -> None:
+def write_adapter(
+    directory, config: dict[str, Any], tensors: dict[str, np.ndarray], extra_metadata=None
+) -> None:
     """adapter_model.safetensors, then adapter_config.json (each atomically); the weights'
-    header records the config's checksum, so that a config changed alone is caught on reading."""
+    header records the config's checksum, so that a config changed alone is caught on reading,
+    and ``extra_metadata``, what the method records there (VeRA: how it drew its projections)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    metadata = {"format": "pt", CONFIG_DIGEST_KEY: json_digest(config)}
+    metadata = {**(extra_metadata or {}), "format": "pt", CONFIG_DIGEST_KEY: json_digest(config)}
     save_tensors(directory / ADAPTER_WEIGHTS_NAME, tensors, metadata)
     atomic_write_json(directory / ADAPTER_CONFIG_NAME, config)
 
 
-def read_adapter(directory, peft_types) -> tuple[dict, dict[str, np.ndarray], Path, Path]:
-    """(adapter_config.json's dict, the tensors, the config's path, the weights' path), both
-    files checked: the config's ``peft_type`` is one of ``peft_types``, and the weights are the
-    ones saved with this config (where minift wrote them: its checksums say so)."""
+def read_adapter(directory, peft_types) -> tuple[dict, dict[str, np.ndarray], dict, Path, Path]:
+    """(adapter_config.json's dict, the tensors, the weights' header metadata, the config's
+    path, the weights' path), both files checked: the config's ``peft_type`` is one of
+    ``peft_types``, and the weights are the ones saved with this config (where minift wrote
+    them: its checksums say so)."""
     config_path, weights_path = adapter_files(directory)
     raw = read_json(config_path, "adapter config")
     tensors, metadata = load_tensors(weights_path)
     peft_type = json_str(raw, "peft_type", config_path, choices=sorted(peft_types))
     check_minift_digest(metadata, weights_path, minift_only=peft_type.startswith(MINIFT_ONLY))
     check_config_digest(metadata, raw, config_path, weights_path)
-    return raw, tensors, config_path, weights_path
+    return raw, tensors, metadata, config_path, weights_path
 
 
 def adapter_config_json(peft_model, wrapped: list[str]) -> dict[str, Any]:

@@ -133,6 +133,8 @@ def closed_form(method: str, config: GPTConfig) -> int:
     if method == "adapter":  # two adapters per block, each down (C × m + m) and up (m × C + C)
         m = peft.bottleneck_size
         return 2 * L * (2 * C * m + m + C)
+    if method == "loha":  # two [out, r]·[r, in] products per target
+        return L * sum(2 * peft.r * (i + o) for i, o in _targeted(targets, C))
     if method == "ia3":  # a vector on c_attn's output (3C) and on mlp.c_proj's input (4C)
         return 7 * L * C
     if method == "prompt":

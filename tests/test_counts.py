@@ -42,6 +42,7 @@ def test_measured_counts_equal_the_closed_forms():
         "bitfit": (11 * L + 1) * C,
         "adapter": 2 * L * (2 * C * 16 + 16 + C),
         "ia3": 7 * L * C,
+        "loha": L * 2 * 4 * ((C + 3 * C) + (C + C)),  # r = 4 on c_attn and attn.c_proj: LoRA's
         "prompt": 8 * C,
         "prefix": 2 * L * 8 * C,
     }

@@ -15,6 +15,8 @@ adalora.py     AdaLoRA: P·Λ·Q with a shrinking rank budget (adalora_training.
 bitfit.py      biases only
 adapter.py     Houlsby adapters
 ia3.py         IA3: learned rescaling vectors
+loha.py        LoHa: a Hadamard product of two low-rank products (lycoris.py: what it shares
+               with LoKr, PEFT's LycorisConfig)
 prompt.py      prompt tuning (prompt_learning.py: the config it shares with prefix tuning)
 prefix.py      prefix tuning
 adapted.py     the template every weight-level method's layer fills in (AdaptedLinear)
@@ -51,6 +53,7 @@ from minift.peft.adalora import AdaLoraConfig, RankAllocator, SVDLinear, adalora
 from minift.peft.bitfit import BitFitConfig
 from minift.peft.adapter import AdapterConfig, AdapterLinear
 from minift.peft.ia3 import IA3Config, IA3Linear
+from minift.peft.loha import LoHaConfig, LoHaLinear
 from minift.peft.prompt import PromptTuningConfig, PromptTuningModel
 from minift.peft.prefix import PrefixTuningConfig, PrefixTuningModel
 
@@ -85,6 +88,8 @@ __all__ = [
     "HeadOnlyConfig",
     "IA3Config",
     "IA3Linear",
+    "LoHaConfig",
+    "LoHaLinear",
     "LastKBlocksConfig",
     "LoraConfig",
     "LoraLinear",

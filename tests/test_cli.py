@@ -122,7 +122,7 @@ def test_finetune_with_loraplus_records_the_ratio_with_the_method(tmp_path, caps
     assert '"loraplus_lr_ratio": 16.0' in (out / "finetuned.json").read_text()
 
 
-@pytest.mark.parametrize("method", ["loha"])
+@pytest.mark.parametrize("method", ["loha", "lokr"])
 def test_finetune_trains_a_lycoris_method_and_saves_its_peft_adapter(tmp_path, capsys, method):
     out, adapter = tmp_path / "ft", tmp_path / "adapter"
     code, stdout, _ = run(capsys, "finetune", "--task", "stdlib-modules", "--method", method,
@@ -232,7 +232,7 @@ def test_finetune_in_two_threads(tmp_path, capsys):
         (
             ["finetune", "--task", "babi-qa", "--method", "bitfit", "--save-adapter", "adapter"],
             "--save-adapter: method bitfit has no PEFT adapter format; the methods that have "
-            "one: lora, dora, adalora, ia3, loha, prompt, prefix",
+            "one: lora, dora, adalora, ia3, loha, lokr, prompt, prefix",
         ),
         (
             ["finetune", "--task", "babi-qa", "--method", "lora", "--save-adapter", "no/a"],

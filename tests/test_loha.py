@@ -6,7 +6,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from helpers import as_if_written_elsewhere, hf_gpt2, import_references
+from helpers import (
+    as_if_written_elsewhere,
+    hf_gpt2_with_linears,
+    import_references,
+    torch_loss_and_grads,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -304,38 +309,6 @@ def test_unknown_target_module_lists_what_exists():
 # -- PEFT itself ----------------------------------------------------------------------------------
 
 
-def hf_gpt2_with_linears(model, folder):
-    """Hugging Face's GPT-2 with ``model``'s weights, every Conv1D swapped for an nn.Linear
-    holding W₀ᵀ: PEFT builds LoHa only on nn.Linear (a Conv1D raises TypeError there)."""
-    torch, transformers, _ = import_references()
-    hf = hf_gpt2(model, folder)
-    conv1d = transformers.pytorch_utils.Conv1D
-    for name, module in list(hf.named_modules()):
-        if isinstance(module, conv1d):
-            d_in, d_out = module.weight.shape
-            linear = torch.nn.Linear(d_in, d_out, dtype=torch.float64)
-            with torch.no_grad():
-                linear.weight.copy_(module.weight.T)
-                linear.bias.copy_(module.bias)
-            parent, _, child = name.rpartition(".")
-            setattr(hf.get_submodule(parent), child, linear)
-    return hf.eval()
-
-
-def torch_loss_and_grads(torch, hf, idx, targets):
-    logits = hf(torch.tensor(idx)).logits
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                             torch.tensor(targets).reshape(-1))  # fmt: skip
-    loss.backward()
-    grads = {n: p.grad.numpy() for n, p in hf.named_parameters() if p.grad is not None}
-    return logits.detach().numpy(), grads
-
-
-def peft_key(torch_name):
-    # base_model.model.transformer.h.0.attn.c_attn.hada_w1_a.default -> the file's key
-    return torch_name.removesuffix(".default")
-
-
 @pytest.mark.reference
 def test_loha_trained_in_hugging_face_peft_loads_in_minift_with_equal_logits_and_gradients(
     tmp_path,
@@ -353,10 +326,9 @@ def test_loha_trained_in_hugging_face_peft_loads_in_minift_with_equal_logits_and
     np.testing.assert_allclose(peft.forward(idx), expected, rtol=0, atol=1e-10)
     cross_entropy_loss(peft, idx, targets)(True)
     ours = {peft.peft_config.peft_key(n): p.grad for n, p in trainable(peft).items()}
-    theirs = {peft_key(n): g for n, g in expected_grads.items()}
-    assert ours.keys() == theirs.keys() and len(ours) == 4 * 2 * TINY.n_layer
+    assert ours.keys() == expected_grads.keys() and len(ours) == 4 * 2 * TINY.n_layer
     for key, grad in ours.items():
-        np.testing.assert_allclose(grad, theirs[key], rtol=0, atol=1e-8, err_msg=key)
+        np.testing.assert_allclose(grad, expected_grads[key], rtol=0, atol=1e-8, err_msg=key)
 
 
 @pytest.mark.reference

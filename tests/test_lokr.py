@@ -188,6 +188,15 @@ def test_lokr_at_init_gives_the_base_output_bit_for_bit(init, zeroed, split):
     np.testing.assert_array_equal(peft.forward(idx), base)
 
 
+def test_only_w1_moves_on_the_first_step():
+    peft = get_peft_model(tiny_gpt(1), LoKrConfig(r=8))
+    cross_entropy_loss(peft, *batch(1))(True)
+    layer = lokr_layers(peft)[0]
+    assert layer.delta_params == ("lokr_w1", "lokr_w2")
+    assert np.abs(layer.lokr_w1.grad).max() > 1e-6  # s·Σ G's blocks ⊙ W₂
+    assert not layer.lokr_w2.grad.any()  # G's blocks contracted against W₁ = 0
+
+
 def test_init_weights_false_draws_every_factor_and_changes_the_output():
     idx, _ = batch(2)
     model = tiny_gpt(2)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 
 from minift.model import GPT, GPTConfig
 from minift.peft import METHODS, count_parameters, get_peft_model
+from minift.peft.lokr import lokr_shapes
 
 STEPS = 200  # ``minift finetune``'s default; only AdaLoRA's schedule depends on it, not its count
 
@@ -133,6 +134,14 @@ def closed_form(method: str, config: GPTConfig) -> int:
     if method == "adapter":  # two adapters per block, each down (C × m + m) and up (m × C + C)
         m = peft.bottleneck_size
         return 2 * L * (2 * C * m + m + C)
+    if method == "loha":  # two [out, r]·[r, in] products per target
+        return L * sum(2 * peft.r * (i + o) for i, o in _targeted(targets, C))
+    if method == "lokr":  # the factors lokr_shapes gives each target (a Kronecker split of it)
+        return L * sum(
+            sum(a * b for a, b in lokr_shapes(i, o, peft.r, peft.decompose_both,
+                                              peft.decompose_factor).values())
+            for i, o in _targeted(targets, C)
+        )  # fmt: skip
     if method == "ia3":  # a vector on c_attn's output (3C) and on mlp.c_proj's input (4C)
         return 7 * L * C
     if method == "vera":  # λ_d (r) and λ_b (out) per target; the shared A and B are frozen

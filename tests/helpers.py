@@ -89,6 +89,37 @@ def hf_gpt2(model, folder):
     return transformers.GPT2LMHeadModel.from_pretrained(folder, torch_dtype=torch.float64)
 
 
+def hf_gpt2_with_linears(model, folder):
+    """Hugging Face's GPT-2 with ``model``'s weights, every Conv1D swapped for an nn.Linear
+    holding W₀ᵀ: PEFT builds LoHa and LoKr only on nn.Linear (a Conv1D raises TypeError there)."""
+    torch, transformers, _ = import_references()
+    hf = hf_gpt2(model, folder)
+    conv1d = transformers.pytorch_utils.Conv1D
+    for name, module in list(hf.named_modules()):
+        if isinstance(module, conv1d):
+            d_in, d_out = module.weight.shape
+            linear = torch.nn.Linear(d_in, d_out, dtype=torch.float64)
+            with torch.no_grad():
+                linear.weight.copy_(module.weight.T)
+                linear.bias.copy_(module.bias)
+            parent, _, child = name.rpartition(".")
+            setattr(hf.get_submodule(parent), child, linear)
+    return hf.eval()
+
+
+def torch_loss_and_grads(torch, hf, idx, targets):
+    """(logits, {parameter name: gradient}) of torch's mean cross-entropy on ``hf``."""
+    logits = hf(torch.tensor(idx)).logits
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                             torch.tensor(targets).reshape(-1))  # fmt: skip
+    loss.backward()
+    # under its key in the file: base_model.model.transformer.h.0.attn.c_attn.hada_w1_a.default
+    # is saved as ...c_attn.hada_w1_a
+    grads = {n.removesuffix(".default"): p.grad.numpy()
+             for n, p in hf.named_parameters() if p.grad is not None}  # fmt: skip
+    return logits.detach().numpy(), grads
+
+
 # -- damaging a saved folder, and what is on the disk ------------------------------------------
 
 

@@ -136,6 +136,17 @@ def test_finetune_trains_vera_and_its_saved_model_evaluates_to_the_same_score(tm
     assert code == 0 and float(stdout.split("accuracy = ")[1].split()[0]) == accuracy
 
 
+@pytest.mark.parametrize("method", ["loha", "lokr"])
+def test_finetune_trains_a_lycoris_method_and_saves_its_peft_adapter(tmp_path, capsys, method):
+    out, adapter = tmp_path / "ft", tmp_path / "adapter"
+    code, stdout, _ = run(capsys, "finetune", "--task", "stdlib-modules", "--method", method,
+                          "--r", "2", "--alpha", "3", "--out", str(out), "--save-adapter",
+                          str(adapter), *FAST)  # fmt: skip
+    assert code == 0 and f"stdlib-modules / {method}: accuracy = " in stdout
+    saved = json.loads((adapter / "adapter_config.json").read_text())
+    assert (saved["peft_type"], saved["r"], saved["alpha"]) == (method.upper(), 2, 3.0)
+
+
 def test_pretrain_to_a_directory(tmp_path, capsys):
     code, stdout, _ = run(
         capsys, "pretrain", "--steps", "2", "--out", str(tmp_path / "base"), *TINY_BASE
@@ -235,7 +246,7 @@ def test_finetune_in_two_threads(tmp_path, capsys):
         (
             ["finetune", "--task", "babi-qa", "--method", "bitfit", "--save-adapter", "adapter"],
             "--save-adapter: method bitfit has no PEFT adapter format; the methods that have "
-            "one: lora, dora, adalora, ia3, vera, prompt, prefix",
+            "one: lora, dora, adalora, ia3, vera, loha, lokr, prompt, prefix",
         ),
         (
             ["finetune", "--task", "babi-qa", "--method", "lora", "--save-adapter", "no/a"],

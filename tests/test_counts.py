@@ -43,6 +43,10 @@ def test_measured_counts_equal_the_closed_forms():
         "adapter": 2 * L * (2 * C * 16 + 16 + C),
         "ia3": 7 * L * C,
         "vera": L * ((256 + 3 * C) + (256 + C)),  # λ_d (r = 256) and λ_b (out) per target
+        "loha": L * 2 * 4 * ((C + 3 * C) + (C + C)),  # r = 4 on c_attn and attn.c_proj: LoRA's
+        # r = 8 on c_attn, 16 = 4·4 -> 48 = 6·8: W₁ [6, 4], W₂ [8, 4] (8 ≥ 8/2: whole), and on
+        # attn.c_proj, 16 -> 16: W₁ [4, 4], W₂ [4, 4]
+        "lokr": L * ((6 * 4 + 8 * 4) + (4 * 4 + 4 * 4)),
         "prompt": 8 * C,
         "prefix": 2 * L * 8 * C,
     }

@@ -16,6 +16,9 @@ bitfit.py      biases only
 adapter.py     Houlsby adapters
 ia3.py         IA3: learned rescaling vectors
 vera.py        VeRA: frozen random projections shared by every layer, trained scaling vectors
+loha.py        LoHa: a Hadamard product of two low-rank products
+lokr.py        LoKr: a Kronecker product (lycoris.py: what LoHa and LoKr share, PEFT's
+               LycorisConfig)
 prompt.py      prompt tuning (prompt_learning.py: the config it shares with prefix tuning)
 prefix.py      prefix tuning
 adapted.py     the template every weight-level method's layer fills in (AdaptedLinear)
@@ -56,6 +59,8 @@ from minift.peft.bitfit import BitFitConfig
 from minift.peft.adapter import AdapterConfig, AdapterLinear
 from minift.peft.ia3 import IA3Config, IA3Linear
 from minift.peft.vera import VeraConfig, VeraLinear, VeraModel
+from minift.peft.loha import LoHaConfig, LoHaLinear
+from minift.peft.lokr import LoKrConfig, LoKrLinear
 from minift.peft.prompt import PromptTuningConfig, PromptTuningModel
 from minift.peft.prefix import PrefixTuningConfig, PrefixTuningModel
 
@@ -90,6 +95,10 @@ __all__ = [
     "HeadOnlyConfig",
     "IA3Config",
     "IA3Linear",
+    "LoHaConfig",
+    "LoHaLinear",
+    "LoKrConfig",
+    "LoKrLinear",
     "LastKBlocksConfig",
     "LoraConfig",
     "LoraLinear",

@@ -122,6 +122,17 @@ def test_finetune_with_loraplus_records_the_ratio_with_the_method(tmp_path, caps
     assert '"loraplus_lr_ratio": 16.0' in (out / "finetuned.json").read_text()
 
 
+def test_finetune_trains_ln_tuning_and_saves_its_peft_adapter(tmp_path, capsys):
+    adapter = tmp_path / "adapter"
+    code, stdout, _ = run(capsys, "finetune", "--task", "stdlib-modules", "--method", "ln-tuning",
+                          "--target-modules", "ln_1", "ln_f", "--save-adapter", str(adapter),
+                          *FAST)  # fmt: skip
+    assert code == 0 and "stdlib-modules / ln-tuning: accuracy = " in stdout
+    saved = json.loads((adapter / "adapter_config.json").read_text())
+    assert saved["peft_type"] == "LN_TUNING"
+    assert saved["target_modules"] == ["transformer.h.0.ln_1", "transformer.ln_f"]  # one block
+
+
 def test_pretrain_to_a_directory(tmp_path, capsys):
     code, stdout, _ = run(
         capsys, "pretrain", "--steps", "2", "--out", str(tmp_path / "base"), *TINY_BASE
@@ -221,7 +232,7 @@ def test_finetune_in_two_threads(tmp_path, capsys):
         (
             ["finetune", "--task", "babi-qa", "--method", "bitfit", "--save-adapter", "adapter"],
             "--save-adapter: method bitfit has no PEFT adapter format; the methods that have "
-            "one: lora, dora, adalora, ia3, prompt, prefix",
+            "one: lora, dora, adalora, ln-tuning, ia3, prompt, prefix",
         ),
         (
             ["finetune", "--task", "babi-qa", "--method", "lora", "--save-adapter", "no/a"],

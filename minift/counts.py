@@ -85,7 +85,8 @@ def markdown(rows: list[Row], config: GPTConfig) -> str:
 # A block's Linears as GPT-2 names them, (fan in, fan out) in units of C = d_model
 BLOCK_LINEARS = {"attn.c_attn": (1, 3), "attn.c_proj": (1, 1), "mlp.c_fc": (1, 4),
                  "mlp.c_proj": (4, 1)}  # fmt: skip
-DEFAULT_TARGETS = {"adalora": ["c_attn"]}  # PEFT's GPT-2 default where the config leaves it None
+# PEFT's GPT-2 default where the config leaves it None
+DEFAULT_TARGETS = {"adalora": ["c_attn"], "ln-tuning": ["ln_1", "ln_2", "ln_f"]}
 
 GPT2_FAMILY = {  # the published GPT-2 shapes (Radford et al. 2019), LM head tied to wte
     "GPT-2 124M": GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, d_model=768),
@@ -131,6 +132,9 @@ def closed_form(method: str, config: GPTConfig) -> int:
         return L * sum(peft.init_r * (i + o) + peft.init_r for i, o in _targeted(targets, C))
     if method == "bitfit":  # a block's biases: 9C in its Linears, 2C in its LayerNorms; ln_f's C
         return (11 * L + 1) * C
+    if method == "ln-tuning":  # γ and β (2C) per LayerNorm: ln_1, ln_2 per block, ln_f once
+        layer_norms = {"ln_1": L, "ln_2": L, "ln_f": 1}
+        return 2 * C * sum(k for name, k in layer_norms.items() if name in targets)
     if method == "adapter":  # two adapters per block, each down (C × m + m) and up (m × C + C)
         m = peft.bottleneck_size
         return 2 * L * (2 * C * m + m + C)

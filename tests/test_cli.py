@@ -147,6 +147,29 @@ def test_finetune_trains_a_lycoris_method_and_saves_its_peft_adapter(tmp_path, c
     assert (saved["peft_type"], saved["r"], saved["alpha"]) == (method.upper(), 2, 3.0)
 
 
+def test_finetune_trains_ln_tuning_and_saves_its_peft_adapter(tmp_path, capsys):
+    adapter = tmp_path / "adapter"
+    code, stdout, _ = run(capsys, "finetune", "--task", "stdlib-modules", "--method", "ln-tuning",
+                          "--target-modules", "ln_1", "ln_f", "--save-adapter", str(adapter),
+                          *FAST)  # fmt: skip
+    assert code == 0 and "stdlib-modules / ln-tuning: accuracy = " in stdout
+    saved = json.loads((adapter / "adapter_config.json").read_text())
+    assert saved["peft_type"] == "LN_TUNING"
+    assert saved["target_modules"] == ["transformer.h.0.ln_1", "transformer.ln_f"]  # one block
+
+
+def test_finetune_starts_a_prompt_from_a_text_and_saves_it_as_pefts_text_init(tmp_path, capsys):
+    adapter = tmp_path / "adapter"
+    code, stdout, _ = run(capsys, "finetune", "--task", "stdlib-modules", "--method", "prompt",
+                          "--prompt-tuning-init", "TEXT", "--prompt-tuning-init-text", "module: ",
+                          "--tokenizer-name-or-path", "minift-char", "--save-adapter",
+                          str(adapter), *FAST)  # fmt: skip
+    assert code == 0 and "stdlib-modules / prompt: accuracy = " in stdout
+    saved = json.loads((adapter / "adapter_config.json").read_text())
+    assert saved["prompt_tuning_init"] == "TEXT" and saved["prompt_tuning_init_text"] == "module: "
+    assert saved["tokenizer_name_or_path"] == "minift-char"
+
+
 def test_pretrain_to_a_directory(tmp_path, capsys):
     code, stdout, _ = run(
         capsys, "pretrain", "--steps", "2", "--out", str(tmp_path / "base"), *TINY_BASE
@@ -246,7 +269,7 @@ def test_finetune_in_two_threads(tmp_path, capsys):
         (
             ["finetune", "--task", "babi-qa", "--method", "bitfit", "--save-adapter", "adapter"],
             "--save-adapter: method bitfit has no PEFT adapter format; the methods that have "
-            "one: lora, dora, adalora, ia3, vera, loha, lokr, prompt, prefix",
+            "one: lora, dora, adalora, ln-tuning, ia3, vera, loha, lokr, prompt, prefix",
         ),
         (
             ["finetune", "--task", "babi-qa", "--method", "lora", "--save-adapter", "no/a"],

@@ -40,6 +40,7 @@ def test_measured_counts_equal_the_closed_forms():
         "dora": lora + L * (3 * C + C),  # a magnitude per output column
         "adalora": L * (12 * (C + 3 * C) + 12),  # P, Q and Λ at init_r = 12 on c_attn
         "bitfit": (11 * L + 1) * C,
+        "ln-tuning": (2 * L + 1) * 2 * C,  # γ and β of ln_1, ln_2 per block and ln_f
         "adapter": 2 * L * (2 * C * 16 + 16 + C),
         "ia3": 7 * L * C,
         "vera": L * ((256 + 3 * C) + (256 + C)),  # λ_d (r = 256) and λ_b (out) per target
@@ -54,6 +55,7 @@ def test_measured_counts_equal_the_closed_forms():
     for method, trainable in closed_forms.items():
         assert by_method[method].trainable == trainable, method
     assert by_method["bitfit"].added == 0  # it only chooses what trains
+    assert by_method["ln-tuning"].added == by_method["ln-tuning"].trainable  # copies, beside
     assert by_method["adapter"].added == by_method["adapter"].trainable
     assert by_method["sharing"].added == -(L - 1) * (8 * C * C + 5 * C)
 

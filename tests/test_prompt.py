@@ -13,13 +13,15 @@ from hypothesis import strategies as st
 
 import minift
 from minift.checkpoint import load_tensors, save_tensors
+from minift.data import standard_tokenizer, tokenizer_from_name
+from minift.errors import FileFormatError
 from minift.functional import cross_entropy
 from minift.gradcheck import check_gradients, cross_entropy_loss, randomize_params
 from minift.optim import AdamW
 from minift.peft import count_parameters, get_peft_model
 from minift.peft.base import PeftModel
 from minift.peft.prefix import PrefixTuningConfig, prefix_mlp_backward, prefix_mlp_forward
-from minift.peft.prompt import PromptTuningConfig
+from minift.peft.prompt import PromptTuningConfig, text_init_ids
 
 TINY = minift.GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=8)
 TOL = 1e-7
@@ -518,12 +520,12 @@ def test_text_init_needs_exactly_n_ids():
         PromptTuningConfig(
             num_virtual_tokens=3, prompt_tuning_init="TEXT", prompt_tuning_init_token_ids=[1, 2]
         )
-    with pytest.raises(ValueError, match="'TEXT' needs the token ids"):
+    with pytest.raises(ValueError, match="prompt_tuning_init_text: .*'TEXT' needs a text"):
         PromptTuningConfig(num_virtual_tokens=3, prompt_tuning_init="TEXT")
     with pytest.raises(ValueError, match="only used with prompt_tuning_init='TEXT'"):
         PromptTuningConfig(num_virtual_tokens=1, prompt_tuning_init_token_ids=[1])
-    with pytest.raises(ValueError, match="prompt_tuning_init: expected 'RANDOM' or 'TEXT'"):
-        PromptTuningConfig(num_virtual_tokens=1, prompt_tuning_init="SAMPLE_VOCAB")
+    with pytest.raises(ValueError, match="expected one of 'RANDOM', 'TEXT', 'SAMPLE_VOCAB'"):
+        PromptTuningConfig(num_virtual_tokens=1, prompt_tuning_init="ZEROS")
 
 
 def test_fields_that_describe_the_model_must_match_it():
@@ -590,3 +592,173 @@ def test_prompt_tuning_adapter_loads_in_hugging_face_peft_both_ways(tmp_path, di
         hf.save_pretrained(tmp_path / "adapter")
         got = PeftModel.from_pretrained(model, tmp_path / "adapter").forward(idx)
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------------------------
+# Prompt tuning initialised from a text, through a tokenizer (PEFT's TEXT), or SAMPLE_VOCAB
+
+CHAR = minift.GPTConfig(vocab_size=128, block_size=32, n_layer=1, n_head=2, d_model=8)
+WORDPIECE_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "a"]
+WORDPIECE_VOCAB += ["mat", "##s", "dog", "."]
+
+
+def write_wordpiece(folder):
+    """A BERT tokenizer folder that minift and transformers both read, offline."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("".join(t + "\n" for t in WORDPIECE_VOCAB))
+    config = {"tokenizer_class": "BertTokenizer", "do_lower_case": True}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def text_config(n, text, tokenizer="minift-char", **kw):
+    return PromptTuningConfig(
+        num_virtual_tokens=n, prompt_tuning_init="TEXT", prompt_tuning_init_text=text,
+        tokenizer_name_or_path=str(tokenizer), **kw,
+    )  # fmt: skip
+
+
+def pefts_rule(init_token_ids, total_virtual_tokens):
+    """PEFT 0.21's trim-or-repeat of the text's ids (tuners/prompt_tuning/model.py), restated."""
+    num_text_tokens = len(init_token_ids)
+    if num_text_tokens > total_virtual_tokens:
+        init_token_ids = init_token_ids[:total_virtual_tokens]
+    elif num_text_tokens < total_virtual_tokens:
+        init_token_ids = init_token_ids * math.ceil(total_virtual_tokens / num_text_tokens)
+    return init_token_ids[:total_virtual_tokens]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 127), min_size=1, max_size=12), st.integers(1, 20))
+def test_text_ids_are_cycled_or_cut_to_n_by_pefts_rule(ids, n):
+    cycled = text_init_ids(ids, n)
+    assert cycled == pefts_rule(ids, n)
+    assert cycled == [ids[k % len(ids)] for k in range(n)]
+
+
+@settings(max_examples=10, deadline=None)
+@given(seeds, st.text(alphabet="abcdef ghij(:)", min_size=1, max_size=12), st.integers(1, 9))
+def test_text_init_rows_are_copies_of_the_embedding_rows_of_the_texts_ids(seed, text, n):
+    model = tiny_model(seed % 5, config=CHAR)
+    wte = model.wte.weight.value.copy()
+    peft = get_peft_model(model, text_config(n, text))
+    ids = text_init_ids(standard_tokenizer().encode(text), n)
+    np.testing.assert_array_equal(peft.prompt.value, wte[ids])
+    assert not np.shares_memory(peft.prompt.value, model.wte.weight.value)
+    peft.prompt.value += 1.0  # a trained prompt leaves the embedding table as it was
+    np.testing.assert_array_equal(model.wte.weight.value, wte)
+
+
+def test_text_init_computes_what_the_base_computes_on_the_encoded_text_then_the_input():
+    model = tiny_model(1, config=CHAR)
+    text, idx = "def f(x):", np.random.default_rng(1).integers(4, 128, (2, 5))
+    ids = standard_tokenizer().encode(text)
+    expected = model.forward(np.concatenate([np.tile(ids, (2, 1)), idx], axis=1))[:, len(ids) :]
+    got = get_peft_model(model, text_config(len(ids), text)).forward(idx)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+
+
+def test_sample_vocab_starts_each_virtual_token_as_a_row_of_the_embedding_table():
+    model = tiny_model(2, config=CHAR)
+    wte = model.wte.weight.value
+    config = PromptTuningConfig(num_virtual_tokens=6, prompt_tuning_init="SAMPLE_VOCAB")
+    P = get_peft_model(model, config, seed=3).prompt.value
+    ids = np.random.default_rng(3).integers(0, CHAR.vocab_size, 6)  # the seed's draw
+    np.testing.assert_array_equal(P, wte[ids])
+    assert not np.shares_memory(P, wte)
+
+
+def test_a_text_init_config_round_trips_through_adapter_config_json(tmp_path):
+    model = tiny_model(4, config=CHAR)
+    peft = peft_of(model, text_config(5, "x = 1"))
+    idx = np.random.default_rng(4).integers(4, 128, (2, 6))
+    expected = peft.forward(idx)
+    peft.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert saved["prompt_tuning_init"] == "TEXT" and saved["prompt_tuning_init_text"] == "x = 1"
+    assert saved["tokenizer_name_or_path"] == "minift-char"
+    assert "prompt_tuning_init_token_ids" not in saved
+    loaded = PeftModel.from_pretrained(tiny_model(4, config=CHAR), tmp_path)
+    assert loaded.peft_config.to_dict() == peft.peft_config.to_dict()
+    np.testing.assert_array_equal(loaded.forward(idx), expected)
+
+
+def test_tokenizer_name_or_path_names_a_tokenizer_minift_loads_offline(tmp_path):
+    from minift.data.wordpiece import WordPieceTokenizer
+
+    assert tokenizer_from_name("minift-char") == standard_tokenizer()
+    wordpiece = tokenizer_from_name(write_wordpiece(tmp_path / "bert"))
+    assert isinstance(wordpiece, WordPieceTokenizer)
+    assert wordpiece.encode("The cats sat.") == [2, 5, 6, 11, 7, 13, 3]
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "pretraining.json").write_text(
+        json.dumps({"tokenizer": standard_tokenizer().to_dict()})
+    )
+    assert tokenizer_from_name(base) == standard_tokenizer()
+    with pytest.raises(ValueError, match="tokenizer_name_or_path: 'gpt2' is no tokenizer minift"):
+        tokenizer_from_name("gpt2")
+    (base / "pretraining.json").write_text(json.dumps({"tokenizer": {"type": "bpe"}}))
+    with pytest.raises(FileFormatError, match=r"pretraining.json: tokenizer: .*type 'char'"):
+        tokenizer_from_name(base)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"tokenizer_name_or_path": None}, ValueError, "tokenizer_name_or_path: 'TEXT' needs"),
+        ({"prompt_tuning_init_text": None}, ValueError, "prompt_tuning_init_text: 'TEXT' needs"),
+        ({"prompt_tuning_init_token_ids": [1, 2]}, ValueError, "the ids or prompt_tuning_init_t"),
+        ({"prompt_tuning_init_text": 3}, TypeError, "prompt_tuning_init_text: expected a string"),
+    ],
+)
+def test_a_text_init_without_its_text_or_tokenizer_is_refused(kwargs, exc, match):
+    fields = {"prompt_tuning_init_text": "ab", "tokenizer_name_or_path": "minift-char", **kwargs}
+    with pytest.raises(exc, match=match.replace("'TEXT' needs", ".*'TEXT' needs")):
+        PromptTuningConfig(num_virtual_tokens=2, prompt_tuning_init="TEXT", **fields)
+
+
+def test_a_text_the_tokenizer_cannot_encode_into_the_models_vocabulary_is_refused(tmp_path):
+    model = tiny_model(0, config=CHAR)
+    with pytest.raises(ValueError, match="tokenizer_name_or_path: 'gpt2' is no tokenizer"):
+        get_peft_model(model, text_config(2, "ab", "gpt2"))
+    with pytest.raises(ValueError, match="prompt_tuning_init_text: '' encodes to no token"):
+        get_peft_model(model, text_config(2, ""))
+    with pytest.raises(ValueError, match="prompt_tuning_init_text: text: character '日'"):
+        get_peft_model(model, text_config(2, "日"))
+    small = tiny_model(0)  # vocab 11: the WordPiece ids 12 and 13 do not fit
+    with pytest.raises(ValueError, match=r"tokenizer_name_or_path: .* to id 12, outside .*11\)"):
+        get_peft_model(small, text_config(4, "dog.", write_wordpiece(tmp_path / "bert")))
+    with pytest.raises(ValueError, match="prompt_tuning_init_token_ids: only used with"):
+        PromptTuningConfig(
+            num_virtual_tokens=1,
+            prompt_tuning_init="SAMPLE_VOCAB",
+            prompt_tuning_init_token_ids=[1],
+        )
+
+
+@pytest.mark.reference
+def test_text_init_equals_pefts_with_a_tokenizer_both_read(tmp_path):
+    """A WordPiece folder that transformers' AutoTokenizer and minift both read offline: PEFT's
+    initial prompt is minift's, rounded to float32 (PEFT casts the copied rows so)."""
+    torch, transformers, peft_lib = import_references()
+    folder = write_wordpiece(tmp_path / "bert")
+    config = minift.GPTConfig(vocab_size=len(WORDPIECE_VOCAB), block_size=32, n_layer=1, n_head=2,
+                              d_model=8)  # fmt: skip
+    model = tiny_model(6, config=config)
+    hf = hf_gpt2(model, tmp_path / "base")
+    text, n = "The cat sat on the mats.", 13  # 9 ids with [CLS] and [SEP]: cycled to 13
+    theirs = peft_lib.PromptTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=n, prompt_tuning_init="TEXT",
+        prompt_tuning_init_text=text, tokenizer_name_or_path=str(folder),
+    )  # fmt: skip
+    hf = peft_lib.get_peft_model(hf, theirs)
+    their_prompt = hf.prompt_encoder["default"].embedding.weight.detach().numpy()
+    peft = get_peft_model(model, text_config(n, text, folder))
+    assert their_prompt.dtype == np.float32
+    np.testing.assert_array_equal(peft.prompt.value.astype(np.float32), their_prompt)
+    peft.save_pretrained(tmp_path / "adapter")  # and PEFT reads minift's TEXT config back
+    fresh = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "base", dtype=torch.float64)
+    loaded = peft_lib.PeftModel.from_pretrained(fresh, tmp_path / "adapter")
+    assert loaded.peft_config["default"].prompt_tuning_init == "TEXT"
+    assert loaded.peft_config["default"].tokenizer_name_or_path == str(folder)

@@ -8,6 +8,7 @@
 
 corpus.py     the pretraining text, read from the stdlib's source with ast (nothing imported)
 tokenizer.py  CharTokenizer and its special tokens
+named_tokenizer.py  a tokenizer from a name or a folder, offline (PEFT's tokenizer_name_or_path)
 tasks.py      Example, Task, load_task: babi-qa (§6.1), kjv-books and stdlib-modules (§6.2),
               en-fr-numbers (§6.3)
 formats.py    <bos> prompt <sep> answer <eos> with the prompt masked to −100; classification
@@ -33,6 +34,7 @@ from minift.data.formats import (
     lm_sampler,
 )
 from minift.data.metrics import accuracy, chrf, corpus_chrf, exact_match
+from minift.data.named_tokenizer import STANDARD_TOKENIZER_NAME, tokenizer_from_name
 from minift.data.tasks import TASK_NAMES, Example, Task, load_task
 from minift.data.tokenizer import SPECIAL_TOKENS, CharTokenizer, standard_tokenizer
 from minift.data.userdata import load_jsonl_task
@@ -41,6 +43,7 @@ __all__ = [
     "ALPHABET",
     "IGNORE_INDEX",
     "SPECIAL_TOKENS",
+    "STANDARD_TOKENIZER_NAME",
     "TASK_NAMES",
     "CharTokenizer",
     "Example",
@@ -63,4 +66,5 @@ __all__ = [
     "load_task",
     "normalize_text",
     "standard_tokenizer",
+    "tokenizer_from_name",
 ]

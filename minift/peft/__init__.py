@@ -13,6 +13,7 @@ dora.py        DoRA: magnitude and direction
 adalora.py     AdaLoRA: P·Λ·Q with a shrinking rank budget (adalora_training.py: the budget,
                the regulariser and the training hook)
 bitfit.py      biases only
+ln_tuning.py   LN tuning: the LayerNorms' γ and β only, trained on copies
 adapter.py     Houlsby adapters
 ia3.py         IA3: learned rescaling vectors
 vera.py        VeRA: frozen random projections shared by every layer, trained scaling vectors
@@ -56,6 +57,7 @@ from minift.peft.lora import LoraConfig, LoraLinear
 from minift.peft.dora import DoraLinear
 from minift.peft.adalora import AdaLoraConfig, RankAllocator, SVDLinear, adalora_regularizer
 from minift.peft.bitfit import BitFitConfig
+from minift.peft.ln_tuning import LNTuningConfig, LNTuningLayer
 from minift.peft.adapter import AdapterConfig, AdapterLinear
 from minift.peft.ia3 import IA3Config, IA3Linear
 from minift.peft.vera import VeraConfig, VeraLinear, VeraModel
@@ -100,6 +102,8 @@ __all__ = [
     "LoKrConfig",
     "LoKrLinear",
     "LastKBlocksConfig",
+    "LNTuningConfig",
+    "LNTuningLayer",
     "LoraConfig",
     "LoraLinear",
     "MaskedLinear",

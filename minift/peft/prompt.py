@@ -29,12 +29,16 @@ wte trains (normally it is frozen, and only the n·C numbers of P train).
 Initialisation, PEFT's ``prompt_tuning_init``:
 - "RANDOM": P ~ N(0, 0.02²), drawn like minift's (GPT-2's) token embeddings so that virtual
   tokens start at the scale of real ones (PEFT draws torch.nn.Embedding's default N(0, 1)).
-- "TEXT": P = wte[ids], the embeddings of a text's tokens, so that at step 0 the model computes
-  EXACTLY what it computes on that text followed by the input (a test holds it to 1e-12: only
-  the rounding of a differently shaped matmul differs).
-  PEFT takes ``prompt_tuning_init_text`` and a tokenizer; minift has no tokenizer argument and
-  takes the ids themselves, ``prompt_tuning_init_token_ids``: exactly n of them (PEFT cycles
-  or cuts the text to n tokens; write ``(ids * n)[:n]`` to do the same).
+- "TEXT": P = wte[ids], COPIES of the embeddings of a text's tokens, so that at step 0 the model
+  computes EXACTLY what it computes on that text followed by the input (a test holds it to
+  1e-12: only the rounding of a differently shaped matmul differs). As in PEFT, the ids are
+  ``tokenizer.encode(prompt_tuning_init_text)`` with the tokenizer ``tokenizer_name_or_path``
+  names (offline: minift.data.tokenizer_from_name), cycled or cut to exactly n
+  (``text_init_ids``: ids[k mod len(ids)] for k < n). Or minift's shortcut: the ids themselves,
+  ``prompt_tuning_init_token_ids``, exactly n of them. (PEFT casts the copied rows to float32;
+  minift keeps the model's dtype.)
+- "SAMPLE_VOCAB": P = wte[ids] for n ids drawn uniformly from the vocabulary (PEFT 0.21's third
+  init): real tokens' embeddings, of no text in particular.
 
 Trainable count, the closed form the tests check: n·C.
 
@@ -43,27 +47,32 @@ Shape legend: B batch, T real tokens, n virtual tokens, C d_model, V vocab, K la
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from minift import functional as F
+from minift.data.named_tokenizer import tokenizer_from_name
 from minift.model import GPTForSequenceClassification, KVCache, generate_tokens
 from minift.nn import Module
 from minift.param import Param
 from minift.peft.base import PeftModel, register
 from minift.peft.prompt_learning import VIRTUAL_TOKENS, PromptLearningConfig, remove_prompt_encoder
-from minift.peft.registry import register_method
+from minift.peft.registry import Option, register_method
 
 __all__ = [
+    "PROMPT_TUNING_INITS",
     "PromptEmbedding",
     "PromptTuningConfig",
     "PromptTuningModel",
     "prepend_prompt_backward",
     "prepend_prompt_forward",
+    "text_init_ids",
 ]
 
 PROMPT_STD = 0.02  # RANDOM prompt tuning init: GPT-2's token-embedding init
+PROMPT_TUNING_INITS = ("RANDOM", "TEXT", "SAMPLE_VOCAB")  # PEFT 0.21's PromptTuningInit
 
 # ------------------------------------------------------------------------------------------------
 # The math, as a pure pair
@@ -81,6 +90,14 @@ def prepend_prompt_backward(dx, n):
     dx [B, n + T, C] -> (dP [n, C], dtok [B, T, C])
     """
     return dx[:, :n].sum(axis=0), dx[:, n:]
+
+
+def text_init_ids(ids: list[int], n: int) -> list[int]:
+    """The text's ids cycled or cut to exactly n, PEFT's rule: ids[k mod len(ids)], k < n."""
+    if not ids:
+        raise ValueError("ids: the text encodes to no token; a prompt needs at least one")
+    repeats = -(-n // len(ids))  # ⌈n / len(ids)⌉ copies cover n
+    return (list(ids) * repeats)[:n]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -172,12 +189,15 @@ class PromptTuningModel(PeftModel):
 class PromptTuningConfig(PromptLearningConfig):
     """Prompt tuning with PEFT's field names. Trainable count: n·C (num_virtual_tokens·token_dim).
 
-    ``prompt_tuning_init``: "RANDOM" (N(0, 0.02²)) or "TEXT" (P = wte[ids], with
-    ``prompt_tuning_init_token_ids`` exactly num_virtual_tokens ids in [0, vocab_size)).
-    ``prompt_tuning_init_text`` and ``tokenizer_name_or_path`` are PEFT's and only recorded.
-    adapter_config.json leaves the token ids out (PEFT has no such field) and, without a
-    tokenizer_name_or_path, says "RANDOM" for "TEXT" (PEFT refuses "TEXT" without one): the
-    init does not matter to a saved adapter, whose P is loaded over it.
+    prompt_tuning_init            "RANDOM" (N(0, 0.02²)), "TEXT" or "SAMPLE_VOCAB" (docstring)
+    prompt_tuning_init_text       with "TEXT": the text whose tokens' embeddings start P
+    tokenizer_name_or_path        with "TEXT": the tokenizer that encodes it, by a name minift
+                                  loads offline ("minift-char", or a folder: tokenizer_from_name)
+    prompt_tuning_init_token_ids  minift's shortcut for "TEXT": the n ids themselves, no text
+
+    adapter_config.json leaves the token ids out (PEFT has no such field) and, for "TEXT" without
+    a text and a tokenizer, says "RANDOM" (PEFT refuses "TEXT" without them): the init does not
+    matter to a saved adapter, whose P is loaded over it.
     """
 
     prompt_tuning_init: str = "RANDOM"
@@ -191,27 +211,45 @@ class PromptTuningConfig(PromptLearningConfig):
     fields_peft_lacks = ("target_modules", "prompt_tuning_init_token_ids")
 
     def peft_fields(self, peft_model):
-        # PEFT refuses "TEXT" without a tokenizer to encode the text with. A saved adapter is
-        # its trained P, which replaces whatever the init drew, so such a file says "RANDOM"
-        if self.prompt_tuning_init == "TEXT" and not self.tokenizer_name_or_path:
+        # PEFT refuses "TEXT" without a text and a tokenizer to encode it with. A saved adapter
+        # is its trained P, which replaces whatever the init drew, so such a file says "RANDOM"
+        if self.prompt_tuning_init == "TEXT" and not self._from_text():
             return {"prompt_tuning_init": "RANDOM"}
         return {}
+
+    def _from_text(self) -> bool:
+        return self.prompt_tuning_init_text is not None and bool(self.tokenizer_name_or_path)
 
     def __post_init__(self):
         super().__post_init__()
         init, ids = self.prompt_tuning_init, self.prompt_tuning_init_token_ids
-        if init not in ("RANDOM", "TEXT"):
-            raise ValueError(f"prompt_tuning_init: expected 'RANDOM' or 'TEXT', got {init!r}")
-        if init == "RANDOM" and ids is not None:
+        if init not in PROMPT_TUNING_INITS:
+            raise ValueError(
+                f"prompt_tuning_init: expected one of {', '.join(map(repr, PROMPT_TUNING_INITS))}"
+                f", got {init!r}"
+            )
+        for name in ("prompt_tuning_init_text", "tokenizer_name_or_path"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                setattr(self, name, value := os.fspath(value))
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name}: expected a string or None, got {value!r}")
+        if init != "TEXT" and ids is not None:
             raise ValueError(
                 "prompt_tuning_init_token_ids: only used with prompt_tuning_init='TEXT', "
-                f"got {len(ids)} ids with 'RANDOM'"
+                f"got {len(ids)} ids with {init!r}"
+            )
+        if init == "TEXT" and ids is not None and self.prompt_tuning_init_text is not None:
+            raise ValueError(
+                "prompt_tuning_init_token_ids: give the ids or prompt_tuning_init_text, not both"
             )
         if init == "TEXT" and ids is None and not self.inference_mode:
-            raise ValueError(
-                "prompt_tuning_init_token_ids: prompt_tuning_init='TEXT' needs the token ids of "
-                "the text (minift takes ids, not a tokenizer: tokenizer.encode(text)), got None"
-            )
+            for name in ("prompt_tuning_init_text", "tokenizer_name_or_path"):
+                if getattr(self, name) is None:
+                    raise ValueError(
+                        f"{name}: prompt_tuning_init='TEXT' needs a text and the tokenizer that "
+                        f"encodes it (or minift's prompt_tuning_init_token_ids), got None"
+                    )
         if ids is not None:
             ids = list(ids)
             if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids):
@@ -220,9 +258,43 @@ class PromptTuningConfig(PromptLearningConfig):
                 raise ValueError(
                     f"prompt_tuning_init_token_ids: expected num_virtual_tokens="
                     f"{self.num_virtual_tokens} ids, got {len(ids)} (to cycle a shorter text "
-                    f"as PEFT does, pass (ids * n)[:n])"
+                    f"as PEFT does, pass text_init_ids(ids, n))"
                 )
             self.prompt_tuning_init_token_ids = [int(i) for i in ids]
+
+    def init_token_ids(self, vocab_size: int, rng: np.random.Generator) -> list[int] | None:
+        """The n ids whose embeddings start P ("TEXT", "SAMPLE_VOCAB"); None: nothing to copy
+        ("RANDOM", or "TEXT" in inference mode, whose P the saved one overwrites)."""
+        n, ids, field = self.num_virtual_tokens, self.prompt_tuning_init_token_ids, ""
+        if self.prompt_tuning_init == "SAMPLE_VOCAB" and not self.inference_mode:
+            return [int(i) for i in rng.integers(0, vocab_size, n)]
+        if self.prompt_tuning_init != "TEXT" or (ids is None and self.inference_mode):
+            return None
+        if ids is None:
+            text, field = self.prompt_tuning_init_text, "tokenizer_name_or_path"
+            tokenizer = tokenizer_from_name(self.tokenizer_name_or_path)
+            try:
+                encoded = tokenizer.encode(text)
+            except ValueError as e:
+                raise ValueError(f"prompt_tuning_init_text: {e}") from None
+            if not encoded:
+                raise ValueError(
+                    f"prompt_tuning_init_text: {text!r} encodes to no token with "
+                    f"{self.tokenizer_name_or_path!r}; a prompt needs at least one"
+                )
+            ids = text_init_ids(encoded, n)
+        bad = [i for i in ids if not 0 <= i < vocab_size]
+        if bad and field:
+            raise ValueError(
+                f"{field}: {self.tokenizer_name_or_path!r} encodes prompt_tuning_init_text to "
+                f"id {bad[0]}, outside the model's vocabulary [0, {vocab_size}); expected the "
+                f"model's own tokenizer"
+            )
+        if bad:
+            raise ValueError(
+                f"prompt_tuning_init_token_ids: ids must lie in [0, {vocab_size}), got {bad[0]}"
+            )
+        return ids
 
     def apply(self, model, rng):
         self._prepare(model)
@@ -233,19 +305,13 @@ class PromptTuningConfig(PromptLearningConfig):
                 f"tokens need positions too), got {n}"
             )
         wte = model.wte.weight.value
-        ids = self.prompt_tuning_init_token_ids
-        if self.prompt_tuning_init == "TEXT" and ids is not None:
-            bad = [i for i in ids if not 0 <= i < c.vocab_size]
-            if bad:
-                raise ValueError(
-                    f"prompt_tuning_init_token_ids: ids must lie in [0, {c.vocab_size}), "
-                    f"got {bad[0]}"
-                )
-            P = wte[ids].copy()
-        elif self.prompt_tuning_init == "TEXT":  # inference mode: the saved P overwrites it
-            P = np.zeros((n, c.d_model), dtype=wte.dtype)
-        else:
+        ids = self.init_token_ids(c.vocab_size, rng)
+        if ids is not None:
+            P = wte[ids].copy()  # copies: training P never moves wte
+        elif self.prompt_tuning_init == "RANDOM":
             P = (rng.standard_normal((n, c.d_model)) * PROMPT_STD).astype(wte.dtype)
+        else:  # inference mode: the saved P overwrites it
+            P = np.zeros((n, c.d_model), dtype=wte.dtype)
         model.prompt_encoder = PromptEmbedding(P)
 
     def peft_key(self, name):
@@ -253,8 +319,17 @@ class PromptTuningConfig(PromptLearningConfig):
         return "prompt_embeddings" if name == "prompt_encoder.embedding" else super().peft_key(name)
 
 
+# minift finetune --method prompt --prompt-tuning-init TEXT --prompt-tuning-init-text "…"
+# --tokenizer-name-or-path minift-char: a prompt that starts as a text's embeddings
+PROMPT_INIT_OPTIONS = [
+    Option("prompt_tuning_init", "RANDOM, TEXT or SAMPLE_VOCAB (as PEFT)", type=str),
+    Option("prompt_tuning_init_text", "with TEXT: the text the prompt starts as", type=str),
+    Option("tokenizer_name_or_path", "with TEXT: minift-char, or a tokenizer folder", type=str),
+]
+
 # lr set by hand; the classification lr is swept
 register_method("prompt", PromptTuningConfig,
                 "prompt tuning, 8 virtual tokens (Lester et al. 2021)",
                 lr=3e-2, classification_lr=1e-1, lr_grid=[1e-2, 3e-2, 1e-1],
-                defaults={"num_virtual_tokens": 8}, options=[VIRTUAL_TOKENS])  # fmt: skip
+                defaults={"num_virtual_tokens": 8},
+                options=[VIRTUAL_TOKENS, *PROMPT_INIT_OPTIONS])  # fmt: skip

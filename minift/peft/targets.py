@@ -60,6 +60,11 @@ def _matches(name: str, targets: list[str] | str) -> bool:
     return any(n == t or n.endswith("." + t) for n in names for t in targets)
 
 
+def name_matches(name: str, targets: list[str] | str) -> bool:
+    """Does a target field (``target_modules``, ``exclude_modules``) match the module ``name``?"""
+    return _matches(name, targets)
+
+
 def match_target_modules(model: Module, targets: list[str] | str, kind=Linear) -> list[str]:
     """Names of the ``kind`` modules that the targets match; an error names what did not match."""
     candidates = [name for name, m in model.named_modules() if isinstance(m, kind) and name]

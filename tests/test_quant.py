@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from helpers import hf_gpt2, import_references
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import norm
@@ -16,7 +17,14 @@ from minift.gradcheck import (
     randomize_params,
     rel_error,
 )
-from minift.peft import LoraConfig, LoraLinear, QLoraConfig, count_parameters, get_peft_model
+from minift.peft import (
+    LoraConfig,
+    LoraLinear,
+    PeftModel,
+    QLoraConfig,
+    count_parameters,
+    get_peft_model,
+)
 from minift.quant import (
     NF4_DELTA,
     NF4_LEVELS,
@@ -395,3 +403,68 @@ def test_loading_a_quantized_base_is_strict_about_keys_shapes_and_dtypes():
         float_model.load_state_dict(state)
     for k, v in model.state_dict().items():
         assert np.array_equal(v, before[k]), k  # nothing changed by the refused loads
+
+
+# -- against Hugging Face PEFT (no bitsandbytes: the reference base holds Ŵ₀ in float64) ---------
+
+
+def quantized_and_float_twin(seed, tmp_path):
+    """A QLoRA-ready GPT (its blocks in NF4) and GPT2LMHeadModel holding the same Ŵ₀ in float64.
+
+    QLoRA is LoRA on the dequantized base: PEFT's LoRA on a float model whose weights ARE Ŵ₀
+    must compute what minift computes on the codes."""
+    quantized = tiny_gpt(seed)
+    quantize_model(quantized, QuantConfig(double_quant=True))
+    twin = tiny_gpt(seed)
+    for name, module in quantized.named_modules():
+        if isinstance(module, NF4Linear):
+            twin.get_submodule(name).weight.value[...] = module.dequantize()
+    return quantized, hf_gpt2(twin, tmp_path / "base")
+
+
+@pytest.mark.reference
+def test_a_qlora_adapter_minift_writes_loads_in_peft_on_the_dequantized_base(tmp_path):
+    torch, _, peft_lib = import_references()
+    quantized, hf = quantized_and_float_twin(5, tmp_path)
+    peft = get_peft_model(
+        quantized, LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn", "c_fc"])
+    )
+    randomize_params({n: p for n, p in peft.named_parameters().items() if p.trainable}, 6)
+    idx, _ = batch(5)
+    ours = peft.forward(idx)
+    peft.save_pretrained(tmp_path / "adapter")
+    hf = peft_lib.PeftModel.from_pretrained(hf, tmp_path / "adapter")
+    with torch.no_grad():
+        theirs = hf(torch.tensor(idx)).logits.numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.reference
+def test_a_peft_lora_adapter_on_the_dequantized_base_gives_qloras_logits_and_gradients(tmp_path):
+    torch, _, peft_lib = import_references()
+    quantized, hf = quantized_and_float_twin(9, tmp_path)
+    config = peft_lib.LoraConfig(r=2, lora_alpha=6, target_modules=["c_attn", "mlp.c_proj"],
+                                 fan_in_fan_out=True)  # fmt: skip
+    hf = peft_lib.get_peft_model(hf, config)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn_like(p) * 0.3)
+    hf.save_pretrained(tmp_path / "adapter")
+    idx, targets = batch(9)
+    logits = hf(input_ids=torch.tensor(idx)).logits
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 11), torch.tensor(targets).ravel())
+    loss.backward()
+    peft = PeftModel.from_pretrained(quantized, tmp_path / "adapter", is_trainable=True)
+    ours = peft.forward(idx)
+    np.testing.assert_allclose(ours, logits.detach().numpy(), rtol=1e-10, atol=1e-10)
+    cross_entropy_loss(peft, idx, targets)(True)
+    theirs = {
+        name.removeprefix("base_model.model.transformer.").replace(".default.weight", ""): p.grad
+        for name, p in hf.named_parameters()
+        if p.requires_grad
+    }
+    ours = {n: p.grad for n, p in peft.named_parameters().items() if p.trainable}
+    assert ours.keys() == theirs.keys() and len(ours) == 8
+    for name, grad in ours.items():
+        np.testing.assert_allclose(grad, theirs[name].numpy(), rtol=1e-8, atol=1e-12, err_msg=name)

@@ -125,7 +125,7 @@ def closed_form(method: str, config: GPTConfig) -> int:
         return closed_form("full", config) - (L - 1) * (8 * C * C + 5 * C)
     if method == "sparse":
         return L * sum(round(peft.density * i * o) for i, o in _targeted(targets, C))
-    if method in ("lora", "dora"):  # B (out × r) and A (r × in); DoRA: a magnitude per output
+    if method in ("lora", "dora", "qlora"):  # B (out × r), A (r × in); DoRA: a magnitude per out
         lora = L * sum(peft.r * (i + o) for i, o in _targeted(targets, C))
         return lora + (L * sum(o for _, o in _targeted(targets, C)) if peft.use_dora else 0)
     if method == "adalora":  # P (r × in), Q (out × r), Λ (r) at init_r

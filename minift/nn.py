@@ -178,20 +178,36 @@ class Module:
 
     # -- state dicts ------------------------------------------------------------------------
 
+    # names of a module's frozen arrays that are not Params (a quantized layer's codes and
+    # scales: minift.quant): saved and loaded with the Params, never trained, never counted
+    buffers: tuple[str, ...] = ()
+
+    def named_buffers(self, prefix: str = "") -> dict[str, np.ndarray]:
+        """name -> array for every buffer below this module (see ``buffers``)."""
+        return {
+            f"{mod_name}.{attr}" if mod_name else attr: getattr(module, attr)
+            for mod_name, module in self.named_modules(prefix)
+            for attr in module.buffers
+        }
+
     def state_dict(self) -> dict[str, np.ndarray]:
-        """name -> a copy of every Param's value (shared Params once, as in named_parameters)."""
-        return {name: p.value.copy() for name, p in self.named_parameters().items()}
+        """name -> a copy of every Param's value (shared Params once, as in named_parameters),
+        and of every buffer's."""
+        out = {name: p.value.copy() for name, p in self.named_parameters().items()}
+        return out | {name: a.copy() for name, a in self.named_buffers().items()}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        """Copy values in, strictly: every key present, no extra key, every shape equal.
+        """Copy values in, strictly: every key present, no extra key, every shape equal (and
+        every buffer's dtype: its codes mean nothing in another).
 
         Values are copied INTO the existing arrays, so Params shared between modules stay shared;
         floating-point values are cast to the model's dtype. Nothing is changed unless all keys
         check out.
         """
         params = self.named_parameters()
-        missing = [k for k in params if k not in state]
-        unexpected = [k for k in state if k not in params]
+        buffers = self.named_buffers()
+        missing = [k for k in [*params, *buffers] if k not in state]
+        unexpected = [k for k in state if k not in params and k not in buffers]
         mismatched = [
             f"{k}: expected shape {params[k].shape}, got {tuple(np.shape(state[k]))}"
             for k in params
@@ -201,6 +217,13 @@ class Module:
             f"{k}: expected floating-point values, got dtype {np.asarray(state[k]).dtype}"
             for k in params
             if k in state and np.asarray(state[k]).dtype.kind != "f"
+        ]
+        # a buffer holds codes, not values: its dtype is part of what it means, so it must match
+        mismatched += [
+            f"{k}: expected shape {a.shape} and dtype {a.dtype}, got "
+            f"{tuple(np.shape(state[k]))} and {np.asarray(state[k]).dtype}"
+            for k, a in buffers.items()
+            if k in state and (np.shape(state[k]), np.asarray(state[k]).dtype) != (a.shape, a.dtype)
         ]
         problems = []
         if missing:
@@ -215,6 +238,8 @@ class Module:
             raise ValueError("state_dict does not match the model: " + " | ".join(problems))
         for k, p in params.items():
             np.copyto(p.value, np.asarray(state[k]), casting="unsafe")
+        for k, a in buffers.items():
+            np.copyto(a, np.asarray(state[k]))
 
 
 class ModuleList(Module):

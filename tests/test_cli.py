@@ -170,6 +170,24 @@ def test_finetune_starts_a_prompt_from_a_text_and_saves_it_as_pefts_text_init(tm
     assert saved["tokenizer_name_or_path"] == "minift-char"
 
 
+def test_finetune_qlora_trains_saves_a_quantized_model_and_a_lora_adapter(tmp_path, capsys):
+    out, adapter = tmp_path / "ft", tmp_path / "adapter"
+    code, stdout, _ = run(capsys, "finetune", "--task", "stdlib-modules", "--method", "qlora",
+                          "--r", "2", "--blocksize", "32", "--out", str(out), "--save-adapter",
+                          str(adapter), *FAST)  # fmt: skip
+    assert code == 0 and "stdlib-modules / qlora: accuracy = " in stdout
+    accuracy = float(stdout.split("accuracy = ")[1].split()[0])
+    # the model comes back quantized, its codes loaded (not re-quantized from a fresh base)
+    weights = json.loads((out / "finetuned.json").read_text())["peft_config"]
+    assert weights["peft_type"] == "MINIFT_QLORA" and weights["blocksize"] == 32
+    code, stdout, _ = run(capsys, "evaluate", "--task", "stdlib-modules", "--model", str(out),
+                          "--eval-examples", "4")  # fmt: skip
+    assert code == 0 and float(stdout.split("accuracy = ")[1].split()[0]) == accuracy
+    # the adapter is LoRA's, as PEFT writes it for a 4-bit base
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and "blocksize" not in config and config["r"] == 2
+
+
 def test_pretrain_to_a_directory(tmp_path, capsys):
     code, stdout, _ = run(
         capsys, "pretrain", "--steps", "2", "--out", str(tmp_path / "base"), *TINY_BASE
@@ -219,8 +237,8 @@ def test_finetune_in_two_threads(tmp_path, capsys):
             "--task: invalid choice: 'poetry' (choose from 'babi-qa',",
         ),
         (
-            ["finetune", "--task", "babi-qa", "--method", "qlora"],
-            "--method: invalid choice: 'qlora' (choose from 'base', 'full',",
+            ["finetune", "--task", "babi-qa", "--method", "qdora"],
+            "--method: invalid choice: 'qdora' (choose from 'base', 'full',",
         ),
         (
             ["finetune", "--task", "babi-qa", "--method", "lora", "--lr", "-1"],
@@ -269,7 +287,7 @@ def test_finetune_in_two_threads(tmp_path, capsys):
         (
             ["finetune", "--task", "babi-qa", "--method", "bitfit", "--save-adapter", "adapter"],
             "--save-adapter: method bitfit has no PEFT adapter format; the methods that have "
-            "one: lora, dora, adalora, ln-tuning, ia3, vera, loha, lokr, prompt, prefix",
+            "one: lora, dora, qlora, adalora, ln-tuning, ia3, vera, loha, lokr, prompt, prefix",
         ),
         (
             ["finetune", "--task", "babi-qa", "--method", "lora", "--save-adapter", "no/a"],

@@ -38,6 +38,7 @@ def test_measured_counts_equal_the_closed_forms():
         "sparse": L * sum(round(0.05 * i * o) for i, o in linears),  # 5 % of every Linear
         "lora": lora,
         "dora": lora + L * (3 * C + C),  # a magnitude per output column
+        "qlora": lora,  # LoRA's A and B; the 4-bit base trains nothing
         "adalora": L * (12 * (C + 3 * C) + 12),  # P, Q and Λ at init_r = 12 on c_attn
         "bitfit": (11 * L + 1) * C,
         "ln-tuning": (2 * L + 1) * 2 * C,  # γ and β of ln_1, ln_2 per block and ln_f
@@ -58,6 +59,7 @@ def test_measured_counts_equal_the_closed_forms():
     assert by_method["ln-tuning"].added == by_method["ln-tuning"].trainable  # copies, beside
     assert by_method["adapter"].added == by_method["adapter"].trainable
     assert by_method["sharing"].added == -(L - 1) * (8 * C * C + 5 * C)
+    assert by_method["qlora"].added == by_method["qlora"].trainable  # W₀ counted, though 4-bit
 
 
 def test_benchmark_writes_the_table_and_the_chart(tmp_path, capsys):

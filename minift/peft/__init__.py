@@ -10,6 +10,7 @@ sharing.py     the article's parameter sharing, A3
 sparse.py      the article's sparse connections, A4 (sparse_mask.py: which connections stay)
 lora.py        LoRA as published (A5, A6, A10, A11 mapped and corrected)
 dora.py        DoRA: magnitude and direction
+qlora.py       QLoRA: LoRA on a base frozen in 4-bit NF4 (minift/quant.py: the 4 bits)
 adalora.py     AdaLoRA: P·Λ·Q with a shrinking rank budget (adalora_training.py: the budget,
                the regulariser and the training hook)
 bitfit.py      biases only
@@ -55,6 +56,7 @@ from minift.peft.sharing import SharingConfig, share_across_blocks, tie_paramete
 from minift.peft.sparse import MaskedLinear, SparseConfig, SparseDeltaLinear
 from minift.peft.lora import LoraConfig, LoraLinear
 from minift.peft.dora import DoraLinear
+from minift.peft.qlora import QLoraConfig
 from minift.peft.adalora import AdaLoraConfig, RankAllocator, SVDLinear, adalora_regularizer
 from minift.peft.bitfit import BitFitConfig
 from minift.peft.ln_tuning import LNTuningConfig, LNTuningLayer
@@ -109,6 +111,7 @@ __all__ = [
     "MaskedLinear",
     "PeftConfig",
     "PeftModel",
+    "QLoraConfig",
     "SharingConfig",
     "SparseConfig",
     "SparseDeltaLinear",

@@ -14,6 +14,11 @@ everything around it is the same and lives here, once:
     merge()         W₀, b ← the method's merge formula, refusing a non-finite result (PEFT's
                     safe_merge); ``unmerge()`` undoes it; the ``merged`` flag guards both
 
+A quantized base (QLoRA: an ``NF4Linear`` of minift/quant.py) is read as its dequantized Ŵ₀ and
+never trains. Merging it DEQUANTIZES: the merged layer is a float Linear holding Ŵ₀ + ΔW (bigger
+than the NF4 one, and exact), and unmerge puts the NF4 layer back bit for bit. (PEFT re-quantizes
+Ŵ₀ + ΔW to 4 bits instead: a second rounding, which unmerging could not undo.)
+
 A method's layer is then a subclass that gives, beside its equations:
 
     delta_forward   its pure forward   (x, W₀, b, *params, *delta_constants()[, x_lora])
@@ -43,6 +48,7 @@ import numpy as np
 
 from minift.nn import Dropout, Linear, Module
 from minift.param import Param
+from minift.quant import NF4Linear
 
 
 class AdaptedLinear(Module):
@@ -72,6 +78,7 @@ class AdaptedLinear(Module):
             self.lora_dropout = Dropout(dropout, rng=rng)
         self.merged = False
         self._undo = None  # what unmerge needs that the merged weights lost
+        self._quantized_base = None  # the NF4Linear a merge replaced by a float Linear
         self._cache = None
 
     @property
@@ -123,16 +130,18 @@ class AdaptedLinear(Module):
         if self.merged:
             return self.base_layer.backward(dy)
         base = self.base_layer
-        # a frozen W₀ and b get no gradient: that work is skipped (dx is always computed)
-        need_base = base.weight.trainable or (base.bias is not None and base.bias.trainable)
+        # a frozen W₀ and b get no gradient: that work is skipped (dx is always computed); a
+        # quantized W₀ is frozen by construction (and reading its weight would dequantize it)
+        W0_trains = not isinstance(base, NF4Linear) and base.weight.trainable
+        need_base = W0_trains or (base.bias is not None and base.bias.trainable)
         dx, *grads = self.delta_backward(dy, self._cache, *self.backward_options(), need_base)
         if self.lora_dropout is not None:
             dx_lora, *grads = grads
             dx = dx + self.lora_dropout.backward(dx_lora)  # forward fed x to both paths
         *dparams, dW0, db = grads
         self.accumulate(dparams)
-        if dW0 is not None:
-            base.weight.accumulate_grad(dW0)  # a frozen Param ignores it
+        if dW0 is not None and W0_trains:
+            base.weight.accumulate_grad(dW0)
         if db is not None:
             base.bias.accumulate_grad(db)
         return dx
@@ -158,6 +167,9 @@ class AdaptedLinear(Module):
             raise ValueError(
                 f"merge: {self.merge_formula} has non-finite entries; the adapter is broken"
             )
+        if isinstance(self.base_layer, NF4Linear):
+            self._quantized_base = self.base_layer
+            self.base_layer = self._quantized_base.float_linear(W)
         self._write_base(W, b)
         self._undo = undo
         self.merged = True
@@ -166,8 +178,11 @@ class AdaptedLinear(Module):
         if not self.merged:
             raise RuntimeError(f"unmerge: this {self.kind} layer is not merged")
         base = self.base_layer
-        b = None if base.bias is None else base.bias.value
-        self._write_base(*self.unmerged_weights(base.weight.value, b, self._undo))
+        if self._quantized_base is not None:  # the codes were never touched: put them back
+            self.base_layer, self._quantized_base = self._quantized_base, None
+        else:
+            b = None if base.bias is None else base.bias.value
+            self._write_base(*self.unmerged_weights(base.weight.value, b, self._undo))
         self._undo = None
         self.merged = False
 
@@ -175,7 +190,7 @@ class AdaptedLinear(Module):
         """The base Linear with the method folded in (merging first if need be)."""
         if not self.merged:
             self.merge()
-        self._undo = None  # no unmerge after this
+        self._undo = self._quantized_base = None  # no unmerge after this
         return self.base_layer
 
     def _write_base(self, W, b) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from minift.nn import Module
+from minift.quant import NF4Linear
 
 
 @dataclass
@@ -30,14 +31,19 @@ class ParameterCount:
 
 
 def count_parameters(model: Module) -> ParameterCount:
-    """Count every Param once (a shared Param counts once: A3's saving shows here)."""
+    """Count every Param once (a shared Param counts once: A3's saving shows here), and every
+    quantized weight (an NF4Linear's) as the frozen values it stands for."""
     count = ParameterCount()
-    for name, p in model.named_parameters().items():
+    sizes = [(name, p.size, p.trainable) for name, p in model.named_parameters().items()]
+    # a quantized W₀ is a frozen weight of d_in·d_out values, stored in 4 bits (PEFT counts it so)
+    sizes += [(f"{name}.weight", m.in_features * m.out_features, False)
+              for name, m in model.named_modules() if isinstance(m, NF4Linear)]  # fmt: skip
+    for name, size, trainable in sizes:
         owner = name.rsplit(".", 1)[0] if "." in name else ""
         row = count.by_module.setdefault(owner, {"trainable": 0, "frozen": 0})
-        kind = "trainable" if p.trainable else "frozen"
-        row[kind] += p.size
-        setattr(count, kind, getattr(count, kind) + p.size)
+        kind = "trainable" if trainable else "frozen"
+        row[kind] += size
+        setattr(count, kind, getattr(count, kind) + size)
     return count
 
 

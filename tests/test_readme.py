@@ -325,3 +325,58 @@ def test_the_readme_prose_on_the_results_is_what_the_committed_run_measured():
     sparse_fr = main["en-fr-numbers", "sparse"]
     if "reaches full fine-tuning there too" in text:
         assert overlap(sparse_fr, full_fr) or sparse_fr["mean"] > full_fr["mean"]
+
+
+def test_the_readme_prose_on_the_articles_other_claims_is_what_the_committed_sweep_measured():
+    """Each number the README quotes from benchmarks/results/article_claims is computed here
+    from its results.json, and each comparison its words make holds on the intervals."""
+    import json
+
+    from benchmarks.article_claims import groups
+    from minift.stats import mean_ci
+
+    path = README.parent / "benchmarks" / "results" / "article_claims" / "results.json"
+    records = json.loads(path.read_text())["records"]
+    text = " ".join(README.read_text().split())
+
+    def ci(part, method, n=None, variant="", metric="accuracy"):
+        by = groups(records, part, 300)
+        (rs,) = [v for (m, var, size), v in by.items()
+                 if m == method and var == variant and (n is None or size == n)]  # fmt: skip
+        assert len(rs) >= 3
+        return mean_ci([r[metric] for r in rs]), rs[0]["trainable"]
+
+    def apart(a, b):
+        return a.high < b.low or b.high < a.low
+
+    attention, n_attention = ci("lora-mlp", "lora", variant="attention", metric="exact_match")
+    mlp, n_mlp = ci("lora-mlp", "lora", variant="attention+mlp", metric="exact_match")
+    assert (
+        f"reaches an exact match of {mlp.mean:.3f} ± {mlp.half_width:.3f} against "
+        f"{attention.mean:.3f} ± {attention.half_width:.3f} (3 seeds; the intervals apart), "
+        f"with {n_mlp:,} trainable parameters instead of {n_attention:,}" in text
+    )
+    assert apart(mlp, attention) and mlp.mean > attention.mean
+
+    sizes = sorted({n for (_, _, n) in groups(records, "data-size", 300)})
+    assert f"with {sizes[0]} to {sizes[-1]} training examples" in text
+    for n in sizes:
+        trio = [ci("data-size", m, n)[0] for m in ("full", "lora", "sparse")]
+        assert not any(apart(a, b) for a in trio for b in trio), n  # "within each other's"
+        head = ci("data-size", "head", n)[0]
+        assert head.mean < min(c.mean for c in trio), n  # "the head alone trails"
+    small = [ci("data-size", m, sizes[0])[0] for m in ("full", "lora", "sparse")]
+    quoted = ", ".join(f"{c.mean:.3f} ± {c.half_width:.3f}" for c in small[:2])
+    assert f"(at {sizes[0]}: {quoted} and {small[2].mean:.3f} ± {small[2].half_width:.3f})" in text
+
+    shared, full = ci("sharing", "sharing")[0], ci("sharing", "full")[0]
+    assert (
+        f"keeps {shared.mean:.3f} ± {shared.half_width:.3f} against full's "
+        f"{full.mean:.3f} ± {full.half_width:.3f}: not told apart" in text
+    )
+    assert not apart(shared, full)
+
+    kept = [r["kept_ranks"] for r in groups(records, "adalora", 300)[("adalora", "", 720)]]
+    most = [{k for k, v in ranks.items() if v == max(ranks.values())} for ranks in kept]
+    assert "no block keeps the most ranks on every seed" in text
+    assert not set.intersection(*most)

@@ -73,12 +73,7 @@ from minift.peft.adapted import AdaptedLinear
 from minift.peft.base import PeftConfig, register
 from minift.peft.lora_init import SVD_INITS, check_init, random_init, warn_if_peft_cannot_load
 from minift.peft.registry import TARGET_MODULES, Option, register_method
-from minift.peft.targets import (
-    check_layer_fields,
-    checked_targets,
-    pattern_key,
-    select_targets,
-)
+from minift.peft.targets import check_name_patterns, check_narrowing, pattern_key, wrap_targets
 
 # ------------------------------------------------------------------------------------------------
 # The math, as pure functions
@@ -292,24 +287,17 @@ class LoraConfig(PeftConfig):
 
     def _check_patterns(self):
         for field, check in (("rank_pattern", _check_rank_value), ("alpha_pattern", None)):
-            pattern = getattr(self, field)
-            if not isinstance(pattern, dict) or not all(isinstance(k, str) for k in pattern):
-                raise TypeError(f"{field}: expected a dict of name patterns, got {pattern!r}")
-            for key, value in pattern.items():
+            for key, value in check_name_patterns(self, field).items():
                 try:
                     re.compile(key)
                     (check or check_lora_alpha)(value)
                 except (TypeError, ValueError, re.error) as e:
                     message = str(e).removeprefix("lora_alpha: ")
                     raise type(e)(f"{field}: {key!r}: {message}") from None
-        self.exclude_modules = checked_targets(self.exclude_modules, "exclude_modules")
-        check_layer_fields(self.layers_to_transform, self.layers_pattern, self.target_modules)
+        check_narrowing(self)
 
     def apply(self, model, rng):
-        targets = self.target_modules or list(self.default_target_modules)
-        narrowing = (self.exclude_modules, self.layers_to_transform, self.layers_pattern)
-        for name in select_targets(model, targets, *narrowing):
-            model.set_submodule(name, self.wrap(name, model.get_submodule(name), rng))
+        wrap_targets(self, model, rng)
 
     def wrap(self, name, layer, rng):
         layer_class = LORA_VARIANTS["use_dora"] if self.use_dora else LoraLinear

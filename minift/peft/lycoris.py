@@ -7,7 +7,7 @@ have the same fields with the same meaning:
     r, alpha              the rank and α; each layer's ΔW is scaled by s = α/r
     rank_pattern,         per-layer r and α: the first key (in dict order) that matches the end
     alpha_pattern         of the layer's Hugging Face name wins (targets.pattern_key)
-    target_modules,       which Linears are wrapped, as LoRA's (targets.select_targets)
+    target_modules,       which Linears are wrapped, as LoRA's (targets.wrap_targets)
     exclude_modules,
     layers_to_transform,
     layers_pattern
@@ -49,7 +49,7 @@ import numpy as np
 from minift import functional as F
 from minift.peft.base import PeftConfig
 from minift.peft.registry import TARGET_MODULES, Option
-from minift.peft.targets import check_layer_fields, checked_targets, pattern_key, select_targets
+from minift.peft.targets import check_name_patterns, check_narrowing, pattern_key, wrap_targets
 
 # ------------------------------------------------------------------------------------------------
 # The base layer with a dense ΔW beside it
@@ -118,24 +118,17 @@ class LycorisConfig(PeftConfig):
                 f"use_effective_conv2d: expected True or False, got {self.use_effective_conv2d!r}"
             )
         for field, check in (("rank_pattern", check_rank), ("alpha_pattern", check_alpha)):
-            pattern = getattr(self, field)
-            if not isinstance(pattern, dict) or not all(isinstance(k, str) for k in pattern):
-                raise TypeError(f"{field}: expected a dict of name patterns, got {pattern!r}")
-            for key, value in pattern.items():
+            for key, value in check_name_patterns(self, field).items():
                 try:
                     re.compile(key)
                 except re.error as e:
                     message = f"{field}: {key!r}: not a valid regular expression ({e})"
                     raise re.error(message) from None
                 check(value, f"{field}: {key!r}")
-        self.exclude_modules = checked_targets(self.exclude_modules, "exclude_modules")
-        check_layer_fields(self.layers_to_transform, self.layers_pattern, self.target_modules)
+        check_narrowing(self)
 
     def apply(self, model, rng):
-        targets = self.target_modules or list(self.default_target_modules)
-        narrowing = (self.exclude_modules, self.layers_to_transform, self.layers_pattern)
-        for name in select_targets(model, targets, *narrowing):
-            model.set_submodule(name, self.wrap(name, model.get_submodule(name), rng))
+        wrap_targets(self, model, rng)
 
     def r_and_alpha(self, name: str) -> tuple[int, float]:
         """This layer's r and α: ``rank_pattern`` / ``alpha_pattern``'s first match, else r, α."""

@@ -145,6 +145,31 @@ def select_targets(
     return matched
 
 
+def check_name_patterns(config, field: str) -> dict:
+    """``config.<field>`` (``rank_pattern``, ``alpha_pattern``): a dict keyed by name patterns,
+    else a TypeError naming the field."""
+    pattern = getattr(config, field)
+    if not isinstance(pattern, dict) or not all(isinstance(k, str) for k in pattern):
+        raise TypeError(f"{field}: expected a dict of name patterns, got {pattern!r}")
+    return pattern
+
+
+def check_narrowing(config) -> None:
+    """Check what narrows a config's targets: ``exclude_modules`` and the layer fields."""
+    config.exclude_modules = checked_targets(config.exclude_modules, "exclude_modules")
+    check_layer_fields(config.layers_to_transform, config.layers_pattern, config.target_modules)
+
+
+def wrap_targets(config, model: Module, rng) -> None:
+    """Put ``config.wrap(name, layer, rng)`` in the place of every Linear the config targets:
+    ``target_modules`` (or its default), less ``exclude_modules``, within
+    ``layers_to_transform``."""
+    targets = config.target_modules or list(config.default_target_modules)
+    narrowing = (config.exclude_modules, config.layers_to_transform, config.layers_pattern)
+    for name in select_targets(model, targets, *narrowing):
+        model.set_submodule(name, config.wrap(name, model.get_submodule(name), rng))
+
+
 def _named_exactly(name: str, targets: list[str]) -> bool:
     # PEFT tests the block index only for a module matched by a suffix, not by its full name
     return name in targets or hf_gpt2_name(name) in targets

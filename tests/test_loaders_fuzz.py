@@ -53,6 +53,7 @@ from minift.peft import (
     SparseConfig,
     get_peft_model,
 )
+from minift.peft.base import PEFT_TYPES
 
 GPT_CONFIG = minift.GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=8)
 IDX = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
@@ -469,7 +470,7 @@ CASES = [  # (loader, file, its new content: bytes, or the fields to set; what t
         "adapter-lora",
         "adapter_config.json",
         {"peft_type": ["LORA"]},
-        'peft_type: expected one of "ADALORA", "IA3", "LORA"',
+        "peft_type: expected one of " + ", ".join(f'"{t}"' for t in sorted(PEFT_TYPES)),
     ),
     (
         "adapter-lora",

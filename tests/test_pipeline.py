@@ -334,8 +334,8 @@ def test_two_workers_give_the_records_of_one_in_the_same_order(monkeypatch):
 
 
 def test_unknown_names_list_the_valid_ones():
-    with pytest.raises(ValueError, match="method: unknown 'qlora'; choose one of base, full"):
-        pipeline.get_method("qlora")
+    with pytest.raises(ValueError, match="method: unknown 'lorax'; choose one of base, full"):
+        pipeline.get_method("lorax")
     with pytest.raises(ValueError, match="task: unknown 'poetry'; choose one of babi-qa"):
         pipeline.check_task("poetry")
     with pytest.raises(ValueError, match="'copy' is no baseline for a classification task"):

@@ -117,7 +117,9 @@ class SeveralAdapters:
         the field or tensor, and no adapter added.
         """
         cfg = self.peft_config
-        raw, tensors, config_path, weights_path = read_adapter(folder, {cfg.peft_type: type(cfg)})
+        raw, tensors, _, config_path, weights_path = read_adapter(
+            folder, {cfg.peft_type: type(cfg)}
+        )
         config = type(cfg).from_dict(raw, config_path)
         try:
             self.add_adapter(adapter_name, config)

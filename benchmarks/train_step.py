@@ -61,6 +61,7 @@ import numpy as np  # noqa: E402
 from benchmarks.machine import (  # noqa: E402
     blas_info,
     blas_line,
+    cpu_line,
     loadavg,
     matmul_peak,
     rss_mb,
@@ -433,10 +434,11 @@ def plot(records: list[dict], sizes, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     engines = [e for e in ENGINES if any(r["engine"] == e for r in records)]
+    modes = [m for m in MODES if any(r["mode"] == m for r in records)]  # a subset: its panels only
     colors = {"minift": "tab:blue", "minift-dp2": "tab:green", "pytorch": "tab:orange"}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
+    fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4.2), squeeze=False)
     width = 0.8 / len(engines)
-    for ax, mode in zip(axes, MODES, strict=True):
+    for ax, mode in zip(axes[0], modes, strict=True):
         for j, engine in enumerate(engines):
             xs, ys = [], []
             for i, size in enumerate(sizes):
@@ -460,8 +462,10 @@ def plot(records: list[dict], sizes, path: Path) -> None:
         ax.legend(fontsize=8)
     r0 = records[0]
     fig.suptitle(
-        f"minift vs PyTorch — {r0['blas'].get('internal_api')} {r0['blas'].get('architecture')}, "
-        f"numpy {r0['numpy']}, {r0['cpu_count']} CPUs",
+        f"minift vs PyTorch — {r0.get('cpu', 'CPU not recorded')}\n"
+        f"{r0['blas'].get('internal_api')} {r0['blas'].get('architecture')}, "
+        f"numpy {r0['numpy']}, {r0['cpu_count']} CPUs, "
+        f"float32 matmul peak {r0['matmul_peak_gflops']:.0f} GFLOP/s",
         fontsize=10,
     )
     fig.tight_layout()
@@ -511,6 +515,7 @@ def main(argv=None) -> list[dict]:
     have_torch = importlib.util.find_spec("torch") is not None
     header = [
         source_line(),
+        cpu_line(),
         blas_line(blas),
         f"numpy {np.__version__}, {os.cpu_count()} CPUs, "
         f"OPENBLAS pins in env: {pins_in_env() or 'none'}",
@@ -543,6 +548,7 @@ def main(argv=None) -> list[dict]:
                     blas=blas,
                     numpy=np.__version__,
                     cpu_count=os.cpu_count(),
+                    cpu=cpu_line(),
                     date=date,
                 )
                 records.append(r)

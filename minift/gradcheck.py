@@ -231,8 +231,9 @@ def fixed_dropout_masks(loss_fn: Callable[[bool], float], module: Module):
     """``loss_fn`` with the same dropout masks at every call, so a check runs with dropout ON.
 
     A finite difference compares two forward passes; if each drew its own mask, it would measure
-    the change of mask, not of θ. Every Dropout below ``module`` draws from a Generator: the
-    returned loss_fn puts each of them back to the state it has now before calling ``loss_fn``.
+    the change of mask, not of θ. Every Dropout below ``module`` (and every layer that draws a
+    dropout of its own: ``_active_dropouts``) draws from a Generator: the returned loss_fn puts
+    each of them back to the state it has now before calling ``loss_fn``.
     The masks are then constants of the loss, and the check covers how each backward uses them.
 
     Refused when no Dropout below ``module`` is active (p > 0, training mode): with every mask
@@ -256,9 +257,13 @@ def fixed_dropout_masks(loss_fn: Callable[[bool], float], module: Module):
     return loss_with_fixed_masks
 
 
-def _active_dropouts(module: Module) -> list[Dropout]:
+def _active_dropouts(module: Module) -> list[Module]:
+    """Every Dropout with p > 0 in training mode, and every layer whose ``draws_at_random`` is
+    true (LoHa's and LoKr's rank and module dropouts): each draws from its ``rng``."""
     return [
-        m for _, m in module.named_modules() if isinstance(m, Dropout) and m.p > 0 and m.training
+        m
+        for _, m in module.named_modules()
+        if (isinstance(m, Dropout) and m.p > 0 and m.training) or getattr(m, "draws_at_random", 0)
     ]
 
 

@@ -240,8 +240,8 @@ def test_saved_file_has_peft_keys_and_shapes_and_loads_back(tmp_path):
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("rank_dropout", 0.1, "expected 0 (minift does not implement PEFT's training-time rank"),
-        ("module_dropout", 0.5, "expected 0 (minift does not implement"),
+        ("rank_dropout", 1.0, "expected a probability in [0, 1), got 1.0"),
+        ("module_dropout", -0.5, "expected a probability in [0, 1), got -0.5"),
         ("r", 0, "expected a positive integer rank, got 0"),
         ("alpha", -2, "expected a number > 0, got -2"),
         ("init_weights", "lycoris", "expected true or false"),
@@ -280,8 +280,12 @@ def test_a_file_for_a_wider_model_is_refused_by_tensor_name(tmp_path):
         ({"r": 2.5}, ValueError, "r: expected a positive integer rank, got 2.5"),
         ({"alpha": float("nan")}, ValueError, "alpha: expected a finite number > 0, got nan"),
         ({"alpha": "8"}, TypeError, "alpha: expected a number, got '8'"),
-        ({"rank_dropout": 0.1}, ValueError, "rank_dropout: expected 0 .*, got 0.1"),
-        ({"module_dropout": 0.2}, ValueError, "module_dropout: expected 0 .*, got 0.2"),
+        (
+            {"rank_dropout": 1.5},
+            ValueError,
+            r"rank_dropout: expected a probability in \[0, 1\), got 1.5",
+        ),
+        ({"module_dropout": -0.2}, ValueError, r"module_dropout: expected .*\[0, 1\), got -0.2"),
         ({"init_weights": "lycoris"}, TypeError, "init_weights: expected True or False"),
         ({"use_effective_conv2d": 1}, TypeError, "use_effective_conv2d: expected True or False"),
         ({"rank_pattern": {"c_attn": 0}}, ValueError, "rank_pattern: 'c_attn': expected a pos"),

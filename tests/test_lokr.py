@@ -290,7 +290,7 @@ def test_saved_file_has_peft_keys_and_shapes_and_loads_back(tmp_path):
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("rank_dropout", 0.1, "expected 0 (minift does not implement PEFT's training-time rank"),
+        ("rank_dropout", 1.0, "expected a probability in [0, 1), got 1.0"),
         ("decompose_factor", 0, "expected -1 or a positive integer, got 0"),
         ("init_weights", "gaussian", "expected True, False or 'lycoris', got 'gaussian'"),
     ],
@@ -330,8 +330,12 @@ def test_a_file_for_another_kronecker_split_is_refused_by_tensor_name(tmp_path):
     [
         ({"r": 0}, ValueError, "r: expected a positive integer rank, got 0"),
         ({"alpha": float("inf")}, ValueError, "alpha: expected a finite number > 0, got inf"),
-        ({"rank_dropout": 0.1}, ValueError, "rank_dropout: expected 0 .*, got 0.1"),
-        ({"module_dropout": 1}, ValueError, "module_dropout: expected 0 .*, got 1"),
+        (
+            {"rank_dropout": 1.5},
+            ValueError,
+            r"rank_dropout: expected a probability in \[0, 1\), got 1.5",
+        ),
+        ({"module_dropout": 1}, ValueError, r"module_dropout: expected .*\[0, 1\), got 1"),
         ({"init_weights": 1}, ValueError, "init_weights: expected True, False or 'lycoris'"),
         ({"decompose_both": "yes"}, TypeError, "decompose_both: expected True or False"),
         ({"rank_dropout_scale": None}, TypeError, "rank_dropout_scale: expected True or False"),

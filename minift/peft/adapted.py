@@ -80,6 +80,7 @@ class AdaptedLinear(Module):
         self._undo = None  # what unmerge needs that the merged weights lost
         self._quantized_base = None  # the NF4Linear a merge replaced by a float Linear
         self._cache = None
+        self._base_only = False  # the last forward skipped the method (merged, or dropped)
 
     @property
     def in_features(self):
@@ -99,6 +100,15 @@ class AdaptedLinear(Module):
         """The arguments ``delta_backward`` takes after the cache (DoRA's detached norm)."""
         return ()
 
+    def skips_delta(self) -> bool:
+        """True: this forward is the base layer's alone (LyCORIS's module dropout draws it)."""
+        return False
+
+    def delta_draws(self) -> dict:
+        """Keyword arguments of ``delta_forward`` drawn anew at each forward in training
+        (LyCORIS's rank-dropout row scale)."""
+        return {}
+
     def param(self, name: str) -> Param:
         """A Param of ``delta_params`` by its (dotted) name."""
         owner, _, attr = name.rpartition(".")
@@ -116,18 +126,20 @@ class AdaptedLinear(Module):
     # -- forward and backward ------------------------------------------------------------------
 
     def forward(self, x):  # [..., in] -> [..., out]
-        if self.merged:
+        self._base_only = self.merged or self.skips_delta()
+        if self._base_only:
             return self.base_layer.forward(x)
         base = self.base_layer
         b = None if base.bias is None else base.bias.value
         dropout = {} if self.lora_dropout is None else {"x_lora": self.lora_dropout.forward(x)}
         y, self._cache = self.delta_forward(
-            x, base.weight.value, b, *self.delta_values(), *self.delta_constants(), **dropout
-        )
+            x, base.weight.value, b, *self.delta_values(), *self.delta_constants(),
+            **self.delta_draws(), **dropout,
+        )  # fmt: skip
         return y
 
     def backward(self, dy):  # [..., out] -> [..., in]
-        if self.merged:
+        if self._base_only:
             return self.base_layer.backward(dy)
         base = self.base_layer
         # a frozen W₀ and b get no gradient: that work is skipped (dx is always computed); a

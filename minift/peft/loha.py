@@ -49,11 +49,11 @@ import numpy as np
 
 from minift.nn import Linear
 from minift.param import Param
-from minift.peft.adapted import AdaptedLinear
 from minift.peft.base import register
 from minift.peft.lycoris import (
     LYCORIS_OPTIONS,
     LycorisConfig,
+    LycorisLinear,
     dense_delta_backward,
     dense_delta_forward,
     kaiming_uniform,
@@ -76,14 +76,15 @@ def loha_delta_weight_backward(G, w1_a, w1_b, w2_a, w2_b, scaling):
     return dP1 @ w1_b.T, w1_a.T @ dP1, dP2 @ w2_b.T, w2_a.T @ dP2
 
 
-def loha_forward(x, W0, b, w1_a, w1_b, w2_a, w2_b, scaling):
-    """y = x·(W₀ + ΔWᵀ) + b with LoHa's ΔW [out, in].
+def loha_forward(x, W0, b, w1_a, w1_b, w2_a, w2_b, scaling, row_scale=None):
+    """y = x·(W₀ + ΔWᵀ) + b with LoHa's ΔW [out, in], its rows scaled by the rank-dropout
+    ``row_scale`` when given (lycoris.py).
 
-    x [..., in], W0 [in, out], b [out] or None, w1_a/w2_a [out, r], w1_b/w2_b [r, in]
-    -> y [..., out]
+    x [..., in], W0 [in, out], b [out] or None, w1_a/w2_a [out, r], w1_b/w2_b [r, in],
+    row_scale [out] or None -> y [..., out]
     """
     delta = loha_delta_weight(w1_a, w1_b, w2_a, w2_b, scaling)  # (out, in)
-    y, linear_cache = dense_delta_forward(x, W0, b, delta)
+    y, linear_cache = dense_delta_forward(x, W0, b, delta, row_scale)
     return y, (linear_cache, w1_a, w1_b, w2_a, w2_b, scaling)
 
 
@@ -99,7 +100,7 @@ def loha_backward(dy, cache, need_base_grads=False):
 # The layer
 
 
-class LoHaLinear(AdaptedLinear):
+class LoHaLinear(LycorisLinear):
     """A frozen Linear plus ΔWᵀ = s·((W₁ₐ·W₁ᵦ) ⊙ (W₂ₐ·W₂ᵦ))ᵀ: ``base_layer`` (W₀, b) and PEFT's
     ``hada_w1_a`` [out, r], ``hada_w1_b`` [r, in], ``hada_w2_a`` [out, r], ``hada_w2_b`` [r, in].
 
@@ -112,7 +113,8 @@ class LoHaLinear(AdaptedLinear):
     delta_forward = staticmethod(loha_forward)
     delta_backward = staticmethod(loha_backward)
 
-    def __init__(self, base_layer: Linear, r: int, alpha: float, init_weights=True, *, rng):
+    def __init__(self, base_layer: Linear, r: int, alpha: float, init_weights=True,
+                 rank_dropout=0.0, module_dropout=0.0, *, rng):  # fmt: skip
         d_in, d_out = base_layer.in_features, base_layer.out_features
         if not 1 <= r <= min(d_in, d_out):
             # each product W·W has rank ≤ min(in, out) whatever r is: a larger r buys nothing
@@ -120,7 +122,7 @@ class LoHaLinear(AdaptedLinear):
                 f"r: expected a rank in [1, min(in, out)] = [1, {min(d_in, d_out)}] for a "
                 f"{d_in}×{d_out} weight, got {r}"
             )
-        super().__init__(base_layer)
+        super().__init__(base_layer, rank_dropout, module_dropout, rng=rng)
         self.r = r
         self.scaling = alpha / r
         dtype = base_layer.weight.dtype
@@ -160,7 +162,8 @@ class LoHaConfig(LycorisConfig):
 
     def wrap(self, name, layer, rng):
         r, alpha = self.r_and_alpha(name)
-        return LoHaLinear(layer, r, alpha, self.init_weights, rng=rng)
+        return LoHaLinear(layer, r, alpha, self.init_weights, self.rank_dropout,
+                          self.module_dropout, rng=rng)  # fmt: skip
 
 
 LOHA_DEFAULTS = {"r": 4, "alpha": 4, "target_modules": ["c_attn", "attn.c_proj"]}

@@ -58,11 +58,11 @@ import numpy as np
 
 from minift.nn import Linear
 from minift.param import Param
-from minift.peft.adapted import AdaptedLinear
 from minift.peft.base import register
 from minift.peft.lycoris import (
     LYCORIS_OPTIONS,
     LycorisConfig,
+    LycorisLinear,
     dense_delta_backward,
     dense_delta_forward,
     kaiming_uniform,
@@ -122,16 +122,17 @@ def kron_backward(G, W1, W2, scaling):
     return scaling * np.einsum("ikjl,kl->ij", G4, W2), scaling * np.einsum("ikjl,ij->kl", G4, W1)
 
 
-def lokr_forward(x, W0, b, w1, w1_a, w1_b, w2, w2_a, w2_b, scaling):
+def lokr_forward(x, W0, b, w1, w1_a, w1_b, w2, w2_a, w2_b, scaling, row_scale=None):
     """y = x·(W₀ + ΔWᵀ) + b with ΔW = s·W₁ ⊗ W₂; each factor given whole (w1, w2) or as its
-    low-rank pair (w1_a, w1_b; w2_a, w2_b), the unused slots None.
+    low-rank pair (w1_a, w1_b; w2_a, w2_b), the unused slots None; ΔW's rows scaled by the
+    rank-dropout ``row_scale`` when given (lycoris.py).
 
     x [..., in], W0 [in, out], b [out] or None, w1 [a, c] or w1_a [a, r], w1_b [r, c],
-    w2 [b, d] or w2_a [b, r], w2_b [r, d] -> y [..., out]
+    w2 [b, d] or w2_a [b, r], w2_b [r, d], row_scale [a·b] or None -> y [..., out]
     """
     W1 = w1 if w1 is not None else w1_a @ w1_b  # (a, c)
     W2 = w2 if w2 is not None else w2_a @ w2_b  # (b, d)
-    y, linear_cache = dense_delta_forward(x, W0, b, kron_forward(W1, W2, scaling))
+    y, linear_cache = dense_delta_forward(x, W0, b, kron_forward(W1, W2, scaling), row_scale)
     split_1 = None if w1 is not None else (w1_a, w1_b)  # None: the factor was given whole
     split_2 = None if w2 is not None else (w2_a, w2_b)
     return y, (linear_cache, W1, W2, split_1, split_2, scaling)
@@ -160,7 +161,7 @@ def _factor_grads(dW, split):
 SLOTS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
 
 
-class LoKrLinear(AdaptedLinear):
+class LoKrLinear(LycorisLinear):
     """A frozen Linear plus ΔWᵀ = s·(W₁ ⊗ W₂)ᵀ: ``base_layer`` (W₀, b) and PEFT's factors,
     ``lokr_w1`` or ``lokr_w1_a``/``lokr_w1_b``, ``lokr_w2`` or ``lokr_w2_a``/``lokr_w2_b``, in
     the shapes ``lokr_shapes`` gives.
@@ -175,8 +176,10 @@ class LoKrLinear(AdaptedLinear):
     delta_backward = staticmethod(lokr_backward)
 
     def __init__(self, base_layer: Linear, r, alpha, decompose_both=False, decompose_factor=-1,
-                 init_weights=True, *, rng):  # fmt: skip
-        super().__init__(base_layer)
+                 init_weights=True, rank_dropout=0.0, module_dropout=0.0,
+                 rank_dropout_scale=False, *, rng):  # fmt: skip
+        super().__init__(base_layer, rank_dropout, module_dropout, rng=rng)
+        self.rescale_rank_dropout = rank_dropout_scale  # PEFT's LoKr rescales only when asked
         self.r = r
         self.scaling = alpha / r
         shapes = lokr_shapes(self.in_features, self.out_features, r, decompose_both,
@@ -215,8 +218,8 @@ class LoKrConfig(LycorisConfig):
 
     decompose_both      split W₁ into W₁ₐ·W₁ᵦ too, where r is small enough (module docstring)
     decompose_factor    the Kronecker split's bound f: −1 (near √n) or a positive integer
-    rank_dropout_scale  PEFT's rescaling of rank dropout; with rank_dropout = 0 it changes
-                        nothing, so either value is accepted
+    rank_dropout_scale  divide rank dropout's kept rows by the fraction kept (PEFT's LoKr
+                        does only when asked; LoHa always does)
     init_weights        True (W₁ = 0), "lycoris" (W₂ = 0) or False (every factor random)
 
     Trainable count: Σ over targets of the sizes of ``lokr_shapes``.
@@ -245,7 +248,8 @@ class LoKrConfig(LycorisConfig):
     def wrap(self, name, layer, rng):
         r, alpha = self.r_and_alpha(name)
         return LoKrLinear(layer, r, alpha, self.decompose_both, self.decompose_factor,
-                          self.init_weights, rng=rng)  # fmt: skip
+                          self.init_weights, self.rank_dropout, self.module_dropout,
+                          self.rank_dropout_scale, rng=rng)  # fmt: skip
 
 
 LOKR_DEFAULTS = {"r": 8, "alpha": 8, "target_modules": ["c_attn", "attn.c_proj"]}

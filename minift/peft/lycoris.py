@@ -13,9 +13,8 @@ have the same fields with the same meaning:
     layers_pattern
     init_weights          True: ΔW = 0 at init (one factor starts at zero); False: every factor
                           random (only to test that the method moves the output)
-    rank_dropout,         training-time randomness PEFT draws with torch's generator (a row
-    module_dropout        mask of ΔW; skipping the whole adapter). minift implements neither:
-                          only 0, their default, is accepted, anything else is refused by name
+    rank_dropout,         training-time randomness, drawn at every forward in training mode
+    module_dropout        (``LycorisLinear``): a row mask of ΔW; skipping the whole adapter
     use_effective_conv2d  a convolution's option; a Linear ignores it (PEFT too), so either
                           value is accepted and changes nothing
 
@@ -34,6 +33,21 @@ product), so both run through one pair, ``dense_delta_forward`` / ``dense_delta_
 y = x·(W₀ + ΔWᵀ) + b, whose backward hands G = ∂L/∂ΔW [out, in] to the method's own
 weight-level backward.
 
+Their two dropouts (PEFT's, from LyCORIS; both only in training mode, both off by default)
+------------------------------------------------------------------------------------------
+Rank dropout drops whole ROWS of ΔW (output units), a new mask at every forward:
+
+    kᵢ ~ Bernoulli(1 − rank_dropout),   mᵢ = kᵢ / mean(k)  (LoHa always; LoKr only with
+                                                          rank_dropout_scale; else mᵢ = kᵢ)
+    ΔW' = diag(m)·ΔW,        y = x·(W₀ + ΔW'ᵀ) + b,        G = diag(m)·(xᵀ·dy)ᵀ
+
+so the method's backward receives G already masked and scaled: a dropped row gets no gradient.
+Module dropout skips the method altogether: with probability module_dropout a forward is the base
+layer's alone (y = x·W₀ + b), and its backward gives the method's Params nothing (PEFT: no
+gradient at all). Two differences from PEFT, on purpose: the draws come from minift's generator
+(PEFT's from torch's: the same distribution, other numbers), and a mask that drops every row
+leaves ΔW' = 0 where PEFT divides by mean(k) = 0 and trains on NaN.
+
 Shape legend: N positions (any leading shape ...), d_in / d_out the wrapped layer's in / out.
 """
 
@@ -47,6 +61,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minift import functional as F
+from minift.peft.adapted import AdaptedLinear
 from minift.peft.base import PeftConfig
 from minift.peft.registry import TARGET_MODULES, Option
 from minift.peft.targets import check_name_patterns, check_narrowing, pattern_key, wrap_targets
@@ -55,19 +70,63 @@ from minift.peft.targets import check_name_patterns, check_narrowing, pattern_ke
 # The base layer with a dense ΔW beside it
 
 
-def dense_delta_forward(x, W0, b, delta):
-    """y = x·(W₀ + ΔWᵀ) + b, ΔW in PEFT's [out, in] layout.
+def dense_delta_forward(x, W0, b, delta, row_scale=None):
+    """y = x·(W₀ + (diag(m)·ΔW)ᵀ) + b, ΔW in PEFT's [out, in] layout, m the rank-dropout row
+    scale (None: no rank dropout, m = 1).
 
-    x [..., in], W0 [in, out], b [out] or None, delta [out, in] -> y [..., out]
+    x [..., in], W0 [in, out], b [out] or None, delta [out, in], row_scale [out] or None
+    -> y [..., out]
     """
-    return F.linear_forward(x, W0 + delta.T, b)
+    if row_scale is not None:
+        delta = row_scale[:, None] * delta
+    y, linear_cache = F.linear_forward(x, W0 + delta.T, b)
+    return y, (linear_cache, row_scale)
 
 
 def dense_delta_backward(dy, cache, need_base_grads=False):
-    """(dx, G, dW0, db): dx = dy·(W₀ + ΔWᵀ)ᵀ, G = ∂L/∂ΔW = (xᵀ·dy)ᵀ [out, in] (every position
-    summed), and dW0 = xᵀ·dy, db = Σ dy only when ``need_base_grads``."""
-    dx, dW, db = F.linear_backward(dy, cache, True, need_base_grads)
-    return dx, dW.T, (dW if need_base_grads else None), db
+    """(dx, G, dW0, db): dx = dy·(W₀ + ΔW'ᵀ)ᵀ, G = ∂L/∂ΔW = diag(m)·(xᵀ·dy)ᵀ [out, in] (every
+    position summed), and dW0 = xᵀ·dy, db = Σ dy only when ``need_base_grads``."""
+    linear_cache, row_scale = cache
+    dx, dW, db = F.linear_backward(dy, linear_cache, True, need_base_grads)
+    G = dW.T if row_scale is None else row_scale[:, None] * dW.T
+    return dx, G, (dW if need_base_grads else None), db
+
+
+def rank_dropout_rows(rng, d_out: int, p: float, rescale: bool):
+    """m [d_out]: each row kept with probability 1 − p (kᵢ = 1), then divided by mean(k) when
+    ``rescale``; no row kept gives m = 0 (PEFT's mean(k) = 0 would give NaN)."""
+    keep = (rng.random(d_out) > p).astype(np.float64)
+    return keep / keep.mean() if rescale and keep.any() else keep
+
+
+class LycorisLinear(AdaptedLinear):
+    """What LoHaLinear and LoKrLinear share: their two dropouts, drawn from ``rng`` at every
+    forward in training mode (module docstring); in eval mode both are off."""
+
+    rescale_rank_dropout = True  # LoHa's: m = k / mean(k); LoKr's follows rank_dropout_scale
+
+    def __init__(self, base_layer, rank_dropout=0.0, module_dropout=0.0, *, rng):
+        super().__init__(base_layer)
+        self.rank_dropout, self.module_dropout = float(rank_dropout), float(module_dropout)
+        self.rng = rng
+
+    @property
+    def draws_at_random(self) -> bool:
+        """True when a forward in training mode draws (gradcheck's fixed_dropout_masks)."""
+        return self.training and (self.rank_dropout > 0 or self.module_dropout > 0)
+
+    def skips_delta(self):
+        # PEFT applies the adapter when rand > module_dropout
+        return (
+            self.training and self.module_dropout > 0 and self.rng.random() <= self.module_dropout
+        )
+
+    def delta_draws(self):
+        if not (self.training and self.rank_dropout > 0):
+            return {}
+        m = rank_dropout_rows(self.rng, self.out_features, self.rank_dropout,
+                              self.rescale_rank_dropout)  # fmt: skip
+        return {"row_scale": m.astype(self.base_layer.weight.dtype)}
 
 
 def kaiming_uniform(rng, shape, dtype):
@@ -108,11 +167,8 @@ class LycorisConfig(PeftConfig):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"{field}: expected a number, got {value!r}")
-            if value != 0:
-                raise ValueError(
-                    f"{field}: expected 0 (minift does not implement PEFT's training-time "
-                    f"{field.replace('_', ' ')}), got {value}"
-                )
+            if not 0.0 <= value < 1.0:  # 1 would drop every row, or the adapter, every time
+                raise ValueError(f"{field}: expected a probability in [0, 1), got {value}")
         if not isinstance(self.use_effective_conv2d, bool):
             raise TypeError(
                 f"use_effective_conv2d: expected True or False, got {self.use_effective_conv2d!r}"

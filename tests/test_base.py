@@ -160,6 +160,16 @@ def test_unload_restores_the_base_model():
     assert isinstance(plain.h[0].attn.c_attn, minift.nn.Linear)
 
 
+@pytest.mark.parametrize("is_trainable", [False, True])
+def test_from_pretrained_for_inference_is_frozen_and_in_eval_mode_as_pefts(tmp_path, is_trainable):
+    """PEFT's load_adapter: "Set model in evaluation mode to deactivate Dropout modules"."""
+    get_peft_model(gpt(), LoraConfig(r=2, lora_dropout=0.5)).save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(gpt(), tmp_path, is_trainable=is_trainable)
+    modes = {m.training for _, m in loaded.named_modules()} | {loaded.training}
+    assert modes == {is_trainable}
+    assert any(p.trainable for p in loaded.named_parameters().values()) == is_trainable
+
+
 def test_adapter_config_with_unknown_settings_is_refused(tmp_path):
     get_peft_model(gpt(), LoraConfig(r=2)).save_pretrained(tmp_path)
     as_if_written_elsewhere(tmp_path / "adapter_model.safetensors")  # so edits pass its checksum

@@ -6,6 +6,7 @@ import copy
 
 import numpy as np
 import pytest
+from helpers import hf_gpt2_with_linears, import_references
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,7 +19,14 @@ from minift.gradcheck import (
     randomize_params,
 )
 from minift.nn import Linear
-from minift.peft import LoHaConfig, LoHaLinear, LoKrConfig, LoKrLinear, get_peft_model
+from minift.peft import (
+    LoHaConfig,
+    LoHaLinear,
+    LoKrConfig,
+    LoKrLinear,
+    PeftModel,
+    get_peft_model,
+)
 from minift.peft.lycoris import (
     LycorisLinear,
     dense_delta_backward,
@@ -184,3 +192,37 @@ def test_every_factor_matches_finite_differences_with_both_dropouts_on(
     report = check_gradients(loss, peft.named_parameters())
     assert report.ok(TOL), str(report)
     assert all(p.grad is None for p in peft.named_parameters().values() if not p.trainable)
+
+
+# -- PEFT itself ----------------------------------------------------------------------------------
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("method", sorted(CONFIGS))
+def test_both_dropouts_travel_in_pefts_file_both_ways_and_eval_logits_agree(method, tmp_path):
+    """The draws are minift's, not torch's; what must agree is the file and the eval forward."""
+    torch, _, peft_lib = import_references()
+    model = tiny_gpt(4)
+    hf = hf_gpt2_with_linears(model, tmp_path / "base")
+    dropouts = {"rank_dropout": 0.25, "module_dropout": 0.125}
+    config = CONFIGS[method](r=2, alpha=3, target_modules=["c_attn", "c_fc"], init_weights=False,
+                             **dropouts)  # fmt: skip
+    peft = get_peft_model(model, config, seed=4)
+    peft.eval()
+    idx, _ = batch(4)
+    expected = peft.forward(idx)
+    peft.save_pretrained(tmp_path / "adapter")
+    theirs = peft_lib.PeftModel.from_pretrained(hf, tmp_path / "adapter")
+    theirs.eval()
+    assert {k: getattr(theirs.peft_config["default"], k) for k in dropouts} == dropouts
+    with torch.no_grad():
+        got = theirs(torch.tensor(idx)).logits.numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10)
+
+    theirs.save_pretrained(tmp_path / "back")
+    back = PeftModel.from_pretrained(tiny_gpt(4), tmp_path / "back")
+    assert {k: getattr(back.peft_config, k) for k in dropouts} == dropouts
+    layers = [m for _, m in back.named_modules() if isinstance(m, LycorisLinear)]
+    assert len(layers) == 2 * TINY.n_layer
+    assert all((m.rank_dropout, m.module_dropout) == (0.25, 0.125) for m in layers)
+    np.testing.assert_allclose(back.forward(idx), expected, rtol=0, atol=1e-10)

@@ -188,8 +188,7 @@ class PeftModel(SeveralAdapters, Module):
     # -- PEFT's conveniences -------------------------------------------------------------------
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
-        count = count_parameters(self)
-        return count.trainable, count.total
+        return (count := count_parameters(self)).trainable, count.total
 
     def print_trainable_parameters(self) -> None:
         print(peft_line(count_parameters(self)))
@@ -255,10 +254,10 @@ class PeftModel(SeveralAdapters, Module):
     def from_pretrained(
         cls, model, directory, is_trainable=False, seed: int = 0, adapter_name: str = "default"
     ):
-        """Apply a saved adapter to ``model``, named ``adapter_name``; frozen for inference
-        unless ``is_trainable`` (every adapter of a folder: ``from_pretrained_all``). Both files
-        are read and checked first; an adapter that does not fit is a FileFormatError (naming the
-        file, and the field or tensor) that leaves ``model`` as it was."""
+        """Apply a saved adapter to ``model``, named ``adapter_name``; frozen and in eval mode
+        unless ``is_trainable`` (all of a folder's: ``from_pretrained_all``). Both files are read
+        and checked first; an adapter that does not fit is a FileFormatError (naming the file,
+        and the field or tensor) that leaves ``model`` as it was."""
         raw, tensors, metadata, config_path, weights_path = read_adapter(directory, PEFT_TYPES)
         config = PEFT_TYPES[raw["peft_type"]].from_dict(raw, config_path)
         if raw.get("task_type") == "SEQ_CLS" and config.modules_to_save:
@@ -280,6 +279,7 @@ class PeftModel(SeveralAdapters, Module):
         if not is_trainable:
             for p in peft_model.parameters():
                 p.trainable = False
+            peft_model.eval()  # PEFT's: every dropout off for inference
         return peft_model
 
     def load_adapter_weights(self, path) -> None:

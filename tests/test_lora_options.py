@@ -7,11 +7,12 @@ import warnings
 
 import numpy as np
 import pytest
+from helpers import hf_gpt2, import_references
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minift
-from minift.errors import FileFormatError
+from minift.errors import FileFormatError, MiniftError
 from minift.gradcheck import (
     check_gradients,
     cross_entropy_loss,
@@ -143,6 +144,91 @@ def test_a_pissa_or_olora_adapter_loads_onto_the_original_base_with_the_trained_
     assert json.loads((tmp_path / "adapter_config.json").read_text())["init_lora_weights"] == init
     loaded = PeftModel.from_pretrained(tiny_gpt(3), tmp_path)
     np.testing.assert_allclose(loaded.forward(idx), expected, rtol=0, atol=1e-10)
+
+
+def trained_from(init, tmp_path, rslora=False, **options):
+    """(the adapted model after a training step's worth of change, its logits, the initial
+    adapter's folder): PEFT's recipe, the adapter saved right after get_peft_model."""
+    config = LoraConfig(r=2, lora_alpha=4, init_lora_weights=init, target_modules=["c_attn"],
+                        use_rslora=rslora, **options)  # fmt: skip
+    peft = get_peft_model(tiny_gpt(3), config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # OLoRA's "loads in minift only": not this test's point
+        peft.save_pretrained(tmp_path / "init")
+    rng = np.random.default_rng(4)
+    for layer in lora_layers(peft).values():
+        layer.lora_A.value += 0.05 * rng.standard_normal(layer.lora_A.shape)
+        layer.lora_B.value += 0.05 * rng.standard_normal(layer.lora_B.shape)
+    return peft, peft.forward(batch(3)[0]), tmp_path / "init"
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+@pytest.mark.parametrize("init", ["pissa", "olora", True])
+def test_a_trained_adapter_saved_against_its_init_is_a_plain_lora_of_the_original_base(
+    tmp_path, init, rslora
+):
+    """PEFT's path_initial_model_for_weight_conversion: A' = [A ; A₀], B' = [B | −B₀], r and α
+    doubled (α·√2 under rsLoRA), init True; it loads onto the original base, unfactorised."""
+    peft, expected, initial = trained_from(init, tmp_path, rslora)
+    peft.save_pretrained(tmp_path / "plain", path_initial_model_for_weight_conversion=initial)
+    saved = json.loads((tmp_path / "plain" / "adapter_config.json").read_text())
+    assert (saved["r"], saved["init_lora_weights"]) == (4, True)
+    assert saved["lora_alpha"] == pytest.approx(4 * math.sqrt(2) if rslora else 8)
+    original = tiny_gpt(3)
+    before = {n: p.value.copy() for n, p in original.named_parameters().items()}
+    loaded = PeftModel.from_pretrained(original, tmp_path / "plain")
+    np.testing.assert_allclose(loaded.forward(batch(3)[0]), expected, rtol=0, atol=1e-10)
+    for name, layer in lora_layers(loaded).items():
+        assert layer.lora_A.shape == (4, 8)  # rank 2r
+        np.testing.assert_array_equal(layer.base_layer.weight.value, before[name + ".weight"])
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_the_plain_lora_of_a_trained_pissa_or_olora_gives_pefts_gpt2_the_same_logits(
+    tmp_path, init
+):
+    """The converted file is a plain LoRA: PEFT applies it to the original GPT-2 (Conv1D), even
+    for OLoRA, whose unconverted file PEFT cannot apply there."""
+    torch, _, peft_lib = import_references()
+    hf = hf_gpt2(tiny_gpt(3), tmp_path / "base")
+    peft, expected, initial = trained_from(init, tmp_path)
+    peft.save_pretrained(tmp_path / "plain", path_initial_model_for_weight_conversion=initial)
+    hf = peft_lib.PeftModel.from_pretrained(hf, tmp_path / "plain")
+    with torch.no_grad():
+        got = hf(torch.tensor(batch(3)[0])).logits.numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10)
+
+
+def test_a_conversion_that_cannot_hold_is_refused_naming_what_and_writing_nothing(tmp_path):
+    where = "path_initial_model_for_weight_conversion"
+    peft, _, initial = trained_from("pissa", tmp_path)
+    wider = get_peft_model(tiny_gpt(3), LoraConfig(r=3, target_modules=["c_attn"]))
+    wider.save_pretrained(tmp_path / "r3")
+    with pytest.raises(
+        FileFormatError, match=r"adapter_model.safetensors.*expected shape \(2, 8\)"
+    ):
+        peft.save_pretrained(
+            tmp_path / "out", path_initial_model_for_weight_conversion=tmp_path / "r3"
+        )
+    with pytest.raises(MiniftError, match="none: no such folder"):
+        peft.save_pretrained(
+            tmp_path / "out", path_initial_model_for_weight_conversion=tmp_path / "none"
+        )
+    dora = get_peft_model(tiny_gpt(3), LoraConfig(r=2, use_dora=True, target_modules=["c_attn"]))
+    with pytest.raises(ValueError, match=f"{where}: only a LoRA.*DoRA"):
+        dora.save_pretrained(tmp_path / "out", path_initial_model_for_weight_conversion=initial)
+    patterned, _, patterned_initial = trained_from(
+        True, tmp_path / "p", rslora=True, rank_pattern={"c_attn": 2}
+    )
+    with pytest.raises(ValueError, match=f"{where}: not with rank_pattern"):
+        patterned.save_pretrained(
+            tmp_path / "out", path_initial_model_for_weight_conversion=patterned_initial
+        )
+    peft.add_adapter("second", LoraConfig(r=2, target_modules=["c_attn"]))
+    with pytest.raises(ValueError, match=f"{where}: converts the one adapter 'default'"):
+        peft.save_pretrained(tmp_path / "out", path_initial_model_for_weight_conversion=initial)
+    assert not (tmp_path / "out").exists()
 
 
 # -- which layers, with which r and α ----------------------------------------------------------

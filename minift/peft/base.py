@@ -19,9 +19,8 @@ named_parameters) and adds PEFT's: ``print_trainable_parameters``, ``merge_and_u
 a wrapped layer's frozen weights under ``base_layer`` as in PEFT: ``h.0.attn.c_attn.lora_A``
 beside ``h.0.attn.c_attn.base_layer.weight``.
 
-Which layers are targets: minift/peft/targets.py. The adapter files, PEFT's: minift/peft/
-peft_files.py (and minift/peft/config_json.py, a config read back, every field checked).
-Counting: minift/peft/counting.py.
+In minift/peft/: which layers are targets, targets.py; PEFT's adapter files, peft_files.py and
+config_json.py (a config read back, every field checked); counting, counting.py.
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ from minift.nn import Linear, Module
 from minift.peft.adapters import SeveralAdapters
 from minift.peft.config_json import config_from_json, field_error
 from minift.peft.counting import count_parameters, peft_line
+from minift.peft.lora_init import as_plain_lora
 from minift.peft.peft_files import (
     MINIFT_ONLY,
     adapter_config_json,
@@ -77,8 +77,7 @@ class PeftConfig:
     default_target_modules: ClassVar[tuple[str, ...]] = ("c_attn",)
     mergeable: ClassVar[bool] = True  # can its change be folded into the weights?
     not_mergeable_reason: ClassVar[str] = ""  # why not, for the error message
-    # the PeftModel subclass get_peft_model returns (a method that changes the whole forward,
-    # like prompt tuning, brings its own; None: PeftModel)
+    # get_peft_model's class (prompt tuning brings its own, changing the whole forward)
     peft_model_class: ClassVar[type | None] = None
 
     def __post_init__(self):
@@ -149,8 +148,7 @@ class PeftModel(SeveralAdapters, Module):
 
     def __getattr__(self, name):
         # called only when normal lookup fails: reach the model's own attributes (peft.h[0]…)
-        base = self.__dict__.get("base_model")
-        if base is None:
+        if (base := self.__dict__.get("base_model")) is None:
             raise AttributeError(name)
         return getattr(base, name)
 
@@ -241,14 +239,16 @@ class PeftModel(SeveralAdapters, Module):
     def adapter_metadata(self) -> dict[str, str]:  # for the weights file's header (VeRA's)
         return {}
 
-    def save_pretrained(self, directory) -> None:
+    def save_pretrained(self, directory, path_initial_model_for_weight_conversion=None) -> None:
         """Write adapter_model.safetensors, then adapter_config.json (each atomically); with
-        several adapters (or one not named "default"), PEFT's layout: ``save_adapters``."""
+        several adapters (or one not named "default"), PEFT's layout: ``save_adapters``. Given
+        the folder of this LoRA saved at init (PiSSA, OLoRA), the plain LoRA: as_plain_lora."""
+        if (initial := path_initial_model_for_weight_conversion) is not None:
+            return write_adapter(directory, *as_plain_lora(self, initial), self.adapter_metadata())
         if list(self.peft_configs) != ["default"]:
             return self.save_adapters(directory)
-        write_adapter(
-            directory, self.adapter_config(), self.adapter_state_dict(), self.adapter_metadata()
-        )
+        config, tensors = self.adapter_config(), self.adapter_state_dict()
+        write_adapter(directory, config, tensors, self.adapter_metadata())
 
     @classmethod
     def from_pretrained(

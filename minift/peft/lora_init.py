@@ -32,6 +32,16 @@ before the trained A, B overwrite the initial ones. The file is for the original
 the residual one. (So too ``unload()`` returns the residual base, and ``merge_and_unload()`` the
 original W₀ plus the trained change.)
 
+Or, as PEFT's ``save_pretrained(..., path_initial_model_for_weight_conversion=folder)`` does,
+write the trained adapter as a PLAIN LoRA for the original base (``as_plain_lora``): with the
+initial A₀, B₀ saved in ``folder`` before training, W₀ = W₀ʳᵉˢ + s·B₀·A₀, so the trained model is
+
+    W₀ʳᵉˢ + s·B·A = W₀ + s·(B·A − B₀·A₀) = W₀ + s·[B | −B₀]·[A ; A₀]
+
+a LoRA of rank 2r (A' = [A ; A₀] [2r, d_in], B' = [B | −B₀] [d_out, 2r]) with the same s: r and α
+doubled (α·√2 under rsLoRA, whose s = α/√r), ``init_lora_weights`` True, and nothing to
+factorise at load. Any LoRA converts so (a plain one's B₀ = 0 just adds r zero columns).
+
 Shape legend: r rank, d_in / d_out the layer's in / out.
 """
 
@@ -41,6 +51,9 @@ import math
 import warnings
 
 import numpy as np
+
+from minift.errors import FileFormatError
+from minift.peft.peft_files import read_adapter
 
 INITS = (True, False, "gaussian", "pissa", "olora")
 
@@ -103,4 +116,67 @@ def warn_if_peft_cannot_load(init, fan_in_fan_out) -> None:
             "init_lora_weights: 'olora' on [in, out] (Conv1D) weights is minift's extension; "
             "PEFT 0.21 cannot apply this adapter to GPT-2 (it loads in minift only)",
             stacklevel=4,
+        )
+
+
+def as_plain_lora(peft_model, initial) -> tuple[dict, dict]:
+    """(adapter_config.json's dict, the tensors) of ``peft_model``'s trained LoRA adapter,
+    rewritten as the plain LoRA of rank 2r it is on the original base (module docstring), from
+    the folder ``initial`` where the adapter was saved at init.
+
+    Refused (ValueError) where PEFT refuses: ``check_one_lora``. The initial adapter must hold
+    exactly the same A and B keys, of the same shapes, else a FileFormatError names its file and
+    the key; other tensors (``modules_to_save``) are kept (PEFT drops them).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter(
+            "ignore"
+        )  # OLoRA's "loads in minift only": a plain LoRA loads in PEFT
+        config = peft_model.adapter_config()
+    tensors = peft_model.adapter_state_dict()
+    check_one_lora(config, list(peft_model.peft_configs))
+    _, initial_tensors, _, _, weights_path = read_adapter(initial, ("LORA",))
+    factors = sorted(k for k in tensors if ".lora_A." in k or ".lora_B." in k)
+    if sorted(k for k in initial_tensors) != factors:
+        missing = sorted(set(factors) - set(initial_tensors))
+        extra = sorted(set(initial_tensors) - set(factors))
+        raise FileFormatError(
+            weights_path,
+            f"expected the A and B of the adapter being saved, at init; missing {missing[:3]}, "
+            f"extra {extra[:3]}",
+        )
+    converted = dict(tensors)
+    for key in factors:
+        trained, at_init = tensors[key], initial_tensors[key]
+        if at_init.shape != trained.shape or at_init.dtype.kind != "f":
+            got = f"{at_init.dtype} of shape {at_init.shape}"
+            raise FileFormatError(weights_path, f"expected shape {trained.shape}, got {got}", key)
+        at_init = at_init.astype(trained.dtype)
+        if ".lora_A." in key:  # A' = [A ; A₀]
+            converted[key] = np.concatenate([trained, at_init], axis=0)
+        else:  # B' = [B | −B₀]
+            converted[key] = np.concatenate([trained, -at_init], axis=1)
+    config = dict(config, init_lora_weights=True, r=2 * config["r"])
+    config["lora_alpha"] *= math.sqrt(2) if config.get("use_rslora") else 2
+    for field in ("rank_pattern", "alpha_pattern"):
+        config[field] = {k: 2 * v for k, v in (config.get(field) or {}).items()}
+    return config, converted
+
+
+def check_one_lora(config: dict, adapter_names: list[str]) -> None:
+    """The conversion's preconditions (PEFT's): one adapter, "default", a LoRA without DoRA, and
+    no per-layer patterns under rsLoRA. Else a ValueError naming the argument."""
+    where = "path_initial_model_for_weight_conversion"
+    if adapter_names != ["default"]:
+        raise ValueError(
+            f"{where}: converts the one adapter 'default'; this model has {adapter_names}"
+        )
+    if config["peft_type"] != "LORA" or config.get("use_dora"):
+        method = "DoRA" if config.get("use_dora") else config["peft_type"]
+        raise ValueError(f"{where}: only a LoRA's change is a difference of two low-rank "
+                         f"products; this adapter is {method}")  # fmt: skip
+    if config.get("use_rslora") and (config.get("rank_pattern") or config.get("alpha_pattern")):
+        raise ValueError(
+            f"{where}: not with rank_pattern or alpha_pattern under use_rslora (PEFT refuses it "
+            "too: α·√2 keeps s = α/√r only where r alone is doubled)"
         )

@@ -140,11 +140,13 @@ def test_finetune_trains_vera_and_its_saved_model_evaluates_to_the_same_score(tm
 def test_finetune_trains_a_lycoris_method_and_saves_its_peft_adapter(tmp_path, capsys, method):
     out, adapter = tmp_path / "ft", tmp_path / "adapter"
     code, stdout, _ = run(capsys, "finetune", "--task", "stdlib-modules", "--method", method,
-                          "--r", "2", "--alpha", "3", "--out", str(out), "--save-adapter",
+                          "--r", "2", "--alpha", "3", "--rank-dropout", "0.25",
+                          "--module-dropout", "0.125", "--out", str(out), "--save-adapter",
                           str(adapter), *FAST)  # fmt: skip
     assert code == 0 and f"stdlib-modules / {method}: accuracy = " in stdout
     saved = json.loads((adapter / "adapter_config.json").read_text())
     assert (saved["peft_type"], saved["r"], saved["alpha"]) == (method.upper(), 2, 3.0)
+    assert (saved["rank_dropout"], saved["module_dropout"]) == (0.25, 0.125)
 
 
 def test_finetune_trains_ln_tuning_and_saves_its_peft_adapter(tmp_path, capsys):

@@ -210,5 +210,7 @@ def check_alpha(alpha, field: str) -> None:
 LYCORIS_OPTIONS = [
     Option("r", "rank r", low=1),
     Option("alpha", "LyCORIS scale α: s = α/r", type=float, low=0, low_open=True),
+    Option("rank_dropout", "drop rows of ΔW", type=float, low=0, high=1, high_open=True),
+    Option("module_dropout", "skip the adapter", type=float, low=0, high=1, high_open=True),
     TARGET_MODULES,
 ]

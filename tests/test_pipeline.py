@@ -50,6 +50,33 @@ def test_copy_baseline_answers_with_the_prompt():
     assert metrics["chrf"] == pytest.approx(6235 / 7073, rel=1e-12)
 
 
+def test_evaluation_stops_each_batch_at_eos_with_the_answers_of_a_full_length_run(monkeypatch):
+    """The saving is where every row has ended early; the answers are those of the full run."""
+    from minift.data import decode_answer, encode_prompt, standard_tokenizer
+    from minift.model import GPT, GPTConfig
+    from minift.pipeline.finetuning import _answers
+
+    tok = standard_tokenizer()
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=48, n_layer=1, n_head=2,
+                          d_model=16), seed=3)  # fmt: skip
+    model.wte.weight.value[tok.eos_id] *= 6  # the tied head: <eos> is argmax for some states
+    prompts = ["seven", "eight", "three", "forty-one", "ninety-two", "sixty-six"]
+    lengths = []
+    generate = model.generate
+
+    def spy(idx, n, **kwargs):
+        out = generate(idx, n, **kwargs)
+        lengths.append(out.shape[1] - idx.shape[1])
+        return out
+
+    monkeypatch.setattr(model, "generate", spy)
+    answers = _answers(model, tok, prompts, max_new=20)
+    full = [decode_answer(tok, generate(np.array([encode_prompt(tok, p)]), 20, temperature=0)[0,
+            len(encode_prompt(tok, p)):]) for p in prompts]  # fmt: skip
+    assert answers == full and any(answers)  # not all empty: answers of several characters
+    assert min(lengths) < 20  # some batch did stop early: the case under test happened
+
+
 def test_summary_is_mean_and_student_t_interval_over_seeds():
     records = [
         {"task": "t", "method": "lora", "seed": s, "metric": "accuracy", "value": v,

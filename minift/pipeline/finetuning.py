@@ -140,7 +140,8 @@ def max_sequence(model) -> int:
 
 
 def _answers(model, tok, prompts: list[str], max_new: int) -> list[str]:
-    """Greedy answers, prompts grouped by length so each group generates as one batch."""
+    """Greedy answers, prompts grouped by length so each group generates as one batch, which
+    stops once every row has written <eos> (the answer ends there: ``decode_answer``)."""
     by_length: dict[int, list[int]] = {}
     encoded = [encode_prompt(tok, p) for p in prompts]
     for i, ids in enumerate(encoded):
@@ -149,7 +150,7 @@ def _answers(model, tok, prompts: list[str], max_new: int) -> list[str]:
     for length, members in by_length.items():
         room = max_sequence(model) - length
         idx = np.array([encoded[i] for i in members], dtype=np.int64)
-        out = model.generate(idx, max(1, min(max_new, room)), temperature=0)
+        out = model.generate(idx, max(1, min(max_new, room)), temperature=0, eos_id=tok.eos_id)
         for row, i in enumerate(members):
             answers[i] = decode_answer(tok, out[row, length:])
     return answers

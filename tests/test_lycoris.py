@@ -160,7 +160,7 @@ def test_eval_mode_draws_nothing_and_computes_the_model_without_dropout(method):
     config = CONFIGS[method](r=2, alpha=3, target_modules=["c_attn", "c_fc"], init_weights=False)
     dropped = CONFIGS[method](r=2, alpha=3, target_modules=["c_attn", "c_fc"], init_weights=False,
                               rank_dropout=0.5, module_dropout=0.5)  # fmt: skip
-    plain, with_dropout = get_peft_model(tiny_gpt(3), config, seed=3), None
+    plain = get_peft_model(tiny_gpt(3), config, seed=3)
     with_dropout = get_peft_model(tiny_gpt(3), dropped, seed=3)
     layers = [m for _, m in with_dropout.named_modules() if isinstance(m, LycorisLinear)]
     assert len(layers) == 2 * TINY.n_layer and all(m.draws_at_random for m in layers)

@@ -89,7 +89,8 @@ def run(job) -> dict:
         config = method_config(method, task.kind, steps, target_modules=targets)
     model = prepare_model(base, task, method, seed, tok, steps, config=config)
     trainable = count_parameters(model).trainable
-    finetune(model, task, method, seed, tok, RunSettings(steps=steps), progress=False)
+    settings = RunSettings(steps=steps, threads=1)  # the workers share the cores: one thread each
+    finetune(model, task, method, seed, tok, settings, progress=False)
     record = {"part": part, "task": task_name, "method": method, "variant": variant,
               "n_train": len(task.train), "seed": seed, "steps": steps, "trainable": trainable,
               **evaluate(model, task, tok, "test")}  # fmt: skip

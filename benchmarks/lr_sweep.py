@@ -64,7 +64,8 @@ def _run(job):
     from minift.pipeline.pretraining import BaseSpec
 
     task, method, lr, steps, seed = job
-    settings = RunSettings(steps=steps, lr=lr, eval_split="val")
+    # two runs share the cores: one training thread each
+    settings = RunSettings(steps=steps, lr=lr, eval_split="val", threads=1)
     result = run_one(task, method, seed, settings, BaseSpec())
     values = {r["metric"]: r["value"] for r in result.records}
     if "chrf" in values:

@@ -62,11 +62,11 @@ def summary(results: Path = RESULTS) -> str:
     mib = 2**20
     bullets = [f"- Measured at {code[0]}." for _ in code[:1]] + [
         "- With `minift.parallel.DataParallel(model, n_threads=2)` (two Python threads, each half "
-        "the batch, BLAS single-threaded in each; `--threads 2`): "
+        "the batch, BLAS single-threaded in each; the default on two cores): "
         f"**{dp_full[0]} PyTorch's tokens/s at d=64, {dp_full[1]} at d=128, {dp_full[2]} at "
         f"d=256** (full fine-tuning; LoRA {', '.join(dp_lora)}), and "
         f"**{100 * d256['minift-dp2']['fraction_of_peak']:.0f} % of the measured matmul peak** at "
-        f"d=256. The plain single-thread loop, the default everywhere: {', '.join(plain)} and "
+        f"d=256. The plain single-thread loop (`--threads 1`): {', '.join(plain)} and "
         f"{100 * d256['minift']['fraction_of_peak']:.0f} % of the peak.",
         "- LoRA (r=8 on `c_attn` and `attn.c_proj`) costs "
         f"**{_lora_over_full(runs, 'minift-dp2'):.2f}× a full fine-tuning step** at d=256 with two "

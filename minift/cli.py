@@ -177,8 +177,9 @@ def _add_run_options(p, steps):
     p.add_argument(
         "--threads",
         type=_positive_int,
-        default=1,
-        help="train each batch as shares in this many threads (needs threadpoolctl)",
+        default=None,
+        help="train each batch as shares in this many threads; 1: the plain loop "
+        "(default: 2 where two cores are free, else 1; 1 in each of compare's workers)",
     )
     p.add_argument(
         "--eval-examples",

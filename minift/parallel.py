@@ -1,6 +1,7 @@
 """Data parallelism on one machine: each thread runs a slice of the batch on its own replica.
 
-An opt-in speed-up, never the default (every test and the training loop run single-threaded):
+The training loop's default wherever two cores are ours (``default_threads``); ``threads=1``
+(``--threads 1``) gives the plain loop, the clear reference it is tested equal to. By hand:
 
     dp = DataParallel(model, n_threads=2)
     opt.zero_grad()
@@ -38,16 +39,33 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from minift.functional import cross_entropy
 from minift.nn import Module
 from minift.param import Param
 
-__all__ = ["DataParallel", "replicate"]
+__all__ = ["DataParallel", "default_threads", "replicate"]
+
+
+def default_threads() -> int:
+    """The training threads when none are asked for: 2 where this process may use two cores or
+    more, else 1 (the plain loop).
+
+    Two and not every core: two is what ``benchmarks/train_step.py`` measured on the machines
+    minift is built on (a batch of 16 cut into more shares gives each thread less than a BLAS
+    call's worth of work, and more cores were never measured).
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))  # the cores this process may run on
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    return 2 if cores >= 2 else 1
 
 
 def replicate(model: Module) -> Module:
@@ -74,17 +92,6 @@ def replicate(model: Module) -> Module:
     return replica
 
 
-def _blas_controller():
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        raise ImportError(
-            "DataParallel needs threadpoolctl to run BLAS single-threaded in each thread: "
-            "pip install threadpoolctl"
-        ) from None
-    return ThreadpoolController()
-
-
 class DataParallel:
     """Run forward + loss + backward of a batch as ``n_threads`` shards in parallel threads.
 
@@ -98,7 +105,7 @@ class DataParallel:
             raise ValueError(f"n_threads: expected a positive integer, got {n_threads!r}")
         self.model = model
         self.n_threads = n_threads
-        self._blas = _blas_controller()
+        self._blas = ThreadpoolController()
         self._pool = ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="minift-dp")
         self._build()
 

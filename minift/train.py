@@ -13,9 +13,10 @@ SFT policy); the loop never asks which method it runs. Each step:
 A method that needs such hooks provides them itself (``peft_config.train_hooks(model, steps)``),
 so the loop stays the same for every method.
 
-``TrainConfig(threads=2)`` runs each batch as two shares in two threads on replicas of the model
-(``minift.parallel``): the same gradient up to the order of summation, and faster on two cores
-(``python -m benchmarks.train_step`` measures by how much). One thread is the default.
+Where two cores are free the loop runs each batch as two shares in two threads on replicas of the
+model (``minift.parallel``; ``TrainConfig.threads`` defaults to ``default_threads()``): the same
+gradient up to the order of summation, and faster (``python -m benchmarks.train_step`` measures
+by how much). ``threads=1`` is the plain loop of the outline above, and is tested equal to it.
 
 A non-finite loss or gradient norm stops training at once with a message, before the optimizer
 can write NaN into the weights. Progress shows as a bar (loss, tokens/s, ETA); every step is also
@@ -44,6 +45,7 @@ from tqdm import tqdm
 from minift.functional import cross_entropy
 from minift.nn import Dropout, Module
 from minift.optim import SGD, AdamW
+from minift.parallel import DataParallel, default_threads
 from minift.param_groups import layerwise_lr_groups, loraplus_param_groups
 from minift.schedule import LRScheduler, clip_grad_norm, warmup_cosine
 from minift.train_checkpoint import (  # noqa: F401 (importable from here, as before)
@@ -89,7 +91,8 @@ class TrainConfig:
     eval_every: int = 0  # evaluate every N steps (0: only at the end)
     checkpoint_every: int = 0  # save every N steps (0: only at the end, if a directory is set)
     seed: int = 0  # the data sampler's RNG
-    threads: int = 1  # > 1: minift.parallel.DataParallel, each thread a share of every batch
+    # > 1: minift.parallel.DataParallel, each thread a share of every batch; 1: the plain loop
+    threads: int = field(default_factory=default_threads)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "threads"):
@@ -252,8 +255,6 @@ class Trainer:
 
     def _data_parallel(self):
         if self._parallel is None and self.config.threads > 1:
-            from minift.parallel import DataParallel
-
             self._parallel = DataParallel(self.model, n_threads=self.config.threads)
         return self._parallel
 

@@ -267,7 +267,6 @@ def test_a_MINIFT_CLEAR_OPS_that_is_not_0_or_1_is_named_at_import():
 def test_worker_threads_read_the_setting_of_their_caller(ran):
     """One process-wide flag, not a per-thread one: a thread started inside the block sees it,
     so DataParallel's replicas run the clear pairs too."""
-    pytest.importorskip("threadpoolctl")
     from minift.parallel import DataParallel
 
     with nn.clear_ops(), ThreadPoolExecutor(1) as pool:

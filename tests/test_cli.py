@@ -225,7 +225,6 @@ def test_bench_outside_a_checkout_says_where_the_benchmarks_are(tmp_path, monkey
 
 
 def test_finetune_in_two_threads(tmp_path, capsys):
-    pytest.importorskip("threadpoolctl")
     code, stdout, _ = run(capsys, "finetune", "--task", "stdlib-modules", "--method", "full",
                           "--threads", "2", *FAST)  # fmt: skip
     assert code == 0 and "stdlib-modules / full: accuracy = " in stdout

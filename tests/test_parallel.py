@@ -9,15 +9,13 @@ summed over at most a few hundred terms), and in float32 to 1e-5 (rounding error
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info
 
 import minift
 from minift.functional import cross_entropy
 from minift.optim import AdamW
 from minift.parallel import DataParallel, replicate
 from minift.peft import LoraConfig, get_peft_model
-
-# DataParallel limits BLAS to one thread per thread through threadpoolctl (the parallel extra)
-threadpool_info = pytest.importorskip("threadpoolctl").threadpool_info
 
 CFG = minift.GPTConfig(vocab_size=13, block_size=9, n_layer=2, n_head=2, d_model=8)
 RTOL = {np.float64: 1e-12, np.float32: 1e-5}

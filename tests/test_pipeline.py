@@ -1,5 +1,6 @@
 """minift.pipeline: baselines, the confidence table, saving a fine-tuned model of every method."""
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -12,6 +13,8 @@ from hypothesis import strategies as st
 
 from minift import pipeline
 from minift.data import Example, Task
+from minift.pipeline.comparison import worker_settings
+from minift.pipeline.finetuning import train_config
 
 TINY = pipeline.BaseSpec(d_model=32, n_layer=1, n_head=2, steps=2)
 TWO_BLOCKS = pipeline.BaseSpec(d_model=32, n_layer=2, n_head=2, steps=2)  # what sharing ties
@@ -348,7 +351,8 @@ def test_two_workers_give_the_records_of_one_in_the_same_order(monkeypatch):
     """Runs in parallel children, each with one BLAS thread: the same runs and the same metrics
     (the training is the same arithmetic; only the seconds and memory are the machine's)."""
     monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
-    runs = (["stdlib-modules"], ["majority", "bitfit"], [0, 1], SETTINGS, TINY)
+    one_thread = dataclasses.replace(SETTINGS, threads=1)  # as each worker of two trains
+    runs = (["stdlib-modules"], ["majority", "bitfit"], [0, 1], one_thread, TINY)
     one, _ = pipeline.compare(*runs, isolate=True, workers=1)
     two, _ = pipeline.compare(*runs, isolate=True, workers=2)
     keys = ("task", "method", "seed", "metric", "trainable_params")
@@ -358,6 +362,28 @@ def test_two_workers_give_the_records_of_one_in_the_same_order(monkeypatch):
     assert "OPENBLAS_NUM_THREADS" not in os.environ  # the parent's is restored
     with pytest.raises(ValueError, match="workers: expected a positive integer, got 0"):
         pipeline.compare(*runs, workers=0)
+
+
+def test_each_of_two_workers_trains_in_one_thread_unless_told_otherwise():
+    assert worker_settings(SETTINGS, 2).threads == 1
+    assert worker_settings(dataclasses.replace(SETTINGS, threads=2), 2).threads == 2
+    assert worker_settings(SETTINGS, 1).threads is None  # one run: default_threads() decides
+
+
+@pytest.mark.parametrize(("cores", "threads"), [({0}, 1), ({0, 1}, 2)])
+def test_a_run_trains_in_the_default_threads_unless_told_otherwise(monkeypatch, cores, threads):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: cores, raising=False)
+    assert train_config("generation", "lora", 0, SETTINGS).threads == threads
+    one = dataclasses.replace(SETTINGS, threads=1)
+    assert train_config("generation", "lora", 0, one).threads == 1
+
+
+def test_the_cached_base_is_keyed_by_its_training_threads_too(monkeypatch):
+    """Two threads sum the gradient in another order: another float32 base, another cache entry."""
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0}, raising=False)
+    one = TINY.key()
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert TINY.key() != one
 
 
 def test_unknown_names_list_the_valid_ones():

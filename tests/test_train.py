@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minift
+from minift.parallel import DataParallel
 from minift.peft import LoraConfig, get_peft_model
 from minift.train import CHECKPOINT_FILES, TrainConfig, Trainer, TrainHook, TrainingDivergedError
 
@@ -314,10 +315,26 @@ def test_an_adalora_state_that_does_not_fit_is_refused_and_changes_nothing(tmp_p
 # -- two threads (minift.parallel.DataParallel through TrainConfig.threads) ------------------------
 
 
+@pytest.mark.parametrize(("cores", "threads"), [({0}, 1), ({0, 1}, 2), ({0, 1, 2, 3}, 2)])
+def test_the_default_is_two_threads_where_two_cores_are_free(monkeypatch, cores, threads):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: cores, raising=False)
+    assert TrainConfig().threads == threads
+
+
+def test_by_default_the_loop_trains_on_the_fast_path_and_threads_1_is_the_plain_loop(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    fast = Trainer(lora_model(), TrainConfig(steps=1, batch_size=4), sample_batch, progress=False)
+    fast.train()
+    assert isinstance(fast._parallel, DataParallel) and fast._parallel.n_threads == 2
+    plain = TrainConfig(steps=1, batch_size=4, threads=1)
+    plain = Trainer(lora_model(), plain, sample_batch, progress=False)
+    plain.train()
+    assert plain._parallel is None
+
+
 def test_two_threads_train_to_the_one_thread_weights_up_to_rounding():
     """Without dropout, threads=2 is the same training, the sums in another order: float64
     weights after 3 steps of AdamW with accumulation agree to 1e-10."""
-    pytest.importorskip("threadpoolctl")
     no_dropout = CFG.__class__(**{**CFG.to_dict(), "dropout": 0.0})
 
     def run(threads):
@@ -335,7 +352,6 @@ def test_two_threads_train_to_the_one_thread_weights_up_to_rounding():
 
 def test_two_threads_with_dropout_resume_bit_exactly(tmp_path):
     """Each thread's replica draws its own dropout masks; the checkpoint keeps their RNGs too."""
-    pytest.importorskip("threadpoolctl")
     config = TrainConfig(steps=6, batch_size=4, lr=1e-2, warmup_steps=2, seed=2, threads=2)
     straight = Trainer(lora_model(), config, sample_batch, progress=False)
     straight.train()
@@ -349,10 +365,9 @@ def test_two_threads_with_dropout_resume_bit_exactly(tmp_path):
 
 
 def test_resuming_with_another_thread_count_is_refused(tmp_path):
-    pytest.importorskip("threadpoolctl")
     config = TrainConfig(steps=2, batch_size=4, threads=2)
     Trainer(lora_model(), config, sample_batch, checkpoint_dir=tmp_path, progress=False).train()
-    one = TrainConfig(steps=4, batch_size=4)
+    one = TrainConfig(steps=4, batch_size=4, threads=1)
     again = Trainer(lora_model(), one, sample_batch, checkpoint_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match="saved with threads=2, resumed with threads=1"):
         again.train(resume=True)
@@ -521,7 +536,10 @@ def _rng_state(state, value):
         (lambda s: s["scheduler"].update(t=2), r'"scheduler": expected \{"t": 3 \(the step\)'),
         (lambda s: s.update(data_rng={"bit_generator": "PCG64"}), '"data_rng": expected a PCG64'),
         (lambda s: _rng_state(s, -1), '"data_rng": not a valid PCG64 state'),
-        (lambda s: s.update(dropout_rngs=[]), '"dropout_rngs": expected 2 states'),
+        (  # the model's two dropout RNGs, and each further training thread's replica's two
+            lambda s: s.update(dropout_rngs=[]),
+            f'"dropout_rngs": expected {2 * RESUME_CONFIG.threads} states',
+        ),
         (lambda s: s.update(trainable="all"), '"trainable": expected a list of parameter names'),
         # these two pass the type checks and fail only after the weights were loaded: rolled back
         (lambda s: s["optimizer"].update(type="SGD"), "optimizer type: this is AdamW"),

@@ -6,6 +6,7 @@ Every run of ``compare`` happens in a fresh process (unless ``isolate=False``), 
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import resource
@@ -105,8 +106,9 @@ def compare(
     left, and a line as each run ends.
 
     ``workers`` > 1 (with isolate) runs that many at a time, each process with ONE BLAS thread
-    (two runs with two threads each on two cores slow each other down many times over); their
-    train_seconds are then those of runs sharing the machine (results.md shows the command).
+    and, unless ``settings.threads`` says otherwise, one training thread (two runs with two
+    threads each on two cores slow each other down many times over); their train_seconds are
+    then those of runs sharing the machine (results.md shows the command).
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers: expected a positive integer, got {workers!r}")
@@ -128,6 +130,8 @@ def compare(
     records, curves = [], {}
     jobs = [(t, m, s, settings, base_spec, False) for t, m, s in runs]
     if isolate and workers > 1:
+        shared = worker_settings(settings, workers)
+        jobs = [(t, m, s, shared, base_spec, False) for t, m, s in runs]
         results = _in_parallel_children(jobs, workers)
     else:
         results = (_run_isolated(job) if isolate else run_one(*job) for job in jobs)
@@ -140,6 +144,14 @@ def compare(
             if result.losses:
                 curves.setdefault(t, {}).setdefault(m, []).append(result.losses)
     return records, curves
+
+
+def worker_settings(settings: RunSettings, workers: int) -> RunSettings:
+    """The settings of a run that shares the cores with ``workers - 1`` others: one training
+    thread each unless ``settings.threads`` names a count."""
+    if workers > 1 and settings.threads is None:
+        return dataclasses.replace(settings, threads=1)
+    return settings
 
 
 def _run_isolated(job) -> RunResult:

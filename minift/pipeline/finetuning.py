@@ -17,6 +17,7 @@ from minift.data import (
 from minift.data import metrics as task_metrics
 from minift.model import GPT, GPTForSequenceClassification
 from minift.nn import Module
+from minift.parallel import default_threads
 from minift.peft import get_peft_model
 from minift.peft.registry import get_method, method_config
 from minift.pipeline.outputs import NO_CHECKPOINTS, Checkpoints
@@ -30,7 +31,9 @@ class RunSettings:
     lr: float | None = None  # None: the method's own
     eval_examples: int | None = None  # None: the whole split
     eval_split: str = "test"  # "val" to choose settings (benchmarks/lr_sweep.py), never "test"
-    threads: int = 1  # TrainConfig.threads: > 1 trains each batch in shares, in parallel threads
+    # TrainConfig.threads (> 1: each batch in shares, in parallel threads; 1: the plain loop);
+    # None: 2 where two cores are free (minift.parallel.default_threads), 1 in compare's workers
+    threads: int | None = None
     eval_every: int = 0  # evaluate on the validation split every N steps (0: never during training)
 
     def __post_init__(self):
@@ -78,7 +81,7 @@ def train_config(kind: str, method: str, seed: int, settings: RunSettings, **kw)
         lr=settings.lr if settings.lr is not None else get_method(method).lr_for(kind),
         warmup_steps=max(1, settings.steps // 10),
         seed=seed,
-        threads=settings.threads,
+        threads=settings.threads if settings.threads is not None else default_threads(),
         eval_every=settings.eval_every,
         **kw,
     )

@@ -39,8 +39,12 @@ class BaseSpec:
         )
 
     def key(self) -> str:
-        """A short hash of everything the base depends on (the corpus varies with Python)."""
-        text = json.dumps([asdict(self), sys.version_info[:2], standard_tokenizer().to_dict()])
+        """A short hash of everything the base depends on (the corpus varies with Python; the
+        training threads change the order of the gradient's sums, hence its float32 rounding)."""
+        threads = pretrain_config(self).threads
+        text = json.dumps(
+            [asdict(self), sys.version_info[:2], standard_tokenizer().to_dict(), threads]
+        )
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

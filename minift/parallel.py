@@ -125,6 +125,10 @@ class DataParallel:
                 rp.value, rp.trainable, rp.grad = p.value, p.trainable, None
         return params
 
+    def one_blas_thread(self):
+        """A context in which BLAS runs one thread per caller (as inside ``forward_backward``)."""
+        return self._blas.limit(limits=1, user_api="blas")
+
     def close(self) -> None:
         self._pool.shutdown()
 
@@ -162,7 +166,7 @@ class DataParallel:
             replica.backward(dlogits)
             return loss * kept[i] / n_kept
 
-        with self._blas.limit(limits=1, user_api="blas"):
+        with self.one_blas_thread():
             futures = [self._pool.submit(run, i) for i in range(1, self.n_threads)]
             try:
                 losses = [run(0)]

@@ -268,6 +268,15 @@ class Trainer:
 
     def _train_step(self) -> tuple[float, int, float]:
         """One optimizer step; returns (loss, tokens, grad norm)."""
+        dp = self._data_parallel()
+        if dp is None:
+            return self._one_step()
+        # The threads are the parallelism: a BLAS call between them (the gradient norm, a hook)
+        # on BLAS's own threads would leave those spinning, on the cores the next shares need.
+        with dp.one_blas_thread():
+            return self._one_step()
+
+    def _one_step(self) -> tuple[float, int, float]:
         cfg = self.config
         self.model.train()
         self.model.zero_grad()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from threadpoolctl import threadpool_info
 
 import minift
 from minift.parallel import DataParallel
@@ -330,6 +331,23 @@ def test_by_default_the_loop_trains_on_the_fast_path_and_threads_1_is_the_plain_
     plain = Trainer(lora_model(), plain, sample_batch, progress=False)
     plain.train()
     assert plain._parallel is None
+
+
+def test_on_the_fast_path_the_whole_step_runs_with_one_blas_thread_and_restores_it():
+    """The threads are the parallelism: BLAS calls between the shares (the gradient norm, a
+    hook) on BLAS's own threads would leave those spinning on the cores the shares need."""
+    seen = []
+
+    class Watch(TrainHook):
+        def after_backward(self, step, model):
+            seen.append(max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"))
+            return 0.0
+
+    before = threadpool_info()
+    config = TrainConfig(steps=2, batch_size=4, threads=2)
+    Trainer(lora_model(), config, sample_batch, hooks=[Watch()], progress=False).train()
+    assert seen == [1, 1]
+    assert threadpool_info() == before
 
 
 def test_two_threads_train_to_the_one_thread_weights_up_to_rounding():

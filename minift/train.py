@@ -355,8 +355,10 @@ class Trainer:
                 result.tokens += tokens
                 elapsed = time.perf_counter() - start
                 tokens_per_s = result.tokens / max(elapsed, 1e-9)
+                # refresh=False: the bar redraws at most every mininterval, not at every step (a
+                # notebook keeps every redraw in its saved output)
+                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}")
                 record = {
                     "step": self.step,
                     "loss": loss,

@@ -8,9 +8,9 @@ notebooks/figures/ stay as they are. A cell that raises fails the test with the 
 A notebook that needs an optional package names its import in the notebook's metadata,
 ``{"minift": {"requires": ["module_name"]}}``; without that package its run is skipped, not failed.
 
-The first notebook run in a fresh environment pretrains the base model (about two minutes on two
-cores; cached under $MINIFT_CACHE or ~/.cache/minift afterwards); each notebook then takes one to
-two minutes. To refresh the committed outputs after changing a notebook:
+The first notebook run in a fresh environment pretrains the base model (about a minute on two
+cores; cached under $MINIFT_CACHE or ~/.cache/minift afterwards); each notebook then takes a
+minute or two. To refresh the committed outputs after changing a notebook:
 
     jupyter execute --inplace notebooks/NN-name.ipynb
 """

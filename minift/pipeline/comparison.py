@@ -128,10 +128,9 @@ def compare(
         for s in (seeds[:1] if m in BASELINES.values() else seeds)  # a baseline has no seed
     ]
     records, curves = [], {}
-    jobs = [(t, m, s, settings, base_spec, False) for t, m, s in runs]
+    run_settings = worker_settings(settings, workers if isolate else 1)
+    jobs = [(t, m, s, run_settings, base_spec, False) for t, m, s in runs]
     if isolate and workers > 1:
-        shared = worker_settings(settings, workers)
-        jobs = [(t, m, s, shared, base_spec, False) for t, m, s in runs]
         results = _in_parallel_children(jobs, workers)
     else:
         results = (_run_isolated(job) if isolate else run_one(*job) for job in jobs)

@@ -105,6 +105,85 @@ def test_normalize_text_lands_in_the_alphabet_and_is_idempotent(raw):
     assert normalize_text(once) == once
 
 
+def _every_docstring_by_walking_every_node(tree):
+    """The plain walk the corpus's pruned one must equal: every node, expressions included."""
+    import ast
+
+    found = []
+
+    def visit(node):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node, clean=True)
+            if doc:
+                found.append(doc)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+NESTED = '''
+"""module"""
+@decorator(lambda: None)
+class A:
+    """A"""
+    def f(self):
+        """A.f"""
+        class Inner:
+            """Inner"""
+try:
+    def in_try(): "in try"
+except ImportError:
+    def in_except(): "in except"
+else:
+    def in_else(): "in else"
+finally:
+    def in_finally(): "in finally"
+if x:
+    async def in_if(): "in if"
+elif y:
+    def in_elif(): "in elif"
+for i in range(3):
+    def in_for(): "in for"
+else:
+    def in_for_else(): "in for-else"
+while False:
+    def in_while(): "in while"
+with open(p) as f:
+    def in_with(): "in with"
+match command:
+    case [x]:
+        def in_case(): "in case"
+def outer():
+    """outer"""
+    def inner():
+        """inner"""
+'''
+
+
+def test_the_pruned_walk_finds_every_docstring_in_source_order():
+    """The corpus's walk skips expressions (most of a file's nodes); it must find what a walk
+    of every node finds, in the same order, wherever a def can hide."""
+    import ast
+    from pathlib import Path
+    from sysconfig import get_paths
+
+    tree = ast.parse(NESTED)
+    expected = _every_docstring_by_walking_every_node(tree)
+    assert len(expected) == 17
+    assert corpus._docstrings_in_source_order(tree) == expected
+    files = corpus._stdlib_files(Path(get_paths()["stdlib"]))
+    for path in files[::15]:  # a sample of the stdlib, a few seconds
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (SyntaxError, ValueError):
+            continue
+        assert corpus._docstrings_in_source_order(tree) == (
+            _every_docstring_by_walking_every_node(tree)
+        ), path
+
+
 # -- the stdlib classification task ------------------------------------------------------------
 
 

@@ -101,6 +101,12 @@ def _stdlib_files(root: Path) -> list[Path]:
     return sorted(files)
 
 
+# What can hold a ``def`` or a ``class``: statements, and the except and case clauses whose bodies
+# are statements. An expression never does (a lambda has no docstring), and expressions are most
+# of a file's nodes, so the walk below does not enter them.
+_HOLDS_STATEMENTS = (ast.stmt, ast.excepthandler, ast.match_case)
+
+
 def _docstrings_in_source_order(tree: ast.Module) -> list[str]:
     """The module's docstring, then each class's and function's, in the order they appear."""
     found = []
@@ -110,8 +116,12 @@ def _docstrings_in_source_order(tree: ast.Module) -> list[str]:
             doc = ast.get_docstring(node, clean=True)  # clean: the common indentation removed
             if doc:
                 found.append(doc)
-        for child in ast.iter_child_nodes(node):
-            visit(child)
+        for name in node._fields:  # in field order: body, handlers, orelse, finalbody, …
+            value = getattr(node, name, None)
+            if isinstance(value, list):
+                for child in value:
+                    if isinstance(child, _HOLDS_STATEMENTS):
+                        visit(child)
 
     visit(tree)
     return found

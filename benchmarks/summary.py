@@ -60,9 +60,18 @@ def summary(results: Path = RESULTS) -> str:
     speedup = {g["batch"]: g["speedup_vs_no_cache"] for g in gen["generation"] if g["kv_cache"]}
     merged = next(r for r in gen["latency"] if r["model"] == "LoRA merged")
     mib = 2**20
-    bullets = [f"- Measured at {code[0]}." for _ in code[:1]] + [
+    d256_run = d256["minift-dp2"]
+    machine = (
+        f"- Measured at {code[0]}, on {d256_run['cpu']}; numpy's BLAS: OpenBLAS "
+        f"{d256_run['blas']['version']}, kernel {d256_run['blas']['architecture']}; float32 "
+        f"matmul peak {d256_run['matmul_peak_gflops']:.0f} GFLOP/s (one large `a @ b`, "
+        f"measured in the same run); each number the median of "
+        f"{len(d256_run.get('repeat_tokens_per_s', [0]))} interleaved runs."
+    )
+    bullets = [machine] + [
         "- With `minift.parallel.DataParallel(model, n_threads=2)` (two Python threads, each half "
-        "the batch, BLAS single-threaded in each; the default on two cores): "
+        "the batch, BLAS single-threaded in each; what training runs on by default wherever two "
+        "cores are free): "
         f"**{dp_full[0]} PyTorch's tokens/s at d=64, {dp_full[1]} at d=128, {dp_full[2]} at "
         f"d=256** (full fine-tuning; LoRA {', '.join(dp_lora)}), and "
         f"**{100 * d256['minift-dp2']['fraction_of_peak']:.0f} % of the measured matmul peak** at "

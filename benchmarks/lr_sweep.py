@@ -169,6 +169,23 @@ def markdown(records, chosen, commands, day: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save(out: Path, previous: dict, records: list[dict], command: str):
+    """Write lr_sweep.json and .md: ``previous``'s records with ``records`` in place of the runs
+    they repeat, and the choices made on them all; returns (records, chosen)."""
+    from minift.files import atomic_write_bytes, atomic_write_json
+
+    new_keys = {_key(r) for r in records}
+    # an earlier sweep's runs of other (task, method, lr) are kept: one file holds every choice
+    merged = [r for r in previous["records"] if _key(r) not in new_keys] + records
+    commands = [c for c in previous["commands"] if c != command] + [command]
+    chosen = choose(merged)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "lr_sweep.json", {"commands": commands, "records": merged,
+                                              "chosen": chosen})  # fmt: skip
+    atomic_write_bytes(out / "lr_sweep.md", markdown(merged, chosen, commands).encode())
+    return merged, chosen
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(grid()))
@@ -208,25 +225,17 @@ def main(argv=None):
     done = {_key(r) for r in previous["records"] if not _stale(r)}
     jobs = [job for job in jobs if job not in done]  # a run already in the file is not redone
     os.environ["OPENBLAS_NUM_THREADS"] = "1"  # for the workers, which start after this
+    command = ("python -m benchmarks.lr_sweep " + " ".join(sys.argv[1:])).strip()
     records = []
     with multiprocessing.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
         for i, record in enumerate(pool.imap(_run, jobs), 1):
             records.append(record)
             print(f"[{i}/{len(jobs)}] {json.dumps(record)}", flush=True)
-    command = ("python -m benchmarks.lr_sweep " + " ".join(sys.argv[1:])).strip()
-    args.out.mkdir(parents=True, exist_ok=True)
-    from minift.files import atomic_write_bytes, atomic_write_json
-
-    # an earlier sweep's runs of other (task, method, lr) are kept: one file holds every choice
-    new_keys = {_key(r) for r in records}
-    records = [r for r in previous["records"] if _key(r) not in new_keys] + records
-    commands = [c for c in previous["commands"] if c != command] + [command]
-    chosen = choose(records)
-    atomic_write_json(path, {"commands": commands, "records": records, "chosen": chosen})
-    text = markdown(records, chosen, commands)
-    atomic_write_bytes(args.out / "lr_sweep.md", text.encode())
-    print(text)
-    return records, chosen
+            # saved as each run ends: an interrupted sweep, started again, redoes only the rest
+            save(args.out, previous, records, command)
+    merged, chosen = save(args.out, previous, records, command)
+    print((args.out / "lr_sweep.md").read_text())
+    return merged, chosen
 
 
 if __name__ == "__main__":

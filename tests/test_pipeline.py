@@ -595,3 +595,25 @@ def test_redrawing_names_the_record_that_lacks_a_field(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps(records))
     with pytest.raises(FileFormatError, match=r"results.json: \[3\]: missing \['train_seconds'\]"):
         pipeline.write_plots(tmp_path)
+
+
+def test_the_sweep_saves_each_run_as_it_ends_over_the_earlier_sweeps(tmp_path):
+    """An interrupted sweep keeps what it finished (started again, it redoes only the rest),
+    and a run repeated replaces its earlier record instead of joining it."""
+    from benchmarks.lr_sweep import save
+
+    def run(task, lr, accuracy):
+        return {"task": task, "method": "lora", "lr": lr, "steps": 300, "seed": 0,
+                "accuracy": accuracy}  # fmt: skip
+
+    earlier = {
+        "commands": ["python -m benchmarks.lr_sweep"],
+        "records": [run("kjv-books", 1e-2, 0.3), run("stdlib-modules", 1e-2, 0.4)],
+    }
+    command = "python -m benchmarks.lr_sweep --methods lora"
+    save(tmp_path, earlier, [run("kjv-books", 1e-2, 0.5)], command)
+    saved = json.loads((tmp_path / "lr_sweep.json").read_text())
+    assert saved["records"] == [run("stdlib-modules", 1e-2, 0.4), run("kjv-books", 1e-2, 0.5)]
+    assert saved["commands"] == [*earlier["commands"], command]
+    assert saved["chosen"] == {"lora/classification": 1e-2}
+    assert "| kjv-books | lora | 0.01 | accuracy 0.500 |" in (tmp_path / "lr_sweep.md").read_text()

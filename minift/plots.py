@@ -14,7 +14,7 @@ can read the data back (``fig.axes[0].lines[0].get_ydata()``) or show it.
     figure_data             what a parameter-count PNG drew, read back from the file
 
 What every figure keeps for its reader: each series its own colour AND marker (``COLORS`` and
-``MARKERS`` repeat together only after 182 series); the legend beside the axes, never over the
+``MARKERS`` repeat together only after 234 series); the legend beside the axes, never over the
 data; titles and labels wrapped to the space they have, so nothing is clipped; no figure wider
 than ``MAX_WIDTH`` (many bars are laid down instead). tests/test_plots.py renders each figure and
 checks all four.
@@ -58,7 +58,10 @@ MAX_WIDTH = 12.0  # inches: 1,440 px at DPI, narrower than a laptop's screen
 # Every series differs from every other in colour AND marker (for print and colour-blind readers):
 # 14 colours (matplotlib's ten, then four darker ones) against 13 markers repeat together only
 # after 182 series; a comparison draws 13 methods at most.
-COLORS = [f"C{i}" for i in range(10)] + ["#000000", "#8b0000", "#00008b", "#556b2f"]
+# matplotlib's ten, then eight dark ones far from them: minift compare draws 17 methods
+COLORS = [f"C{i}" for i in range(10)] + [
+    "#000000", "#8b0000", "#00008b", "#556b2f", "#ff00ff", "#008b8b", "#b8860b", "#4b0082",
+]  # fmt: skip
 MARKERS = "osD^vP*Xh<>pd"
 # the guide lines of the parameter-count plots: 0.1 %, 1 % and 10 % of the model
 GUIDE_FRACTIONS = (0.001, 0.01, 0.1)

@@ -323,13 +323,13 @@ def test_loss_curves_of_single_seeds_promise_no_band(tmp_path):
 LONG_TITLE = (
     "A title long enough to run past the right edge of any figure that does not wrap it " * 2
 )
-METHODS = [f"method-{i}" for i in range(14)]  # more than matplotlib's ten colours
+METHODS = [f"method-{i}" for i in range(18)]  # more than matplotlib's ten colours
 LINE_KINDS = ["metric_vs_params", "lines_with_intervals", "loss_curves", "parameter_counts",
               "singular_values"]  # fmt: skip
 
 
-def fourteen_of_each(tmp_path):
-    """Every kind of figure, each drawing 14 series (or 48 bars) under a long title."""
+def eighteen_of_each(tmp_path):
+    """Every kind of figure, each drawing 18 series (or 48 bars) under a long title."""
     rng = np.random.default_rng(0)
     rows = [{"task": task, "method": m, "trainable_params": 10 ** (1 + i % 6),
              "mean": float(rng.random()), "half_width": 0.05}
@@ -362,21 +362,21 @@ def fourteen_of_each(tmp_path):
 
 @pytest.fixture(scope="module")
 def figures(tmp_path_factory):
-    return fourteen_of_each(tmp_path_factory.mktemp("figures"))
+    return eighteen_of_each(tmp_path_factory.mktemp("figures"))
 
 
 @pytest.mark.parametrize("kind", LINE_KINDS)
-def test_fourteen_series_differ_in_colour_and_in_marker(figures, kind):
+def test_eighteen_series_differ_in_colour_and_in_marker(figures, kind):
     from matplotlib.colors import to_hex
 
     for ax in figures[kind][0].axes:
         lines = [line for line in ax.lines if line.get_label() in METHODS]
         if not lines:
             continue
-        assert len(lines) == 14
-        assert len({to_hex(line.get_color()) for line in lines}) == 14
-        assert len({line.get_marker() for line in lines}) >= 13  # 13 shapes: one comes back
-        assert len({(to_hex(line.get_color()), line.get_marker()) for line in lines}) == 14
+        assert len(lines) == 18
+        assert len({to_hex(line.get_color()) for line in lines}) == 18
+        assert len({line.get_marker() for line in lines}) >= 13  # 13 shapes: some come back
+        assert len({(to_hex(line.get_color()), line.get_marker()) for line in lines}) == 18
 
 
 @pytest.mark.parametrize("kind", [*LINE_KINDS, "bars", "few_bars"])

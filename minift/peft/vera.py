@@ -335,6 +335,8 @@ VERA_OPTIONS = [
 ]
 VERA_DEFAULTS = {"r": 256, "target_modules": ["c_attn", "attn.c_proj"]}  # LoRA's targets
 
-# lr set by hand, not swept: scales of frozen random matrices want a larger step than LoRA's
+# generation lr set by hand (scales of frozen random matrices want a larger step than LoRA's);
+# the classification lr is swept, and chose the same
 register_method("vera", VeraConfig, "VeRA r=256 on c_attn, attn.c_proj (Kopiczko et al. 2024)",
-                lr=3e-2, compare=False, defaults=VERA_DEFAULTS, options=VERA_OPTIONS)  # fmt: skip
+                lr=3e-2, classification_lr=3e-2, lr_grid=[3e-3, 1e-2, 3e-2, 1e-1],
+                defaults=VERA_DEFAULTS, options=VERA_OPTIONS)  # fmt: skip

@@ -345,8 +345,9 @@ class BertEncoder(Module):
             x = layer.forward(x, mask)
         return x
 
-    def backward(self, dout):
-        for layer in reversed(self.layer._items):
+    def backward(self, dout, first: int = 0):
+        """Back through the layers from the top down to layer ``first``; dx of layer ``first``."""
+        for layer in reversed(self.layer._items[first:]):
             dout = layer.backward(dout)
         return dout
 
@@ -456,7 +457,22 @@ class BertModel(Module):
             raise ValueError(
                 f"dh: expected shape {self._shape} (the last forward's output), got {dh.shape}"
             )
-        self.embeddings.backward(self.encoder.backward(dh))
+        first = self._first_layer_to_backprop()
+        dx = self.encoder.backward(dh, first)
+        if first == 0:
+            self.embeddings.backward(dx)
+
+    def _first_layer_to_backprop(self) -> int:
+        """The lowest layer whose backward feeds a gradient someone keeps: 0 when an embedding
+        trains, len(layers) when no layer does. Under LoRA on the top layers, or a head alone,
+        the frozen layers below would only carry a gradient that nothing keeps (the GPT stops
+        the same way: GPT.backward_body)."""
+        if any(p.trainable for p in self.embeddings.parameters()):
+            return 0
+        for i, layer in enumerate(self.encoder.layer._items):
+            if any(p.trainable for p in layer.parameters()):
+                return i
+        return len(self.encoder.layer._items)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -600,3 +600,43 @@ def test_a_saved_bert_adapter_keeps_an_embedding_table_in_its_own_layout(tmp_pat
     fresh = B.BertSentenceClassifier(tiny_bert(15), num_labels=2, seed=15)
     loaded = PeftModel.from_pretrained(fresh, tmp_path)
     np.testing.assert_array_equal(loaded.forward(ids), expected)
+
+
+@pytest.mark.parametrize(
+    ("trains", "expected_layers"),
+    [("nothing", []), ("layer 2", [2]), ("layer 1", [1, 2]), ("embeddings", [0, 1, 2])],
+)
+def test_backward_stops_below_the_lowest_layer_that_trains(trains, expected_layers):
+    """LoRA on the top layers, or a head alone: the frozen layers below run no backward (nothing
+    would keep their gradient), and every trainable gradient is the one the full backward gives."""
+    from dataclasses import replace
+
+    config = replace(TINY, num_hidden_layers=3)
+    model = tiny_bert(config=config)
+    prefix = {"nothing": None, "layer 2": "encoder.layer.2.", "layer 1": "encoder.layer.1.",
+              "embeddings": "embeddings."}[trains]  # fmt: skip
+    for name, p in model.named_parameters().items():
+        p.trainable = prefix is not None and name.startswith(prefix)
+    ran = []
+    for i, layer in enumerate(model.encoder.layer._items):
+        layer.backward = lambda dout, i=i, layer=layer: (
+            ran.append(i) or type(layer).backward(layer, dout)
+        )
+    ids, mask, types = inputs(config=config)
+    dh = np.random.default_rng(1).normal(size=(*ids.shape, config.hidden_size))
+
+    def grads():
+        model.zero_grad()
+        model.forward(ids, mask, types)
+        model.backward(dh)
+        return {n: p.grad.copy() for n, p in model.named_parameters().items() if p.trainable}
+
+    early = grads()
+    assert sorted(ran) == expected_layers
+    model._first_layer_to_backprop = lambda: 0  # the full backward, for reference
+    ran.clear()
+    full = grads()
+    assert sorted(ran) == [0, 1, 2]
+    assert early.keys() == full.keys() and (len(early) > 0) == (trains != "nothing")
+    for name in early:
+        np.testing.assert_array_equal(early[name], full[name], err_msg=name)

@@ -17,6 +17,7 @@ from typing import Any
 from tqdm import tqdm
 
 from minift.data import standard_tokenizer
+from minift.data.tasks import TASK_KINDS
 from minift.peft import count_parameters
 from minift.peft.registry import get_method
 from minift.pipeline.finetuning import (
@@ -119,7 +120,7 @@ def compare(
         if name not in BASELINES.values():
             get_method(name)
     load_base(base_spec)  # pretrain once, here, before any child needs it
-    kinds = {t: get_task(t).kind for t in tasks}
+    kinds = {t: TASK_KINDS[t] for t in tasks}  # without building them: children build their own
     runs = [
         (t, m, s)
         for t in tasks

@@ -98,6 +98,27 @@ def loadavg() -> float:
     return os.getloadavg()[0]
 
 
+def busy_share(seconds: float = 1.0) -> float:
+    """The share of the CPUs' time spent busy over the next ``seconds`` while this process sleeps
+    (/proc/stat): another process at work now. The load average lags by minutes, so a machine
+    that went quiet a minute ago still shows a high one. NaN where /proc/stat is missing."""
+    import time
+
+    def ticks():
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields[:8]) - idle, sum(fields[:8])
+
+    try:
+        busy0, total0 = ticks()
+        time.sleep(seconds)
+        busy1, total1 = ticks()
+    except (OSError, ValueError, IndexError):
+        return math.nan
+    return (busy1 - busy0) / max(total1 - total0, 1)
+
+
 def source_line() -> str:
     """The commit the numbers belong to, and whether the work tree differed from it: a result
     measured before a change on the timed path says so. "unknown" outside a git checkout."""

@@ -63,6 +63,7 @@ import numpy as np  # noqa: E402
 from benchmarks.machine import (  # noqa: E402
     blas_info,
     blas_line,
+    busy_share,
     cpu_line,
     loadavg,
     matmul_peak,
@@ -358,7 +359,7 @@ def lora_table(records: list[dict], sizes, engines) -> str:
     return "\n".join(lines)
 
 
-BUSY_LOAD = 0.5  # a 1-minute load average above this at start: another process was running
+BUSY_SHARE = 0.10  # CPUs busy at start above this share: another process was running
 DEFAULT_ENGINE = "minift-dp2"  # what training runs on wherever two cores are free
 TARGETS = {  # the performance issue's, for the default engine
     "tokens/s vs PyTorch": {"d128": 1.4, "d256": 1.25},
@@ -571,10 +572,14 @@ def main(argv=None) -> list[dict]:
         f"load average (1 min) at start: {loadavg():.2f} (other work on the machine inflates "
         "every timing; each run's own is in the last column)",
     ]
-    if loadavg() > BUSY_LOAD:
+    busy = busy_share()
+    header.append(
+        f"CPU busy in the second before the runs: {100 * busy:.0f} % (this process slept)"
+    )
+    if busy > BUSY_SHARE:
         header.append(
-            f"NOT QUIET: the load average at start was {loadavg():.2f} (> {BUSY_LOAD}): another "
-            "process was using the cores, and every timing below is inflated by it"
+            f"NOT QUIET: another process kept {100 * busy:.0f} % of the CPUs busy at start "
+            f"(> {100 * BUSY_SHARE:.0f} %); every timing below is inflated by it"
         )
     if "pytorch" in engines and not have_torch:
         engines.remove("pytorch")

@@ -380,3 +380,85 @@ def test_the_readme_prose_on_the_articles_other_claims_is_what_the_committed_swe
     most = [{k for k, v in ranks.items() if v == max(ranks.values())} for ranks in kept]
     assert "no block keeps the most ranks on every seed" in text
     assert not set.intersection(*most)
+
+
+def test_the_readme_on_qlora_quotes_the_committed_memory_and_comparison():
+    """QLoRA's bits, bytes and error are benchmarks/results/qlora's; its accuracy beside LoRA's
+    is the committed comparison's, and "overlaps LoRA's" holds on every task."""
+    import json
+
+    from minift import pipeline
+
+    base = README.parent / "benchmarks" / "results"
+    text = " ".join(README.read_text().split())
+    plain, double = json.loads((base / "qlora" / "results.json").read_text())["memory"]
+    errors = [layer["relative_frobenius_error"] for layer in plain["layers"]]
+    assert (
+        f"{plain['bits_per_quantized_weight']:.3f} bits per quantized weight "
+        f"({double['bits_per_quantized_weight']:.3f} with the constants double-quantized)" in text
+    )
+    share = 100 * plain["base_bytes_after"] / plain["base_bytes_before"]
+    assert (
+        f"from {plain['base_bytes_before']:,} to {plain['base_bytes_after']:,} bytes "
+        f"({share:.1f} %" in text
+    )
+    assert f"between {min(errors):.3f} and {max(errors):.3f} per layer" in text
+
+    rows = pipeline.summarize(json.loads((base / "compare" / "results.json").read_text()))
+    main = {
+        (r["task"], r["method"]): r
+        for r in rows
+        if r["metric"] == pipeline.main_metric(rows, r["task"])
+    }
+    tasks = list(dict.fromkeys(task for task, _ in main))
+    quoted = "; ".join(
+        f"{t} {main[t, 'qlora']['mean']:.3f} ± {main[t, 'qlora']['half_width']:.3f} against "
+        f"{main[t, 'lora']['mean']:.3f} ± {main[t, 'lora']['half_width']:.3f}"
+        for t in tasks
+    )
+    assert quoted in text
+    if "QLoRA's interval overlaps LoRA's on every task" in text:
+        for t in tasks:
+            q, lo = main[t, "qlora"], main[t, "lora"]
+            assert abs(q["mean"] - lo["mean"]) <= q["half_width"] + lo["half_width"], t
+
+
+def test_the_readme_on_the_newer_peft_methods_is_what_the_committed_run_measured():
+    """The shares quoted are the table's; "within full fine-tuning's interval", "trails it …
+    intervals apart" and "ends below full fine-tuning" hold on the committed intervals."""
+    import json
+
+    from minift import pipeline
+
+    path = README.parent / "benchmarks" / "results" / "compare" / "results.json"
+    records = json.loads(path.read_text())
+    rows = pipeline.summarize(records)
+    main = {
+        (r["task"], r["method"]): r
+        for r in rows
+        if r["metric"] == pipeline.main_metric(rows, r["task"])
+    }
+    text = " ".join(README.read_text().split())
+
+    def share(method):
+        return max(100 * r["trainable_params"] / r["total_params"] for r in records
+                   if r["method"] == method)  # fmt: skip
+
+    def low(task, m):
+        return main[task, m]["mean"] - main[task, m]["half_width"]
+
+    def high(task, m):
+        return main[task, m]["mean"] + main[task, m]["half_width"]
+
+    assert (
+        f"VeRA ({share('vera'):.2f} % of the model trains), LoKr ({share('lokr'):.2f} %), LoHa "
+        f"and QLoRA ({share('loha'):.2f} %, LoRA's count)" in text
+    )
+    assert share("loha") == share("qlora") == share("lora")
+    assert f"LN tuning ({share('ln-tuning'):.2f} %) trails it on King James verses" in text
+    for task in ("kjv-books", "stdlib-modules"):
+        for m in ("vera", "lokr", "loha", "qlora"):
+            assert low(task, m) <= high(task, "full") and low(task, "full") <= high(task, m), m
+    assert high("kjv-books", "ln-tuning") < low("kjv-books", "full")
+    for m in ("vera", "lokr", "loha", "qlora"):
+        assert high("en-fr-numbers", m) < low("en-fr-numbers", "full"), m

@@ -35,7 +35,6 @@ import functools
 import math
 
 import numpy as np
-from scipy.special import ndtr
 
 # ----------------------------------------------------------------------------------------------
 # Linear: y = x W + b, with W stored [in, out] as GPT-2 stores it
@@ -248,6 +247,8 @@ def gelu_erf_forward(x):
     # Φ by ndtr, not as ½·(1 + erf(x/√2)): for x < 0, erf(x/√2) is close to −1 and the sum keeps
     # few digits (at x = −5, Φ = 2.9e-7 and 1 + erf loses 7 of 16); ndtr takes that tail from
     # erfc, to full relative precision.
+    from scipy.special import ndtr  # here: only BERT needs it, and scipy takes ½ s to import
+
     cdf = ndtr(x)
     return x * cdf, (x, cdf)
 

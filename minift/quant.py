@@ -55,9 +55,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
-from scipy.stats import norm
 
 from minift import functional as F
 from minift.nn import Linear, Module
@@ -91,10 +91,13 @@ NF4_DELTA = 0.5 * (1 / 32 + 1 / 30)
 
 def nf4_levels() -> np.ndarray:
     """The 16 NF4 levels q, ascending, in [−1, 1], with q₇ = 0 (see the module docstring)."""
-    positive = norm.ppf(np.linspace(1 - NF4_DELTA, 0.5, 9)[:-1])  # 8, ½ left out
-    negative = -norm.ppf(np.linspace(1 - NF4_DELTA, 0.5, 8)[:-1])  # 7, ½ left out
+    # The standard library's normal quantile (Wichura's AS241, to ~1e-16), not scipy.stats': the
+    # levels are built at import, and importing scipy.stats would cost every process a second.
+    ppf = np.vectorize(NormalDist().inv_cdf)
+    positive = ppf(np.linspace(1 - NF4_DELTA, 0.5, 9)[:-1])  # 8, ½ left out
+    negative = -ppf(np.linspace(1 - NF4_DELTA, 0.5, 8)[:-1])  # 7, ½ left out
     q = np.sort(np.concatenate([negative, [0.0], positive]))
-    return q / norm.ppf(1 - NF4_DELTA)
+    return q / ppf(1 - NF4_DELTA)
 
 
 NF4_LEVELS = nf4_levels()  # float64 [16]

@@ -24,7 +24,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.stats
 
 __all__ = ["MeanCI", "mean_ci"]
 
@@ -77,6 +76,8 @@ def mean_ci(values, confidence: float = 0.95) -> MeanCI:
         return MeanCI(mean=mean, half_width=nan, low=nan, high=nan, n=1)
 
     s = float(x.std(ddof=1))  # sample std: divide by n − 1, as the t distribution assumes
+    import scipy.stats  # here, not at the top: it takes a second to import, and few need it
+
     t = float(scipy.stats.t.ppf((1.0 + confidence) / 2.0, df=n - 1))  # two-sided: (1+c)/2
     half_width = t * s / math.sqrt(n)
     return MeanCI(

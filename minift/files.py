@@ -136,6 +136,14 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def cache_dir() -> Path:
+    """Where minift keeps what it can make again (the base model, the corpus's docstrings):
+    $MINIFT_CACHE, else $XDG_CACHE_HOME/minift, else ~/.cache/minift."""
+    if os.environ.get("MINIFT_CACHE"):
+        return Path(os.environ["MINIFT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "minift"
+
+
 def atomic_write_json(path, obj) -> None:
     """Write ``obj`` as JSON (indent 2, keys in the order given, trailing newline), atomically.
 

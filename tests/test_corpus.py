@@ -1,6 +1,7 @@
 """The pretraining corpus: big enough, deterministic, read without importing, inside ALPHABET."""
 
 import hashlib
+import json
 import subprocess
 import sys
 
@@ -208,3 +209,71 @@ def test_docstring_module_task_label_is_the_module_that_wrote_the_docstring():
 def test_docstring_module_task_needs_two_modules():
     with pytest.raises(ValueError, match="k"):
         docstring_module_task(k=1)
+
+
+# -- the docstrings' cache -------------------------------------------------------------------
+
+
+def _uncached_walk():
+    root = corpus.Path(corpus.sysconfig.get_paths()["stdlib"])
+    return corpus._walk_docstrings(root, corpus._stdlib_files(root))
+
+
+def _cache_files(cache):
+    return sorted((cache / "stdlib-docstrings").glob("*.json"))
+
+
+def test_cached_docstrings_are_read_back_equal_to_the_walk_without_walking(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIFT_CACHE", str(tmp_path))
+    walked = corpus.stdlib_docstrings.__wrapped__()  # past the per-process lru_cache
+    assert walked == _uncached_walk() and len(_cache_files(tmp_path)) == 1
+
+    def no_walk(*args):
+        raise AssertionError("walked the stdlib although the cache holds its docstrings")
+
+    monkeypatch.setattr(corpus, "_walk_docstrings", no_walk)
+    assert corpus.stdlib_docstrings.__wrapped__() == walked
+
+
+@pytest.mark.parametrize("damage", ["edited", "truncated", "not a list"])
+def test_a_damaged_or_edited_cache_is_never_read_back(tmp_path, monkeypatch, damage):
+    monkeypatch.setenv("MINIFT_CACHE", str(tmp_path))
+    walked = corpus.stdlib_docstrings.__wrapped__()
+    (path,) = _cache_files(tmp_path)
+    obj = json.loads(path.read_text())
+    if damage == "edited":  # valid JSON, plausible content, another corpus
+        obj["docstrings"][0][1] = "An edited docstring."
+        path.write_text(json.dumps(obj))
+    elif damage == "truncated":
+        path.write_text(path.read_text()[:1000])
+    else:
+        obj["docstrings"] = {"email": "x"}
+        path.write_text(json.dumps(obj))
+    assert corpus.stdlib_docstrings.__wrapped__() == walked  # walked again, and written again
+    assert json.loads(path.read_text())["docstrings"] == [list(p) for p in walked]
+
+
+def test_the_cache_key_changes_with_any_file_of_the_stdlib_and_with_the_python(
+    tmp_path, monkeypatch
+):
+    root = tmp_path / "lib"
+    root.mkdir()
+    (root / "a.py").write_text('"""A module."""\n')
+    (root / "b.py").write_text('"""B module."""\n')
+    files = corpus._stdlib_files(root)
+    key = corpus._docstrings_key(root, files)
+    assert corpus._docstrings_key(root, files) == key
+    (root / "b.py").write_text('"""Another B module."""\n')
+    edited = corpus._docstrings_key(root, files)
+    (root / "c.py").write_text('"""C."""\n')
+    added = corpus._docstrings_key(root, corpus._stdlib_files(root))
+    monkeypatch.setattr(corpus.sys, "version", "3.99.0 (another Python)")
+    other_python = corpus._docstrings_key(root, corpus._stdlib_files(root))
+    assert len({key, edited, added, other_python}) == 4
+
+
+def test_a_cache_that_cannot_be_written_costs_only_the_walk(tmp_path, monkeypatch):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    monkeypatch.setenv("MINIFT_CACHE", str(not_a_folder))
+    assert corpus.stdlib_docstrings.__wrapped__() == _uncached_walk()

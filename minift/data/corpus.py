@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
+import json
 import os
 import string
 import sys
@@ -37,6 +39,8 @@ import sysconfig
 import unicodedata
 from collections import Counter
 from pathlib import Path
+
+from minift.files import atomic_write_json, cache_dir
 
 __all__ = [
     "ALPHABET",
@@ -133,10 +137,32 @@ def stdlib_docstrings() -> tuple[tuple[str, str], ...]:
 
     ``email/mime/text.py`` belongs to ``email``; ``json/__init__.py`` to ``json``; ``abc.py`` to
     ``abc``. Texts are normalised (``normalize_text``) but not deduplicated.
+
+    Parsing ~600 files takes seconds, and every process that builds the corpus or a task of it
+    would pay them (``minift compare`` starts one per run), so the result is kept in the cache
+    (``minift.files.cache_dir``) under a key of everything it depends on (``_docstrings_key``)
+    and with a digest of its content: a file of another Python, another stdlib, another version
+    of this module, or a damaged or edited file is never read back; the walk runs again instead.
     """
     root = Path(sysconfig.get_paths()["stdlib"])
+    files = _stdlib_files(root)
+    path = cache_dir() / "stdlib-docstrings" / f"{_docstrings_key(root, files)}.json"
+    cached = _read_cached_docstrings(path)
+    if cached is not None:
+        return cached
+    found = _walk_docstrings(root, files)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, {"sha256": _docstrings_digest(found), "docstrings": found})
+    except OSError:
+        pass  # a cache that cannot be written: the walk runs again in the next process
+    return found
+
+
+def _walk_docstrings(root: Path, files: list[Path]) -> tuple[tuple[str, str], ...]:
+    """``stdlib_docstrings`` without the cache: parse each file, walk its tree."""
     found = []
-    for path in _stdlib_files(root):
+    for path in files:
         try:
             tree = ast.parse(path.read_bytes(), filename=str(path))
         except (SyntaxError, ValueError, UnicodeDecodeError, RecursionError, OSError):
@@ -147,6 +173,39 @@ def stdlib_docstrings() -> tuple[tuple[str, str], ...]:
             if text:
                 found.append((module, text))
     return tuple(found)
+
+
+def _docstrings_key(root: Path, files: list[Path]) -> str:
+    """A hash of what the docstrings depend on: this module's source (the walk, the alphabet),
+    the Python, the stdlib's folder, and each file's path, size and modification time."""
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    h.update(f"{sys.version}\0{root}\0".encode())
+    for path in files:
+        try:
+            st = path.stat()
+        except OSError:
+            continue  # as the walk skips it
+        h.update(f"{path.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return h.hexdigest()[:16]
+
+
+def _docstrings_digest(docstrings) -> str:
+    return hashlib.sha256(json.dumps(docstrings, ensure_ascii=False).encode()).hexdigest()
+
+
+def _read_cached_docstrings(path: Path) -> tuple[tuple[str, str], ...] | None:
+    """The cached docstrings, or None when the file is missing, damaged or not what it says."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+        pairs = obj["docstrings"]
+        if not (isinstance(pairs, list) and isinstance(obj.get("sha256"), str)):
+            return None
+        found = tuple((module, text) for module, text in pairs)
+        if not all(isinstance(m, str) and isinstance(t, str) for m, t in found):
+            return None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return None
+    return found if _docstrings_digest(found) == obj["sha256"] else None
 
 
 def _help_topics() -> list[str]:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from minift.checkpoint import atomic_write_json, load_model, save_model
 from minift.data import lm_sampler, load_corpus, standard_tokenizer
+from minift.files import cache_dir
 from minift.model import GPT, GPTConfig
 from minift.pipeline.outputs import NO_CHECKPOINTS, Checkpoints
 from minift.train import TrainConfig, Trainer
@@ -46,13 +46,6 @@ class BaseSpec:
             [asdict(self), sys.version_info[:2], standard_tokenizer().to_dict(), threads]
         )
         return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def cache_dir() -> Path:
-    """$MINIFT_CACHE, else $XDG_CACHE_HOME/minift, else ~/.cache/minift."""
-    if os.environ.get("MINIFT_CACHE"):
-        return Path(os.environ["MINIFT_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "minift"
 
 
 def pretrain_config(spec: BaseSpec, **kw) -> TrainConfig:

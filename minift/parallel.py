@@ -147,24 +147,41 @@ class DataParallel:
             raise ValueError(
                 f"targets: expected the batch size of idx ({idx.shape[0]}), got {targets.shape[0]}"
             )
+        rows = [r for r in np.array_split(np.arange(idx.shape[0]), self.n_threads) if len(r)]
+        shards = [(idx[r[0] : r[-1] + 1], targets[r[0] : r[-1] + 1]) for r in rows]
+        return self.forward_backward_groups(shards, ignore_index, grad_scale)
+
+    def forward_backward_groups(self, groups, ignore_index: int = -100, grad_scale=1.0) -> float:
+        """``forward_backward`` of a batch given as groups [(idx, targets), …], each padded to
+        its own length (``example_sampler(groups=k)``): the groups are shared out between the
+        threads, each about the same number of tokens (largest first, each to the least loaded
+        thread), and each group's loss and gradient weighted by its share of the targets."""
         params = self._sync()
-        rows = np.array_split(np.arange(idx.shape[0]), self.n_threads)
-        kept = [int((targets[r] != ignore_index).sum()) for r in rows]
+        groups = [(np.asarray(i), np.asarray(t)) for i, t in groups]
+        kept = [int((t != ignore_index).sum()) for _, t in groups]
         n_kept = sum(kept)
         if n_kept == 0:
             raise ValueError(f"targets: every target equals ignore_index={ignore_index}; no loss")
+        shares: list[list[int]] = [[] for _ in range(self.n_threads)]
+        loads = [0] * self.n_threads
+        for g in sorted(range(len(groups)), key=lambda g: -groups[g][0].size):
+            i = loads.index(min(loads))
+            shares[i].append(g)
+            loads[i] += groups[g][0].size
 
-        def run(i):  # forward, loss and backward of shard i on replica i
-            if kept[i] == 0:  # nothing of this shard enters the loss
-                return 0.0
-            r = slice(int(rows[i][0]), int(rows[i][-1]) + 1)
-            replica = self.replicas[i]
-            loss, dlogits = cross_entropy(replica.forward(idx[r]), targets[r], ignore_index)
-            dlogits *= (
-                kept[i] / n_kept * grad_scale
-            )  # dL/dlogits of the batch mean, not the shard's
-            replica.backward(dlogits)
-            return loss * kept[i] / n_kept
+        def run(i):  # forward, loss and backward of thread i's groups, on replica i
+            replica, loss = self.replicas[i], 0.0
+            for g in shares[i]:
+                if kept[g] == 0:  # nothing of this group enters the loss
+                    continue
+                group_idx, group_targets = groups[g]
+                group_loss, dlogits = cross_entropy(
+                    replica.forward(group_idx), group_targets, ignore_index
+                )
+                dlogits *= kept[g] / n_kept * grad_scale  # dL/dlogits of the batch mean
+                replica.backward(dlogits)
+                loss += group_loss * kept[g] / n_kept
+            return loss
 
         with self.one_blas_thread():
             futures = [self._pool.submit(run, i) for i in range(1, self.n_threads)]

@@ -10,6 +10,11 @@ SFT policy); the loop never asks which method it runs. Each step:
     clip the global gradient norm; set this step's learning rate (warm-up + cosine)
     optimizer.step(); hooks' after_step (e.g. AdaLoRA's rank allocator); zero the grads
 
+A sampler may hand a batch over in groups of examples of similar length, each padded only to its
+own longest (``example_sampler(groups=k)``, as fine-tuning does): the loop then runs the forward
+and backward above once per group, each group's gradient weighted by its share of the batch's
+targets, which is the gradient of the padded batch without the work on its padding.
+
 A method that needs such hooks provides them itself (``peft_config.train_hooks(model, steps)``),
 so the loop stays the same for every method.
 
@@ -42,6 +47,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from minift.data.formats import IGNORE_INDEX
 from minift.functional import cross_entropy
 from minift.nn import Dropout, Module
 from minift.optim import SGD, AdamW
@@ -282,18 +288,17 @@ class Trainer:
         self.model.zero_grad()
         loss_sum, tokens = 0.0, 0
         for _ in range(cfg.grad_accum):
-            idx, targets = self.sample_batch(self.data_rng, cfg.batch_size)
+            batch = self.sample_batch(self.data_rng, cfg.batch_size)
+            groups = batch if isinstance(batch, list) else [batch]  # see example_sampler
             dp = self._data_parallel()
             if dp is not None:  # forward, loss and backward of each share in its own thread
-                loss = dp.forward_backward(idx, targets, grad_scale=1.0 / cfg.grad_accum)
+                loss = dp.forward_backward_groups(groups, grad_scale=1.0 / cfg.grad_accum)
             else:
-                loss, dlogits = cross_entropy(self.model.forward(idx), targets)
+                loss = self._forward_backward(groups)
             if not math.isfinite(loss):
                 self._diverged(f"the loss became {loss}")
-            if dp is None:
-                self.model.backward(dlogits / cfg.grad_accum)
             loss_sum += loss
-            tokens += int(np.asarray(idx).size)
+            tokens += sum(int(np.asarray(idx).size) for idx, _ in groups)
         loss = loss_sum / cfg.grad_accum
         for hook in self.hooks:
             loss += hook.after_backward(self.step, self.model)
@@ -308,6 +313,34 @@ class Trainer:
             hook.after_step(self.step, self.model)
         self.model.zero_grad()
         return loss, tokens, norm
+
+    def _forward_backward(self, groups) -> float:
+        """The plain loop's forward, loss and backward of one batch (a list of groups, see
+        ``example_sampler``); the gradient ÷ grad_accum is ADDED into Param.grad.
+
+        The batch's loss is the mean over all its targets, so a group's share of it, and of the
+        gradient, is the fraction of the targets it holds. A non-finite loss returns before its
+        backward (the caller stops training).
+        """
+        ga = self.config.grad_accum
+        if len(groups) == 1:  # the outline in the module docstring, exactly
+            idx, targets = groups[0]
+            loss, dlogits = cross_entropy(self.model.forward(idx), targets)
+            if math.isfinite(loss):
+                self.model.backward(dlogits / ga)
+            return loss
+        kept = [int((np.asarray(t) != IGNORE_INDEX).sum()) for _, t in groups]
+        total = sum(kept)
+        loss = 0.0
+        for (idx, targets), k in zip(groups, kept, strict=True):
+            if k == 0:  # nothing of this group enters the loss
+                continue
+            group_loss, dlogits = cross_entropy(self.model.forward(idx), targets)
+            if not math.isfinite(group_loss):
+                return group_loss
+            self.model.backward(dlogits * (k / total / ga))
+            loss += group_loss * k / total
+        return loss
 
     def _diverged(self, what: str):
         lr = self.optimizer.param_groups[0]["lr"]

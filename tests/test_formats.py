@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import minift
 from minift.data import (
@@ -132,6 +134,43 @@ def test_example_sampler_draws_distinct_examples_and_checks_them_all_first():
         example_sampler(TOK, [*examples, Example("x" * 40, "y")], 16, "generation")
     with pytest.raises(ValueError, match="kind"):
         example_sampler(TOK, examples, 16, "ranking")
+
+
+def _unpadded_rows(idx, targets, kind):
+    """Each row without its padding, with its targets: comparable across paddings."""
+    rows = []
+    for b in range(idx.shape[0]):
+        n = int((idx[b] != TOK.pad_id).sum())
+        target = int(targets[b]) if kind == "classification" else tuple(targets[b, :n].tolist())
+        rows.append((tuple(idx[b, :n].tolist()), target))
+    return rows
+
+
+@pytest.mark.parametrize("kind", ["classification", "generation"])
+@given(seed=st.integers(0, 2**32 - 1), groups=st.integers(2, 6), batch_size=st.integers(1, 12))
+def test_example_sampler_groups_are_the_same_examples_by_length_each_padded_to_its_own(
+    kind, seed, groups, batch_size
+):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(0, 20, size=10)
+    target = (lambda i: i % 3) if kind == "classification" else (lambda i: "ab"[: 1 + i % 2])
+    examples = [Example("x" * int(n), target(i)) for i, n in enumerate(lengths)]
+    padded = example_sampler(TOK, examples, 32, kind)(np.random.default_rng(seed), batch_size)
+    grouped = example_sampler(TOK, examples, 32, kind, groups=groups)
+    groups_drawn = grouped(np.random.default_rng(seed), batch_size)
+    assert 1 <= len(groups_drawn) <= groups
+    rows = [r for idx, t in groups_drawn for r in _unpadded_rows(idx, t, kind)]
+    assert sorted(rows) == sorted(_unpadded_rows(*padded, kind))  # the same draw, nothing lost
+    widths = [len(r[0]) for r in rows]
+    assert widths == sorted(widths)  # shortest first
+    for idx, _ in groups_drawn:  # each padded to its own longest row, no further
+        assert (idx[:, -1] != TOK.pad_id).any()
+
+
+def test_example_sampler_groups_must_be_a_positive_integer():
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="groups"):
+            example_sampler(TOK, EXAMPLES, 64, "generation", groups=bad)
 
 
 def test_bad_batch_size_is_rejected_by_name():

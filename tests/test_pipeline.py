@@ -53,6 +53,42 @@ def test_copy_baseline_answers_with_the_prompt():
     assert metrics["chrf"] == pytest.approx(6235 / 7073, rel=1e-12)
 
 
+@given(seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=20, deadline=None)
+def test_classification_predictions_are_put_back_in_the_examples_order(seed):
+    """Evaluation classifies the examples in order of length (little padding), then puts the
+    predictions back. A stand-in model predicts each row's unpadded length mod 3, and each
+    example's label is its own length mod 3: accuracy 1 only if every prediction went back to
+    its example."""
+    from minift.data import standard_tokenizer
+    from minift.model import GPTConfig
+
+    tok = standard_tokenizer()
+
+    class LengthModel:
+        config = GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=1,
+                           d_model=4)  # fmt: skip
+        training = False
+
+        def eval(self):
+            pass
+
+        def train(self, mode=True):
+            pass
+
+        def forward(self, idx):  # [B, T] -> [B, 3]
+            return np.eye(3)[(idx != tok.pad_id).sum(axis=1) % 3]
+
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 40, size=150)  # more than two chunks of 64
+    examples = [Example("w" * int(n), int(n + 2) % 3) for n in lengths]  # + <bos>, <eos>
+    task = Task("toy", "classification", examples, [], examples, ("a", "b", "c"))
+    assert pipeline.evaluate(LengthModel(), task, tok) == {"accuracy": 1.0}
+    shuffled = [Example(e.prompt, examples[(i + 1) % 150].target) for i, e in enumerate(examples)]
+    task = Task("toy", "classification", examples, [], shuffled, ("a", "b", "c"))
+    assert pipeline.evaluate(LengthModel(), task, tok)["accuracy"] < 1.0  # the check can fail
+
+
 def test_evaluation_stops_each_batch_at_eos_with_the_answers_of_a_full_length_run(monkeypatch):
     """The saving is where every row has ended early; the answers are those of the full run."""
     from minift.data import decode_answer, encode_prompt, standard_tokenizer

@@ -1019,3 +1019,72 @@ def test_a_directory_with_only_a_step_directory_has_a_checkpoint_to_resume(saved
     shutil.copytree(saved[0], root)
     (root / "latest.json").unlink()
     assert has_checkpoint(root)  # a run killed before its first latest.json: --resume takes it
+
+
+# -- a batch in length groups (example_sampler(groups=k)) -----------------------------------------
+
+
+def _words(seed, n=12):
+    """Examples of lengths 1 to 7 in a 10-letter alphabet: classification (label: the first
+    letter's parity) and generation (the word reversed)."""
+    rng = np.random.default_rng(seed)
+    words = ["".join(rng.choice(list("abcdefghij"), int(rng.integers(1, 8)))) for _ in range(n)]
+    return words
+
+
+def _grouped_and_padded(kind, seed, groups):
+    from minift.data import Example, example_sampler, standard_tokenizer
+
+    tok = standard_tokenizer()
+    words = _words(seed)
+    if kind == "classification":
+        examples = [Example(w, int(w[0] in "aceg")) for w in words]
+    else:
+        examples = [Example(w, w[::-1]) for w in words]
+    cfg = minift.GPTConfig(
+        vocab_size=tok.vocab_size, block_size=20, n_layer=2, n_head=2, d_model=8, dropout=0.0
+    )
+    lm = minift.GPT(cfg, seed=seed, dtype=np.float64)
+    model = (
+        minift.GPTForSequenceClassification.from_lm(lm, 2, seed=seed, pad_token_id=tok.pad_id)
+        if kind == "classification"
+        else lm
+    )
+    rng = np.random.default_rng(seed)
+    for p in model.parameters():  # away from the init, so no gradient is trivially 0
+        p.value[...] += 0.2 * rng.standard_normal(p.shape)
+    padded = example_sampler(tok, examples, 20, kind)(np.random.default_rng(seed), 9)
+    grouped = example_sampler(tok, examples, 20, kind, groups=groups)(
+        np.random.default_rng(seed), 9
+    )
+    return model, padded, grouped
+
+
+def _loss_and_grads(model, groups, threads):
+    model.zero_grad()
+    trainer = Trainer(model, TrainConfig(steps=1, threads=threads), sample_batch, progress=False)
+    if threads == 1:
+        loss = trainer._forward_backward(groups)
+    else:
+        loss = trainer._data_parallel().forward_backward_groups(groups)
+    return loss, {n: p.grad.copy() for n, p in model.named_parameters().items() if p.trainable}
+
+
+@pytest.mark.parametrize("kind", ["classification", "generation"])
+@pytest.mark.parametrize("threads", [1, 2])
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), groups=st.integers(2, 5))
+def test_a_batch_in_length_groups_has_the_loss_and_gradient_of_the_padded_batch(
+    kind, threads, seed, groups
+):
+    """Causal attention: a position never sees the padding after it, so cutting a group's
+    padding changes nothing the loss reads; each group weighted by its share of the targets,
+    the groups' loss and gradient are the padded batch's (float64, up to the order of sums)."""
+    model, padded, grouped = _grouped_and_padded(kind, seed, groups)
+    assert sum(idx.size for idx, _ in grouped) <= padded[0].size
+    want_loss, want = _loss_and_grads(model, [padded], threads=1)
+    got_loss, got = _loss_and_grads(model, grouped, threads)
+    assert got_loss == pytest.approx(want_loss, rel=1e-12)
+    assert got.keys() == want.keys()
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-10, atol=1e-13, err_msg=name)

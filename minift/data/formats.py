@@ -24,7 +24,12 @@ beginning is kept (a verse's subject, a docstring's summary line) and <eos> stil
 A generation example is never truncated — cutting its answer would teach a wrong answer — so
 an over-long one is an error.
 
-Batches are right-padded with <pad> (id 0) to their longest sequence, not to block_size.
+Batches are right-padded with <pad> (id 0) to their longest sequence, not to block_size. Padding
+is work thrown away (a batch of 16 docstrings, lengths 30 to 128, is padded to ~125 on average,
+twice its mean), so ``example_sampler(..., groups=k)`` hands each batch over as k groups of
+examples of similar length, each padded to its own longest only; the loss of the groups together
+is the batch's mean, so the gradient is the same (the Trainer weights each group by the targets
+it holds), and most of the work on padding is not done.
 
 Pretraining needs no format: ``lm_sampler`` cuts random windows out of the encoded corpus, and
 every position predicts the next character. ``lm_sampler`` and ``example_sampler`` return the
@@ -52,7 +57,9 @@ __all__ = [
     "example_sampler",
 ]
 
-SampleBatch = Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray]]
+Batch = tuple[np.ndarray, np.ndarray]  # (idx, targets)
+# A batch, or a batch in groups (a list of batches): what the Trainer takes from a sampler
+SampleBatch = Callable[[np.random.Generator, int], Batch | list[Batch]]
 
 IGNORE_INDEX = -100  # minift.cross_entropy's default ignore_index, as PyTorch's
 
@@ -177,22 +184,40 @@ def lm_sampler(ids: Sequence[int], block_size: int) -> SampleBatch:
 
 
 def example_sampler(
-    tokenizer: CharTokenizer, examples: Sequence[Example], block_size: int, kind: str
+    tokenizer: CharTokenizer,
+    examples: Sequence[Example],
+    block_size: int,
+    kind: str,
+    groups: int = 1,
 ) -> SampleBatch:
     """Batches of ``batch_size`` distinct examples drawn at random, encoded for ``kind``
     ("generation": (idx, targets) as encode_generation_batch; "classification": (idx, labels)).
-    Every example is encoded once here, so a bad one fails now, not at step 10,000."""
+    Every example is encoded once here, so a bad one fails now, not at step 10,000.
+
+    ``groups`` > 1: the same examples come as a list of that many (idx, targets) batches, sorted
+    by length, shortest first, each padded to its own longest (see the module docstring).
+    """
     if kind == "generation":
         encode = encode_generation_batch
     elif kind == "classification":
         encode = encode_classification_batch
     else:
         raise ValueError(f"kind: expected 'generation' or 'classification', got {kind!r}")
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise ValueError(f"groups: expected a positive integer, got {groups!r}")
     encode(tokenizer, examples, block_size)  # validates every example (raises with its index)
     examples = list(examples)
+    lengths = [encode(tokenizer, [ex], block_size)[0].shape[1] for ex in examples]
 
     def sample_batch(rng: np.random.Generator, batch_size: int):
         chosen = rng.choice(len(examples), size=min(batch_size, len(examples)), replace=False)
-        return encode(tokenizer, [examples[i] for i in chosen], block_size)
+        if groups == 1:
+            return encode(tokenizer, [examples[i] for i in chosen], block_size)
+        by_length = sorted(chosen.tolist(), key=lengths.__getitem__)  # stable: ties keep the draw
+        return [
+            encode(tokenizer, [examples[i] for i in group], block_size)
+            for group in np.array_split(by_length, groups)
+            if len(group)
+        ]
 
     return sample_batch

@@ -291,7 +291,9 @@ class Trainer:
             batch = self.sample_batch(self.data_rng, cfg.batch_size)
             groups = batch if isinstance(batch, list) else [batch]  # see example_sampler
             dp = self._data_parallel()
-            if dp is not None:  # forward, loss and backward of each share in its own thread
+            if dp is not None and len(groups) == 1:  # the batch's rows shared out
+                loss = dp.forward_backward(*groups[0], grad_scale=1.0 / cfg.grad_accum)
+            elif dp is not None:  # the groups shared out, each thread its own
                 loss = dp.forward_backward_groups(groups, grad_scale=1.0 / cfg.grad_accum)
             else:
                 loss = self._forward_backward(groups)

@@ -333,6 +333,34 @@ def test_by_default_the_loop_trains_on_the_fast_path_and_threads_1_is_the_plain_
     assert plain._parallel is None
 
 
+@pytest.mark.parametrize("groups", [1, 2, 3])
+def test_on_the_fast_path_every_thread_takes_a_share_of_each_batch(groups):
+    """A batch (rows shared out) or a batch in groups (groups shared out): each replica runs
+    a forward on every step, so two threads do the work of two."""
+    rows_seen = {}
+
+    def counted(replica, i):
+        forward = replica.forward
+
+        def forward_counted(idx):
+            rows_seen[i] = rows_seen.get(i, 0) + idx.shape[0]
+            return forward(idx)
+
+        replica.forward = forward_counted
+
+    def grouped(rng, batch_size):
+        idx, targets = sample_batch(rng, batch_size)
+        parts = np.array_split(np.arange(batch_size), groups)
+        return [(idx[p], targets[p]) for p in parts] if groups > 1 else (idx, targets)
+
+    config = TrainConfig(steps=1, batch_size=6, threads=2)
+    trainer = Trainer(lora_model(), config, grouped, progress=False)
+    for i, replica in enumerate(trainer._data_parallel().replicas):
+        counted(replica, i)
+    trainer.train()
+    assert sorted(rows_seen) == [0, 1] and sum(rows_seen.values()) == 6
+
+
 def test_on_the_fast_path_the_whole_step_runs_with_one_blas_thread_and_restores_it():
     """The threads are the parallelism: BLAS calls between the shares (the gradient norm, a
     hook) on BLAS's own threads would leave those spinning on the cores the shares need."""

@@ -9,7 +9,8 @@ can read the data back (``fig.axes[0].lines[0].get_ydata()``) or show it.
     plot_loss_curves        training loss per step: mean over seeds, shaded min–max band
     plot_bars               one number per label (time per method, parameters per method)
     plot_parameter_counts   trainable parameters against model size or LoRA rank, log–log
-    plot_parameter_count_panels   the same, several panels side by side (one legend)
+    plot_parameter_count_panels   the same, several panels side by side (one legend), another
+                                  model's counts as hollow points beside the lines
     plot_singular_values    the sorted singular values of a learned ΔW, log y
     figure_data             what a parameter-count PNG drew, read back from the file
 
@@ -137,15 +138,8 @@ def _error_bars(ax, x, y, half_width, color: str, linewidth: float) -> np.ndarra
     bar. Which points got one."""
     has_bar = ~np.isnan(half_width)
     if has_bar.any():
-        ax.errorbar(
-            x[has_bar],
-            y[has_bar],
-            yerr=half_width[has_bar],
-            fmt="none",
-            ecolor=color,
-            elinewidth=linewidth,
-            capsize=4,
-        )
+        ax.errorbar(x[has_bar], y[has_bar], yerr=half_width[has_bar], fmt="none", ecolor=color,
+                    elinewidth=linewidth, capsize=4)  # fmt: skip
     return has_bar
 
 
@@ -257,14 +251,8 @@ def plot_metric_vs_params(rows, path, metric_name: str | None = None) -> Figure:
             ax.plot(x, y, linestyle="none", markersize=7, label=method, **style)
             _error_bars(ax, x, y, hw, style["color"], linewidth=1.2)
             for xi, yi in zip(x, y, strict=True) if len(methods) <= NAMED_POINTS else ():
-                ax.annotate(
-                    method,
-                    (xi, yi),
-                    xytext=(6, 4),
-                    textcoords="offset points",
-                    fontsize=8,
-                    color=style["color"],
-                )
+                ax.annotate(method, (xi, yi), xytext=(6, 4), textcoords="offset points",
+                            fontsize=8, color=style["color"])  # fmt: skip
         ax.set_xscale("log")
         ax.margins(x=0.2, y=0.15)  # room for the method names
         ax.set_title(f"task: {task}")
@@ -348,14 +336,8 @@ def plot_loss_curves(
         color = style["color"]
         seeds = f"{L.shape[0]} seed{'s' if L.shape[0] > 1 else ''}"
         every = max(1, L.shape[1] // 8)  # eight markers a line, shifted per method to not pile up
-        ax.plot(
-            steps,
-            L.mean(axis=0),
-            label=f"{method} (mean of {seeds})",
-            markevery=(m % every, every),
-            markersize=5,
-            **style,
-        )
+        ax.plot(steps, L.mean(axis=0), label=f"{method} (mean of {seeds})",
+                markevery=(m % every, every), markersize=5, **style)  # fmt: skip
         if L.shape[0] > 1:
             ax.fill_between(steps, L.min(axis=0), L.max(axis=0), color=color, alpha=0.2, lw=0)
             any_band = True
@@ -409,15 +391,9 @@ def plot_bars(values, path, ylabel: str, title: str, log: bool = False, errors=N
         has_bar = _error_bars(ax, x, heights, err, "black", linewidth=1.0)
         top = np.where(has_bar, heights + np.sign(heights) * np.nan_to_num(err), heights)
     for xi, h, t in zip(x, heights, top, strict=True):
-        ax.annotate(
-            _format_number(h),
-            (xi, t),
-            xytext=(0, 3 if h >= 0 else -3),
-            textcoords="offset points",
-            ha="center",
-            va="bottom" if h >= 0 else "top",
-            fontsize=9,
-        )
+        ax.annotate(_format_number(h), (xi, t), xytext=(0, 3 if h >= 0 else -3),
+                    textcoords="offset points", ha="center", va="bottom" if h >= 0 else "top",
+                    fontsize=9)  # fmt: skip
     long_labels = sum(map(len, labels)) > 60 or max(map(len, labels)) > 12
     ax.set_xticks(
         x, labels, rotation=30 if long_labels else 0, ha="right" if long_labels else "center"
@@ -485,23 +461,43 @@ def plot_parameter_counts(series, path, xlabel: str, title: str, guides=()) -> F
     return plot_parameter_count_panels({"": (series, xlabel)}, path, title, guides)
 
 
-def plot_parameter_count_panels(panels, path, title: str, guides=()) -> Figure:
+def plot_parameter_count_panels(panels, path, title: str, guides=(), points=None) -> Figure:
     """``plot_parameter_counts`` side by side: panels is {subtitle: (series, xlabel)}. A method
     keeps its colour and marker in every panel, and one legend, right of the panels, names them.
-    The PNG carries what it drew ({subtitle: {method: [xs, ys]}}, ``figure_data``)."""
+
+    points: {subtitle: (label, series)}, another model's counts drawn into that panel beside its
+    lines (Llama-2 7B beside GPT-2's): HOLLOW markers in each method's colour and shape, not
+    joined, side by side where they would hide each other (``_dodged``), one legend entry,
+    ``label``, for the set. The PNG carries what it drew (``figure_data``): {subtitle: {method:
+    [xs, ys]}} per panel, then {label: {method: [xs, ys]}} per set of points, at their true x."""
     _nonempty_mapping("panels", panels)
-    checked = {}
+    checked, marked = {}, {}
     for subtitle, panel in panels.items():
         _pair(f"panels[{subtitle!r}]", panel, "(series, xlabel)")
         checked[subtitle] = (_count_series(panel[0]), str(panel[1]))
+    for subtitle, value in (points or {}).items():
+        _pair(f"points[{subtitle!r}]", value, "(label, series)")
+        if subtitle not in checked or value[0] in [*checked, *(v[0] for v in marked.values())]:
+            raise ValueError(f"points[{subtitle!r}]: expected a panel's subtitle (one of "
+                             f"{list(checked)}) and a label of its own, got "
+                             f"{value[0]!r}")  # fmt: skip
+        marked[subtitle] = (str(value[0]), _count_series(value[1]))
     fractions = _numbers("guides", list(guides), positive=True) if len(guides) else []
     methods = list(dict.fromkeys(m for series, _ in checked.values() for m in series))
+    methods += [m for _, series in marked.values() for m in series if m not in methods]
     fig = Figure(figsize=(min(MAX_WIDTH, 4.6 * len(panels) + 2.4), 4.8), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False).ravel()
     for ax, (subtitle, (series, xlabel)) in zip(axes, checked.items(), strict=True):
         for method, (xs, ys) in series.items():
             ax.plot(xs, ys, label=method, **_style(methods.index(method)))
-        every_x = np.concatenate([xs for xs, _ in series.values()])
+        label, dots = marked.get(subtitle, ("", {}))
+        for method, drawn_x in _dodged(dots).items():  # label "_…": no legend entry each
+            ax.plot(drawn_x, dots[method][1], linestyle="none", markersize=8, markeredgewidth=1.6,
+                    markerfacecolor="none", label=f"_{label}: {method}",
+                    **_style(methods.index(method)))  # fmt: skip
+        if dots:  # the set's one legend entry
+            ax.plot([], [], "o", color="0.3", markersize=8, markerfacecolor="none", label=label)
+        every_x = np.concatenate([xs for xs, _ in [*series.values(), *dots.values()]])
         ends = np.array([every_x.min(), every_x.max()])
         for f, dashes in zip(fractions, ("--", ":", "-."), strict=False):
             ax.plot(ends, f * ends, color="0.45", linestyle=dashes, linewidth=1.0,
@@ -517,10 +513,32 @@ def plot_parameter_count_panels(panels, path, title: str, guides=()) -> Figure:
         ax.grid(True, which="both", alpha=0.25)
     _figure_legend(fig, axes)
     fig.suptitle(_wrap(title, fig.get_figwidth() - 0.5, 11), fontsize=11)
-    data = {subtitle: {m: [xs.tolist(), ys.tolist()] for m, (xs, ys) in series.items()}
-            for subtitle, (series, _) in checked.items()}  # fmt: skip
+    drawn = [*((subtitle, series) for subtitle, (series, _) in checked.items()), *marked.values()]
+    data = {name: {m: [xs.tolist(), ys.tolist()] for m, (xs, ys) in series.items()}
+            for name, series in drawn}  # fmt: skip
     _save(fig, path, data)
     return fig
+
+
+# Points within DODGE_DECADES of each other in y, at one x, would hide each other (a marker is ~8
+# points tall, a decade ~35 on a 4.8-inch panel): they are drawn DODGE_STEP decades of x apart.
+DODGE_DECADES, DODGE_STEP = 0.25, 0.08
+
+
+def _dodged(series) -> dict[str, np.ndarray]:
+    """{method: the x where each of its points is drawn}: points at one x whose y lie within
+    ``DODGE_DECADES`` of the next one's are spread sideways, lowest left, centred on their x.
+    Only the drawing moves; the PNG's data keep the true x."""
+    if not series:
+        return {}
+    x, y = (np.concatenate([pair[k] for pair in series.values()]) for k in (0, 1))
+    order = np.lexsort((y, x))  # by x, then by y
+    breaks = (np.diff(x[order]) != 0) | (np.diff(np.log10(y[order])) >= DODGE_DECADES)
+    drawn = x.copy()
+    for group in np.split(order, np.flatnonzero(breaks) + 1):
+        drawn[group] *= 10.0 ** (DODGE_STEP * (np.arange(len(group)) - (len(group) - 1) / 2))
+    ends = np.cumsum([len(xs) for xs, _ in series.values()])[:-1]
+    return dict(zip(series, np.split(drawn, ends), strict=True))
 
 
 def _count_series(series) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -566,14 +584,8 @@ def plot_singular_values(spectra, path, title: str) -> Figure:
         zeros = int((s == 0).sum())
         legend = str(label) + (f" ({zeros} exact zeros not shown)" if zeros else "")
         style = _style(m)
-        ax.plot(
-            np.arange(1, len(s) + 1),
-            s,
-            label=legend,
-            color=style["color"],
-            marker=style["marker"] if len(s) <= 64 else None,
-            markersize=4,
-        )
+        ax.plot(np.arange(1, len(s) + 1), s, label=legend, color=style["color"],
+                marker=style["marker"] if len(s) <= 64 else None, markersize=4)  # fmt: skip
     ax.set_yscale("log", nonpositive="mask")
     return _finish_log_lines(
         fig, ax, path, "index i (largest first)", "singular value σᵢ (log scale)", title

@@ -1,14 +1,18 @@
 """minift.counts: a row per registered method, equal to its closed form and to what
 ``minift finetune`` trains."""
 
+import dataclasses
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import minift
 from benchmarks import param_counts
 from minift import cli, counts, plots
+from minift.nn import Embedding, Linear, Module, ModuleList
+from minift.param import Param
 from minift.peft import METHODS, count_parameters, get_peft_model
 from minift.pipeline import finetuning
 
@@ -97,11 +101,136 @@ def test_closed_form_names_an_unknown_method():
         counts.closed_form("loar", SMALL)
 
 
+# -- a Llama's closed forms: its published counts, and count_parameters on a small one ------------
+
+SMALL_LLAMA = counts.LlamaShape(vocab_size=29, n_layer=3, d_model=32, d_ff=88, n_head=4)
+LLAMA_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# QLoRA quantizes the blocks of a GPT (h), not a Llama's: its count is LoRA's per_linear, which
+# the small Llama measures under "lora" and the GPT-2 tests above measure under "qlora"
+MEASURABLE = [m for m in counts.PER_LINEAR if m != "qlora"]
+
+
+class Holder(Module):
+    """A module of the given children, in their order (no forward: only names and Params)."""
+
+    def __init__(self, **children):
+        for name, child in children.items():
+            setattr(self, name, child)
+
+
+class RMSNormWeight(Module):
+    """An RMSNorm's one Param, its gain (Zhang & Sennrich 2019): no bias, no mean."""
+
+    def __init__(self, dim):
+        self.weight = Param(np.ones(dim, dtype=np.float32))
+
+
+def small_llama(shape: counts.LlamaShape, seed: int = 0) -> Module:
+    """A Llama's Params under Hugging Face's LlamaForCausalLM names, written out here from the
+    architecture (Touvron et al. 2023), not from minift.counts: model.embed_tokens, per block
+    self_attn.{q,k,v,o}_proj and mlp.{gate,up,down}_proj (Linears without bias) and two RMSNorm
+    weights, model.norm, lm_head. minift cannot build a working Llama (no RMSNorm, SwiGLU or
+    rotary attention), but PEFT's methods wrap Linears by name and count_parameters counts
+    Params: all a count needs."""
+    rng = np.random.default_rng(seed)
+    C, F, V = shape.d_model, shape.d_ff, shape.vocab_size
+
+    def linear(d_in, d_out):
+        return Linear(d_in, d_out, bias=False, rng=rng)
+
+    def block():
+        attn = Holder(q_proj=linear(C, C), k_proj=linear(C, C), v_proj=linear(C, C),
+                      o_proj=linear(C, C))  # fmt: skip
+        mlp = Holder(gate_proj=linear(C, F), up_proj=linear(C, F), down_proj=linear(F, C))
+        return Holder(input_layernorm=RMSNormWeight(C), self_attn=attn,
+                      post_attention_layernorm=RMSNormWeight(C), mlp=mlp)  # fmt: skip
+
+    body = Holder(embed_tokens=Embedding(V, C, rng=rng),
+                  layers=ModuleList([block() for _ in range(shape.n_layer)]),
+                  norm=RMSNormWeight(C))  # fmt: skip
+    return Holder(model=body, lm_head=linear(C, V))
+
+
+def test_llama_7b_full_count_is_its_published_size():
+    """Llama-2 7B (Touvron et al. 2023) as Hugging Face's meta-llama/Llama-2-7b-hf counts it."""
+    assert counts.llama_closed_form("full", counts.LLAMA_7B) == 6_738_415_616
+
+
+def test_llama_lora_on_q_and_v_is_peft_s_published_count():
+    """PEFT's print_trainable_parameters() for LoraConfig(r=8, target_modules=["q_proj",
+    "v_proj"]) on Llama-2 7B: "trainable params: 4,194,304 || all params: 6,742,609,920"."""
+    lora = counts.llama_closed_form("lora", counts.LLAMA_7B, targets=["q_proj", "v_proj"], r=8)
+    assert lora == 4_194_304
+    assert counts.llama_closed_form("full", counts.LLAMA_7B) + lora == 6_742_609_920
+
+
+@pytest.mark.parametrize("targets", [None, LLAMA_LINEARS], ids=["translated", "all-seven"])
+@pytest.mark.parametrize("method", MEASURABLE)
+def test_llama_closed_forms_equal_count_parameters_on_a_small_llama(method, targets):
+    """Each method as ``llama_config`` sets it up (minift's GPT-2 targets translated, or every
+    Linear of a block: gate, up and down are not square, C = 32 to F = 88 and back), applied by
+    get_peft_model to a small Llama's modules, trains what ``llama_closed_form`` counts."""
+    model = get_peft_model(small_llama(SMALL_LLAMA), counts.llama_config(method, targets))
+    closed = counts.llama_closed_form(method, SMALL_LLAMA, targets)
+    assert count_parameters(model).trainable == closed > 0
+
+
+def test_a_small_llama_s_params_are_what_the_llama_closed_forms_count():
+    """The whole model, sharing's ties, and what head, last-k and LN tuning train (the Params
+    they name, as a Llama names them)."""
+    L, shape = SMALL_LLAMA.n_layer, SMALL_LLAMA
+    params = {name: p.value.size for name, p in small_llama(shape).named_parameters().items()}
+    assert sum(params.values()) == counts.llama_closed_form("full", shape)
+    shared = get_peft_model(small_llama(shape), counts.llama_config("sharing"))
+    assert count_parameters(shared).trainable == counts.llama_closed_form("sharing", shape)
+    untied = [n for n in shared.named_parameters() if re.search(r"layers\.[1-9]\.mlp", n)]
+    assert untied == []  # every block's gate, up and down are block 0's
+    top = [n for n in params if n.startswith(f"model.layers.{L - 1}.")]
+    head = params["lm_head.weight"]
+    assert head == counts.llama_closed_form("head", shape)
+    last = sum(params[n] for n in top) + params["model.norm.weight"] + head
+    assert last == counts.llama_closed_form("last-k", shape)  # k = 1
+    norms = sum(size for n, size in params.items() if n.endswith("norm.weight"))
+    assert norms == counts.llama_closed_form("ln-tuning", shape)
+
+
+def test_bitfit_trains_nothing_on_a_llama_and_is_left_out_of_its_series():
+    with pytest.raises(ValueError, match="no bias to train"):  # minift's BitFit finds none
+        get_peft_model(small_llama(SMALL_LLAMA), counts.llama_config("bitfit"))
+    assert counts.llama_closed_form("bitfit", counts.LLAMA_7B) == 0
+    assert sorted(counts.llama_closed_form_series()) == sorted(set(TRAINING) - {"bitfit"})
+
+
+def test_minift_s_gpt2_targets_become_their_llama_counterparts():
+    """The translation: c_attn -> q, k, v; attn.c_proj -> o; mlp.c_fc -> gate, up; mlp.c_proj ->
+    down; ln_1, ln_2, ln_f -> the RMSNorms in their places."""
+    qkvo = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    for method in ("lora", "dora", "qlora", "vera", "loha", "lokr"):  # c_attn and attn.c_proj
+        assert counts.llama_config(method).target_modules == qkvo, method
+    assert counts.llama_config("adalora").target_modules == qkvo[:3]  # c_attn
+    assert counts.llama_config("adapter").target_modules == ["o_proj", "down_proj"]
+    assert counts.llama_config("sparse").target_modules == LLAMA_LINEARS  # c_proj: both
+    ia3 = counts.llama_config("ia3")
+    assert ia3.target_modules == [*qkvo[:3], "down_proj"]  # c_attn's output, mlp.c_proj's input
+    assert ia3.feedforward_modules == ["down_proj"]
+    ln = ["input_layernorm", "post_attention_layernorm", "norm"]
+    assert counts.llama_config("ln-tuning").target_modules == ln
+
+
+def test_a_changed_default_changes_gpt2_s_and_the_llama_s_closed_forms(monkeypatch):
+    lora = METHODS["lora"]
+    before = counts.closed_form("lora", SMALL), counts.llama_closed_form("lora", counts.LLAMA_7B)
+    doubled = dataclasses.replace(lora, defaults={**lora.defaults, "r": 2 * lora.defaults["r"]})
+    monkeypatch.setitem(METHODS, "lora", doubled)
+    after = counts.closed_form("lora", SMALL), counts.llama_closed_form("lora", counts.LLAMA_7B)
+    assert after == (2 * before[0], 2 * before[1])
+
+
 def drawn_counts_are_what_count_parameters_counts(figure: dict, config: minift.GPTConfig):
     """The left panel of a parameter-count figure: at each width, every method's point is the
     base model's size and what count_parameters counts on the model finetune builds; the right
-    panel: GPT-2's sizes and the closed forms."""
-    (small, gpt2) = figure.values()
+    panel: GPT-2's sizes and the closed forms, and Llama-2 7B's points beside them."""
+    (small, gpt2, llama) = figure.values()
     for width in counts.widths(config):
         size = count_parameters(minift.GPT(width)).total
         for method in TRAINING:
@@ -114,6 +243,10 @@ def drawn_counts_are_what_count_parameters_counts(figure: dict, config: minift.G
         family = counts.GPT2_FAMILY.values()
         assert xs == [counts.closed_form("full", c) for c in family]
         assert ys == [counts.closed_form(method, c) for c in family]
+    assert sorted(llama) == sorted(set(TRAINING) - {"bitfit"})  # a Llama has no bias
+    for method, (xs, ys) in llama.items():
+        assert xs == [counts.llama_closed_form("full", counts.LLAMA_7B)]
+        assert ys == [counts.llama_closed_form(method, counts.LLAMA_7B)]
 
 
 def test_the_chart_draws_what_count_parameters_counts(tmp_path):
@@ -126,6 +259,8 @@ def test_the_chart_draws_what_count_parameters_counts(tmp_path):
         guides = [line for line in ax.lines if line.get_label().endswith("% of the model")]
         want = [f"{share} % of the model" for share in ("0.1", "1", "10")]
         assert [g.get_label() for g in guides] == want
+    # the closed-form panel says which method has no Llama point, and why
+    assert "bitfit: a Llama has no biases" in fig.axes[1].get_xlabel().replace("\n", " ")
 
 
 def test_the_committed_table_and_chart_are_what_the_code_counts_today(tmp_path, capsys):

@@ -276,6 +276,30 @@ def test_overwrites_existing_file(tmp_path):
             lambda p: plot_parameter_counts({"lora": ([1], [1])}, p, "x", "t", guides=(0.01, 0)),
             "guides must be finite and > 0 .log axis., got 0.0 at index 1",
         ),
+        (
+            lambda p: plot_parameter_count_panels(
+                {"small": ({"lora": ([1], [1])}, "x")}, p, "t", points={"large": ("7B", {})}
+            ),
+            r"points\['large'\]: expected a panel's subtitle \(one of \['small'\]\) and a label",
+        ),
+        (
+            lambda p: plot_parameter_count_panels(
+                {"small": ({"lora": ([1], [1])}, "x")},
+                p,
+                "t",
+                points={"small": ("small", {"lora": ([2], [1])})},
+            ),
+            r"points\['small'\]: .* a label of its own, got 'small'",
+        ),
+        (
+            lambda p: plot_parameter_count_panels(
+                {"small": ({"lora": ([1], [1])}, "x")},
+                p,
+                "t",
+                points={"small": ("7B", {"lora": ([2], [0])})},
+            ),
+            r"series\['lora'\] ys must be finite and > 0",
+        ),
         (lambda p: plot_singular_values({}, p, "t"), "spectra is empty"),
         (lambda p: plot_lines_with_intervals({}, p, "x", "y", "t"), "curves is empty"),
         (
@@ -325,7 +349,7 @@ LONG_TITLE = (
 )
 METHODS = [f"method-{i}" for i in range(18)]  # more than matplotlib's ten colours
 LINE_KINDS = ["metric_vs_params", "lines_with_intervals", "loss_curves", "parameter_counts",
-              "singular_values"]  # fmt: skip
+              "parameter_count_points", "singular_values"]  # fmt: skip
 
 
 def eighteen_of_each(tmp_path):
@@ -338,6 +362,9 @@ def eighteen_of_each(tmp_path):
     curves = {m: (2.0 + rng.random((3, 300))).tolist() for m in METHODS}
     series = {m: ([1e4, 1e5, 1e6], [10.0 * (i + 1), 100.0 * (i + 1), 1e3 * (i + 1)])
               for i, m in enumerate(METHODS)}  # fmt: skip
+    # a point per method at one larger size, every few close enough to be drawn side by side
+    points = {LONG_TITLE: ("another model", {m: ([1e7], [10.0 ** (1 + i // 3 + 0.02 * i)])
+                                             for i, m in enumerate(METHODS)})}  # fmt: skip
     spectra = {m: np.sort(rng.random(24))[::-1] for m in METHODS}
     bars = {f"{task}\n{m}": float(rng.random() * 100) for task in ("babi-qa", "kjv-books",
             "stdlib-modules", "en-fr-numbers") for m in METHODS[:12]}  # fmt: skip
@@ -351,6 +378,9 @@ def eighteen_of_each(tmp_path):
         "loss_curves": lambda p: plot_loss_curves(curves, p, title=LONG_TITLE),
         "parameter_counts": lambda p: plot_parameter_counts(series, p, LONG_TITLE, LONG_TITLE,
                                                             guides=(0.001, 0.01, 0.1)),
+        "parameter_count_points": lambda p: plot_parameter_count_panels(
+            {LONG_TITLE: (series, LONG_TITLE)}, p, LONG_TITLE, (0.001, 0.01, 0.1), points
+        ),
         "singular_values": lambda p: plot_singular_values(spectra, p, LONG_TITLE),
         "bars": lambda p: plot_bars(bars, p, "seconds", LONG_TITLE),
         "few_bars": lambda p: plot_bars({"full": 3.0, "lora": 2.0}, p, "s", LONG_TITLE),
@@ -459,3 +489,32 @@ def test_panels_keep_a_method_s_style_and_the_png_carries_what_it_drew(tmp_path)
     }
     plot_bars({"a": 1.0}, tmp_path / "bars.png", "y", "t")
     assert figure_data(tmp_path / "bars.png") is None  # a figure saved without data has none
+
+
+def test_points_beside_the_lines_are_hollow_in_their_method_s_style_and_in_the_png(tmp_path):
+    """Another model's counts, one point per method: hollow, in the colour and shape of the
+    method's line, not joined to it; two that would hide each other drawn side by side (the
+    lower left), the PNG keeping their true x; one legend entry for the set."""
+    panels = {"family": ({"full": ([10, 20], [10, 20]), "lora": ([10, 20], [1, 2])}, "size")}
+    dots = {"full": ([80], [80]), "lora": ([80], [4.4]), "lokr": ([80], [4])}
+    points = {"family": ("other model", dots)}
+    path = tmp_path / "points.png"
+    fig = plot_parameter_count_panels(panels, path, "counts", points=points)
+    assert_png(path, fig)
+    ax = fig.axes[0]
+    lines = method_lines(ax)
+    drawn = {line.get_label().rsplit(": ", 1)[1]: line for line in ax.lines
+             if line.get_label().startswith("_other model: ")}  # fmt: skip
+    assert sorted(drawn) == ["full", "lokr", "lora"]
+    for method in ("full", "lora"):
+        assert drawn[method].get_color() == lines[method].get_color()
+        assert drawn[method].get_marker() == lines[method].get_marker()
+    assert all(line.get_markerfacecolor() == "none" for line in drawn.values())
+    assert all(len(line.get_xdata()) == 1 for line in drawn.values())  # no line to join
+    assert drawn["full"].get_xdata()[0] == 80  # alone at its height: where it is
+    assert drawn["lokr"].get_xdata()[0] < 80 < drawn["lora"].get_xdata()[0]  # side by side
+    assert [t.get_text() for t in fig.legends[0].get_texts()][-1] == "other model"
+    assert figure_data(path) == {
+        "family": {"full": [[10, 20], [10, 20]], "lora": [[10, 20], [1, 2]]},
+        "other model": {"full": [[80], [80]], "lora": [[80], [4.4]], "lokr": [[80], [4]]},
+    }

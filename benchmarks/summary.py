@@ -2,9 +2,9 @@
 
     python -m benchmarks.summary          # print the Markdown the README's Benchmarks section shows
 
-It reads ``benchmarks/results/{train_step,generate,gradcheck_time}.json`` (what
-``python -m benchmarks.train_step``, ``.generate`` and ``.gradcheck_time`` wrote) and prints the
-bullets and the targets table; ``tests/test_readme.py`` checks that the README holds exactly this
+It reads ``benchmarks/results/{train_step,generate,gradcheck_time,step_profile}.json`` (what
+``python -m benchmarks.train_step``, ``.generate``, ``.gradcheck_time`` and ``.step_profile``
+wrote) and prints the bullets, the targets table and where a step's time goes; ``tests/test_readme.py`` checks that the README holds exactly this
 text, so a re-run of a benchmark without an update of the README is a failing test.
 """
 
@@ -103,6 +103,34 @@ def summary(results: Path = RESULTS) -> str:
         "\n".join(bullets)
         + "\n\nThe issue's targets, as the benchmark judged them:\n\n"
         + (targets_table(step["targets"]) + "\n")
+        + "\n"
+        + profile_summary(json.loads((results / "step_profile.json").read_text()))
+    )
+
+
+def profile_summary(profile: dict) -> str:
+    """One paragraph from step_profile.json: the matmuls' share of a step and what the rest is."""
+    cfg = profile["config"]
+    rows = profile["rows"]
+    step_ms = profile["ms_per_step_profiled"]
+    matmul_ms = sum(r["ms_per_step"] for r in rows if r["matmul"])
+    named = [r for r in rows if not r["matmul"] and r["op"] != "everything else"]
+    largest = ", ".join(f"`{r['op']}` {r['ms_per_step']:.0f} ms" for r in named[:4])
+    at_peak_ms = (
+        1e3 * profile["matmul_flops_per_step"] / (profile["matmul_peak_gflops_1thread"] * 1e9)
+    )
+    machine = "; ".join(line.removeprefix("code: ") for line in profile["machine"][:3])
+    return (
+        f"Where a d={cfg['d_model']} step's time goes, op by op (`python -m benchmarks.step_profile`,"
+        f" one thread, B={profile['B']}, T={cfg['block_size']}; "
+        f"`benchmarks/results/step_profile.md`; {machine}): the ops that hold matmuls take "
+        f"{100 * matmul_ms / step_ms:.0f} % of the step under the profiler ({matmul_ms:.0f} of "
+        f"{step_ms:.0f} ms); the largest of the rest are {largest}. Its "
+        f"{profile['matmul_flops_per_step'] / 1e9:.1f} GFLOP of matmuls at the single-thread "
+        f"peak measured in that run ({profile['matmul_peak_gflops_1thread']:.0f} GFLOP/s) would "
+        f"take {at_peak_ms:.0f} ms; the step, measured without the profiler, takes "
+        f"{profile['ms_per_step']:.0f} ms: {100 * at_peak_ms / profile['ms_per_step']:.0f} % of the "
+        "peak on one thread.\n"
     )
 
 

@@ -4,8 +4,8 @@
 
 It reads ``benchmarks/results/{train_step,generate,gradcheck_time,step_profile}.json`` (what
 ``python -m benchmarks.train_step``, ``.generate``, ``.gradcheck_time`` and ``.step_profile``
-wrote) and prints the bullets, the targets table and where a step's time goes; ``tests/test_readme.py`` checks that the README holds exactly this
-text, so a re-run of a benchmark without an update of the README is a failing test.
+wrote) and prints the bullets, the targets table and where a step's time goes;
+``tests/test_readme.py`` checks that the README holds exactly this text, so a re-run of a benchmark without an update of the README is a failing test.
 """
 
 from __future__ import annotations
@@ -121,16 +121,17 @@ def profile_summary(profile: dict) -> str:
     )
     machine = "; ".join(line.removeprefix("code: ") for line in profile["machine"][:3])
     return (
-        f"Where a d={cfg['d_model']} step's time goes, op by op (`python -m benchmarks.step_profile`,"
-        f" one thread, B={profile['B']}, T={cfg['block_size']}; "
+        f"Where a d={cfg['d_model']} step's time goes, op by op "
+        f"(`python -m benchmarks.step_profile`, one thread, "
+        f"B={profile['B']}, T={cfg['block_size']}; "
         f"`benchmarks/results/step_profile.md`; {machine}): the ops that hold matmuls take "
         f"{100 * matmul_ms / step_ms:.0f} % of the step under the profiler ({matmul_ms:.0f} of "
         f"{step_ms:.0f} ms); the largest of the rest are {largest}. Its "
         f"{profile['matmul_flops_per_step'] / 1e9:.1f} GFLOP of matmuls at the single-thread "
         f"peak measured in that run ({profile['matmul_peak_gflops_1thread']:.0f} GFLOP/s) would "
         f"take {at_peak_ms:.0f} ms; the step, measured without the profiler, takes "
-        f"{profile['ms_per_step']:.0f} ms: {100 * at_peak_ms / profile['ms_per_step']:.0f} % of the "
-        "peak on one thread.\n"
+        f"{profile['ms_per_step']:.0f} ms: "
+        f"{100 * at_peak_ms / profile['ms_per_step']:.0f} % of the peak on one thread.\n"
     )
 
 

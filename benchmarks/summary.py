@@ -5,7 +5,8 @@
 It reads ``benchmarks/results/{train_step,generate,gradcheck_time,step_profile}.json`` (what
 ``python -m benchmarks.train_step``, ``.generate``, ``.gradcheck_time`` and ``.step_profile``
 wrote) and prints the bullets, the targets table and where a step's time goes;
-``tests/test_readme.py`` checks that the README holds exactly this text, so a re-run of a benchmark without an update of the README is a failing test.
+``tests/test_readme.py`` checks that the README holds exactly this text, so a re-run of a
+benchmark without an update of the README is a failing test.
 """
 
 from __future__ import annotations

@@ -372,9 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("demo", "pretrain, fine-tune four ways, print the table (minutes)")
     p.add_argument("--out", default="minift-demo", help="where results and plots go")
     p.add_argument("--task", default=DEMO_TASK, choices=TASK_NAMES, help="the task")
-    p.add_argument("--seeds", type=_positive_int, default=2, help="runs per method: seeds 0..N-1")
+    # three seeds of 80 steps, not two of 150: less time, and a 95 % interval of 4.3 standard
+    # errors each side (Student's t with 2 degrees of freedom) instead of 12.7 (with 1)
+    p.add_argument("--seeds", type=_positive_int, default=3, help="runs per method: seeds 0..N-1")
     _add_compare_options(p, workers=min(2, os.cpu_count() or 1))
-    _add_run_options(p, steps=150)
+    _add_run_options(p, steps=80)
 
     p = command("pretrain", "pretrain the base model")
     p.add_argument("--steps", type=_positive_int, default=BaseSpec.steps, help="optimizer steps")

@@ -47,9 +47,7 @@ from minift.pipeline.outputs import (
     writable_dir,
     writable_file,
 )
-from minift.pipeline.pretraining import (
-    BaseSpec,
-)
+from minift.pipeline.pretraining import BaseSpec
 from minift.pipeline.report import write_results
 from minift.pipeline.tasks import BASELINES, default_tasks
 from minift.train import TrainingDivergedError, has_checkpoint
@@ -372,8 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("demo", "pretrain, fine-tune four ways, print the table (minutes)")
     p.add_argument("--out", default="minift-demo", help="where results and plots go")
     p.add_argument("--task", default=DEMO_TASK, choices=TASK_NAMES, help="the task")
-    # three seeds of 80 steps, not two of 150: less time, and a 95 % interval of 4.3 standard
-    # errors each side (Student's t with 2 degrees of freedom) instead of 12.7 (with 1)
+    # 3 seeds of 80 steps, not 2 of 150: less time, 95 % intervals of t(2)=4.3 SEs, not t(1)=12.7
     p.add_argument("--seeds", type=_positive_int, default=3, help="runs per method: seeds 0..N-1")
     _add_compare_options(p, workers=min(2, os.cpu_count() or 1))
     _add_run_options(p, steps=80)

@@ -98,21 +98,21 @@ def loadavg() -> float:
     return os.getloadavg()[0]
 
 
-def busy_share(seconds: float = 1.0) -> float:
+def busy_share(seconds: float = 1.0, stat: str = "/proc/stat", sleep=time.sleep) -> float:
     """The share of the CPUs' time spent busy over the next ``seconds`` while this process sleeps
-    (/proc/stat): another process at work now. The load average lags by minutes, so a machine
-    that went quiet a minute ago still shows a high one. NaN where /proc/stat is missing."""
-    import time
+    (``stat``'s first line: user nice system idle iowait irq softirq steal ticks): another process
+    at work now. The load average lags by minutes, so a machine that went quiet a minute ago still
+    shows a high one. NaN where ``stat`` is missing or unreadable."""
 
     def ticks():
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-        idle = fields[3] + fields[4]  # idle + iowait
-        return sum(fields[:8]) - idle, sum(fields[:8])
+        with open(stat) as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+        idle = fields[3] + fields[4]  # waiting for a disk is not work
+        return sum(fields) - idle, sum(fields)
 
     try:
         busy0, total0 = ticks()
-        time.sleep(seconds)
+        sleep(seconds)
         busy1, total1 = ticks()
     except (OSError, ValueError, IndexError):
         return math.nan

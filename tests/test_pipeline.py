@@ -134,12 +134,18 @@ def test_summary_is_mean_and_student_t_interval_over_seeds():
 
 
 @pytest.mark.parametrize("method", [m for m in pipeline.METHODS if m != "base"])
-def test_every_method_fine_tunes_saves_and_loads_back_identically(method, tmp_path):
+def test_every_method_moves_only_what_it_trains_and_loads_back_identically(method, tmp_path):
     tok = pipeline.standard_tokenizer()
     task = toy_classification()
     base = pipeline.load_base(TWO_BLOCKS, progress=False)
     model = pipeline.prepare_model(base, task, method, seed=0, tok=tok, steps=SETTINGS.steps)
+    params = model.named_parameters()
+    before = {n: p.value.copy() for n, p in params.items()}
     pipeline.finetune(model, task, method, 0, tok, SETTINGS, progress=False)
+    # what the method freezes stays bit for bit; everything it trains has moved
+    for name, p in params.items():
+        moved = not np.array_equal(p.value, before[name])
+        assert moved == p.trainable, (name, "trainable" if p.trainable else "frozen")
     idx = np.array([[1, 5, 6, 7, 3]])
     expected = model.eval().forward(idx)
     pipeline.save_finetuned(model, tmp_path, task, method)

@@ -11,6 +11,7 @@ Both read the same vector (BertSentenceClassifier.embed: mean pooling over the r
 the difference between them is what adapting the encoder adds.
 
     sample = wordpiece_sampler(tok, task.train, max_length=64)   # for minift.train.Trainer
+    sample = wordpiece_sampler(tok, task.train, 64, groups=4)    # the same, less padding
     logits = predict(classifier, tok, texts, max_length=64)      # [N, K], in the texts' order
     feats = embed(classifier, tok, texts, max_length=64)         # [N, H], the frozen features
     head = fit_linear_probe(feats, labels, num_labels=K, seed=0)  # a trained minift Linear
@@ -34,22 +35,41 @@ __all__ = ["wordpiece_sampler", "predict", "embed", "fit_linear_probe", "accurac
 
 
 def wordpiece_sampler(
-    tokenizer: WordPieceTokenizer, examples: Sequence[Example], max_length: int
-) -> Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray]]:
+    tokenizer: WordPieceTokenizer,
+    examples: Sequence[Example],
+    max_length: int,
+    groups: int = 1,
+) -> Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray] | list]:
     """``sample_batch(rng, B) -> (input_ids int64 [B, T], labels int64 [B])`` for the Trainer.
 
     B distinct examples drawn at random, [CLS] text [SEP] cut to ``max_length``, right-padded
     with [PAD] (id 0) to the longest of the batch; the classifier masks the padding itself.
     Every text is tokenized once, here.
+
+    ``groups`` > 1: the same examples as a list of that many (input_ids, labels) batches,
+    sorted by length, each padded to its own longest, as ``minift.data.example_sampler`` does.
+    Padding is masked out of attention and pooling, so it changes no logit, only the work: one
+    long text pads the whole batch to its length, and most texts are far shorter (notebook 05
+    prints the task's lengths). The Trainer weights each group by its share of the labels, so
+    the loss and gradient are the padded batch's.
     """
     if not examples:
         raise ValueError("examples: expected at least one example, got none")
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise ValueError(f"groups: expected a positive integer, got {groups!r}")
     rows = [tokenizer.encode(e.prompt, max_length) for e in examples]
     labels = np.array([e.target for e in examples], dtype=np.int64)
 
     def sample_batch(rng: np.random.Generator, batch_size: int):
         chosen = rng.choice(len(rows), size=min(batch_size, len(rows)), replace=False)
-        return _pad([rows[i] for i in chosen], tokenizer.pad_id), labels[chosen]
+        if groups == 1:
+            return _pad([rows[i] for i in chosen], tokenizer.pad_id), labels[chosen]
+        by_length = sorted(chosen.tolist(), key=lambda i: len(rows[i]))  # stable: ties keep order
+        return [
+            (_pad([rows[i] for i in group], tokenizer.pad_id), labels[group])
+            for group in np.array_split(by_length, groups)
+            if len(group)
+        ]
 
     return sample_batch
 

@@ -3,6 +3,8 @@ tiny BERT classifier that the ONE training loop fine-tunes with LoRA."""
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minift.bert import BertConfig, BertModel, BertSentenceClassifier
 from minift.classify import accuracy, embed, fit_linear_probe, predict, wordpiece_sampler
@@ -50,6 +52,59 @@ def test_the_sampler_draws_distinct_examples_padded_to_the_longest(tok):
     assert ids.shape[0] == 10
     with pytest.raises(ValueError, match="at least one example"):
         wordpiece_sampler(tok, [], 6)
+
+
+def test_the_sampler_in_length_groups_draws_the_same_examples_each_padded_less(tok):
+    examples = colour_or_animal(20, 5)
+    padded_ids, padded_labels = wordpiece_sampler(tok, examples, 8)(np.random.default_rng(1), 9)
+    grouped = wordpiece_sampler(tok, examples, 8, groups=3)(np.random.default_rng(1), 9)
+    assert [len(labels) for _, labels in grouped] == [3, 3, 3]
+    lengths = [(ids != tok.pad_id).sum(axis=1) for ids, _ in grouped]
+    assert all(ids.shape[1] == n.max() for (ids, _), n in zip(grouped, lengths, strict=True))
+    shortest_first = zip(lengths[:-1], lengths[1:], strict=True)
+    assert all(a.max() <= b.min() for a, b in shortest_first)
+    assert sum(ids.size for ids, _ in grouped) <= padded_ids.size
+
+    def texts(ids, labels):
+        rows = zip(ids.tolist(), labels.tolist(), strict=True)
+        return sorted((tuple(t for t in row if t != tok.pad_id), y) for row, y in rows)
+
+    drawn = [t for ids, labels in grouped for t in texts(ids, labels)]
+    assert sorted(drawn) == texts(padded_ids, padded_labels)  # the same nine, otherwise padded
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="groups: expected a positive integer"):
+            wordpiece_sampler(tok, examples, 8, groups=bad)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@settings(max_examples=5, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), groups=st.integers(2, 5))
+def test_training_in_length_groups_moves_the_weights_as_the_padded_batch_does(
+    threads, seed, groups
+):
+    """Padding is masked out of attention and pooling, and the Trainer weights each group by
+    its share of the labels: three steps on groups reach the weights that three steps on the
+    padded batches reach (float64, up to the order of sums), on the plain loop and the fast."""
+    tok = WordPieceTokenizer(VOCAB, model_max_length=12)
+    examples = colour_or_animal(24, seed % 1000)
+    trained = []
+    for k in (1, groups):
+        bert = BertModel(CONFIG, seed=seed, dtype=np.float64)
+        model = get_peft_model(
+            BertSentenceClassifier(bert, 2, seed=seed),
+            LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"],
+                       modules_to_save=["classifier"]),
+        )  # fmt: skip
+        for p in model.parameters():  # B = 0 would hide a wrong gradient through LoRA's A
+            if p.trainable:
+                p.value[...] += 0.1 * np.random.default_rng(seed).standard_normal(p.shape)
+        config = TrainConfig(steps=3, batch_size=10, lr=1e-2, seed=seed, threads=threads)
+        sampler = wordpiece_sampler(tok, examples, 10, groups=k)
+        Trainer(model, config, sampler, progress=False).train()
+        trained.append({n: p.value.copy() for n, p in model.named_parameters().items()})
+    padded, grouped = trained
+    for name, value in padded.items():
+        np.testing.assert_allclose(grouped[name], value, rtol=1e-10, atol=1e-12, err_msg=name)
 
 
 def test_predict_and_embed_keep_the_order_of_the_texts(tok):

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from minift.bert import BertSentenceClassifier
 from minift.data.tasks import Example
@@ -81,17 +82,20 @@ def _pad(rows, pad_id) -> np.ndarray:
     return ids
 
 
-def _batched(fn, tokenizer, texts, max_length, batch_size) -> np.ndarray:
+def _batched(fn, tokenizer, texts, max_length, batch_size, progress=False, desc="") -> np.ndarray:
     """fn(ids [B, T]) -> [B, D] over every text, in evaluation mode, batches of similar length
-    (sorted, so that little time goes into padding), returned in the texts' order."""
+    (sorted, so that little time goes into padding), returned in the texts' order; with
+    ``progress``, a bar over the texts."""
     rows = [tokenizer.encode(t, max_length) for t in texts]
     order = np.argsort([len(r) for r in rows], kind="stable")
     out = [None] * len(rows)
-    for start in range(0, len(rows), batch_size):
-        chunk = order[start : start + batch_size]
-        values = fn(_pad([rows[i] for i in chunk], tokenizer.pad_id))
-        for i, v in zip(chunk, values, strict=True):
-            out[i] = v
+    with tqdm(total=len(rows), desc=desc, unit="text", disable=not progress) as bar:
+        for start in range(0, len(rows), batch_size):
+            chunk = order[start : start + batch_size]
+            values = fn(_pad([rows[i] for i in chunk], tokenizer.pad_id))
+            for i, v in zip(chunk, values, strict=True):
+                out[i] = v
+            bar.update(len(chunk))
     return np.stack(out)
 
 
@@ -104,19 +108,28 @@ def _eval_mode(model: Module, fn):
         model.train(was_training)
 
 
-def predict(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 64):
-    """The classifier's logits [N, K] for ``texts`` (evaluation mode: no dropout)."""
+def predict(
+    model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 64, progress=False
+):
+    """The classifier's logits [N, K] for ``texts`` (evaluation mode: no dropout); with
+    ``progress``, a bar over the texts."""
     return _eval_mode(
-        model, lambda: _batched(model.forward, tokenizer, texts, max_length, batch_size)
+        model,
+        lambda: _batched(
+            model.forward, tokenizer, texts, max_length, batch_size, progress, "predict"
+        ),
     )
 
 
 def embed(
-    model: BertSentenceClassifier, tokenizer, texts: Sequence[str], max_length: int, batch_size=64
-):
-    """The pooled sentence vectors [N, H] the classifier's head reads (evaluation mode)."""
+    model: BertSentenceClassifier, tokenizer, texts: Sequence[str], max_length: int, batch_size=64,
+    progress=False,
+):  # fmt: skip
+    """The pooled sentence vectors [N, H] the classifier's head reads (evaluation mode); with
+    ``progress``, a bar over the texts."""
     return _eval_mode(
-        model, lambda: _batched(model.embed, tokenizer, texts, max_length, batch_size)
+        model,
+        lambda: _batched(model.embed, tokenizer, texts, max_length, batch_size, progress, "embed"),
     )
 
 

@@ -118,6 +118,20 @@ def test_predict_and_embed_keep_the_order_of_the_texts(tok):
     assert model.training  # the mode it was in comes back
 
 
+def test_predict_and_embed_show_a_bar_over_the_texts_when_asked(tok, capsys):
+    model = BertSentenceClassifier(BertModel(CONFIG, seed=2, dtype=np.float64), 2, seed=2)
+    texts = [e.prompt for e in colour_or_animal(7, 2)]
+    quiet = embed(model, tok, texts, max_length=12, batch_size=3)
+    assert capsys.readouterr().err == ""
+    shown = embed(model, tok, texts, max_length=12, batch_size=3, progress=True)
+    err = capsys.readouterr().err
+    assert "embed" in err and "7/7" in err  # every text counted
+    np.testing.assert_array_equal(shown, quiet)
+    predict(model, tok, texts, max_length=12, batch_size=3, progress=True)
+    err = capsys.readouterr().err
+    assert "predict" in err and "7/7" in err
+
+
 def test_the_linear_probe_separates_separable_features():
     rng = np.random.default_rng(2)
     y = rng.integers(0, 3, 300)

@@ -6,6 +6,7 @@ minift's own checksum impossible to switch off by editing a header.
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -198,3 +199,57 @@ def test_check_tensor_refuses_a_shape_that_would_only_broadcast_and_another_dtyp
 def test_the_error_message_is_json_of_what_came():
     with pytest.raises(FileFormatError, match=json.dumps("x" * 10)):
         json_bool({"b": "x" * 10}, "b", CFG)
+
+
+# -- safetensors headers written by hand: every misfit named, none read as tensors -------------
+
+
+def _write_raw(path, header: dict, data: bytes):
+    """A file in the safetensors layout: 8-byte little-endian header length, JSON, data."""
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+
+
+F32 = {"dtype": "F32", "shape": [2]}  # 8 bytes
+RAW_MISFITS = [
+    ({"__metadata__": {"step": 3}, "w": {**F32, "data_offsets": [0, 8]}}, 8,
+     "__metadata__ is not a map of strings to strings"),
+    ({"w": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, 8,
+     "w: shape [-2] is not a list of sizes"),
+    ({"w": {"dtype": "F32", "shape": "2", "data_offsets": [0, 8]}}, 8,
+     "w: shape '2' is not a list of sizes"),
+    ({"w": {**F32, "data_offsets": [0]}}, 8, "w: data_offsets [0] is not [begin, end]"),
+    ({"w": {**F32, "data_offsets": [0, "8"]}}, 8, "w: data_offsets [0, '8'] is not [begin, end]"),
+    ({"a": {**F32, "data_offsets": [0, 8]}, "b": {**F32, "data_offsets": [16, 24]}}, 24,
+     "b: data starts at byte 16, expected 8"),  # a gap of 8 bytes that no tensor owns
+    ({"a": {**F32, "data_offsets": [0, 8]}, "b": {**F32, "data_offsets": [4, 12]}}, 12,
+     "b: data starts at byte 4, expected 8"),  # two tensors sharing bytes
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("header, data_len, message", RAW_MISFITS)
+def test_a_hand_written_header_that_misdescribes_the_data_is_refused(
+    tmp_path, header, data_len, message
+):
+    path = tmp_path / "model.safetensors"
+    _write_raw(path, header, bytes(data_len))
+    with pytest.raises(FileFormatError, match=re.escape(message)) as caught:
+        load_tensors(path)
+    assert str(path) in str(caught.value)
+    _write_raw(path, {"w": {**F32, "data_offsets": [0, 8]}}, bytes(8))  # the same, well formed
+    tensors, _ = load_tensors(path)
+    np.testing.assert_array_equal(tensors["w"], np.zeros(2, np.float32))
+
+
+def test_a_path_through_a_file_is_refused_naming_why_it_cannot_be_read(tmp_path):
+    (tmp_path / "weights").write_text("a file, not a folder")
+    with pytest.raises(FileFormatError, match="cannot be read: Not a directory"):
+        load_tensors(tmp_path / "weights" / "model.safetensors")
+
+
+@pytest.mark.parametrize("name", ["", "__metadata__", 3])
+def test_a_tensor_name_the_format_cannot_hold_is_refused_before_writing(tmp_path, name):
+    path = tmp_path / "model.safetensors"
+    with pytest.raises(ValueError, match=re.escape("tensor name: expected a non-empty string")):
+        save_tensors(path, {name: np.zeros(2)})
+    assert not path.exists()

@@ -674,3 +674,61 @@ def test_minifts_folder_of_several_adapters_loads_in_peft_with_the_same_logits(t
         np.testing.assert_allclose(
             hf_logits(torch, theirs, idx), peft.forward(idx), rtol=TOL, atol=TOL
         )
+
+
+def _base_weights(peft):
+    return {
+        name: p.value.copy()
+        for name, p in peft.named_parameters().items()
+        if "base_layer" in name and name.endswith("weight")
+    }
+
+
+def test_a_merge_that_fails_midway_takes_back_the_layers_it_merged():
+    """The last adapted layer's ΔW is not finite (a B that diverged): merge_adapter refuses it,
+    and the layers merged before it are unmerged, so every base weight is what it was."""
+    peft = two_adapters(seed=3)
+    before = _base_weights(peft)
+    layers = [m for _, m in peft.named_modules() if hasattr(m, "lora_B") and not m.merged]
+    assert len(layers) == 4  # c_attn and mlp.c_proj in each of the 2 blocks
+    layers[-1].lora_B.value[0, 0] = np.inf
+    with pytest.raises(ValueError, match="non-finite"):
+        peft.merge_adapter()
+    assert not peft.merged and not any(layer.merged for layer in layers)
+    after = _base_weights(peft)
+    for name, value in before.items():  # unmerged again: W0 + ΔW − ΔW, to rounding
+        np.testing.assert_allclose(after[name], value, rtol=0, atol=1e-13, err_msg=name)
+    layers[-1].lora_B.value[...] = 0.0
+    peft.merge_adapter()  # with a finite ΔW it merges
+    assert peft.merged
+
+
+def test_merging_twice_or_unmerging_an_unmerged_model_warns_and_changes_nothing():
+    peft = two_adapters(seed=4)
+    with pytest.warns(UserWarning, match="unmerge_adapter: not merged; nothing to do"):
+        peft.unmerge_adapter()
+    peft.merge_adapter()
+    merged = _base_weights(peft)
+    with pytest.warns(UserWarning, match="merge_adapter: already merged; nothing to do"):
+        peft.merge_adapter()
+    for name, value in _base_weights(peft).items():
+        np.testing.assert_array_equal(value, merged[name], err_msg=name)  # not merged twice
+
+
+def test_disable_adapter_nested_stays_disabled_until_the_outer_block_ends():
+    peft = two_adapters(seed=5)
+    idx = tokens(6)
+    adapted = peft.forward(idx)
+    with peft.disable_adapter():
+        base = peft.forward(idx)
+        with peft.disable_adapter():
+            np.testing.assert_array_equal(peft.forward(idx), base)
+        np.testing.assert_array_equal(peft.forward(idx), base)  # the inner end changed nothing
+    np.testing.assert_array_equal(peft.forward(idx), adapted)
+    assert not np.allclose(base, adapted)
+
+
+def test_merge_adapter_of_a_method_that_cannot_merge_is_a_type_error():
+    peft = get_peft_model(gpt(0), PromptTuningConfig(num_virtual_tokens=2))
+    with pytest.raises(TypeError, match="merge_adapter: "):
+        peft.merge_adapter()

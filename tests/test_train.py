@@ -675,6 +675,46 @@ def test_an_explicit_step_directory_is_verified_too(saved, tmp_path):
         fresh_trainer(root).load_checkpoint(root / "step-0000002")
 
 
+def _drop_one_digest(manifest: Path):
+    obj = json.loads(manifest.read_text())
+    obj["sha256"].pop("trainer.json")
+    manifest.write_text(json.dumps(obj))
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        (lambda d: shutil.rmtree(d), "step-0000002: training checkpoint: no such directory"),
+        (
+            lambda d: (d / "manifest.json").write_bytes(b"\xff{"),
+            "manifest.json: checkpoint manifest is not UTF-8 JSON",
+        ),
+        (
+            lambda d: (d / "manifest.json").write_text("[]"),
+            "manifest.json: checkpoint manifest must be a JSON object, got list",
+        ),
+        (
+            lambda d: _drop_one_digest(d / "manifest.json"),
+            r'manifest.json.*"sha256".*expected \{file: 64 lowercase hex digits\} for exactly',
+        ),
+    ],
+    ids=["missing", "not-json", "not-an-object", "a-digest-dropped"],
+)
+def test_an_explicit_step_folder_whose_manifest_cannot_vouch_for_it_is_refused(
+    saved, tmp_path, damage, match
+):
+    """Given a step folder by hand, no latest.json vouches for its manifest: the manifest's own
+    form is all that stands between a hand-edited folder and a resume."""
+    root = tmp_path / "run"
+    shutil.copytree(saved[0], root)
+    damage(root / "step-0000002")
+    trainer = fresh_trainer(root)
+    before = full_state(trainer)
+    with pytest.raises(ValueError, match=match):
+        trainer.load_checkpoint(root / "step-0000002")
+    assert_same_state(full_state(trainer), before)
+
+
 # -- every way a step folder can be damaged: one class each, refused naming file and field ----
 
 

@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import re
 
 import numpy as np
 import pytest
@@ -454,6 +455,29 @@ def test_a_nan_lora_alpha_is_refused():
 def test_an_ema_rate_outside_zero_one_is_refused():
     with pytest.raises(ValueError, match=r"beta2: expected a value in \(0, 1\), got 1.0"):
         AdaLoraConfig(total_step=10, beta2=1.0)
+
+
+BAD_OPTIONS = [
+    (dict(init_r=4.0), TypeError, "init_r: expected an integer, got 4.0"),
+    (dict(deltaT=True), TypeError, "deltaT: expected an integer, got True"),
+    (dict(init_r=0, target_r=0), ValueError, "init_r: expected a positive rank, got 0"),
+    (dict(deltaT=0), ValueError, "expected tinit ≥ 0, tfinal ≥ 0, deltaT ≥ 1, got 0, 0, 0"),
+    (dict(tfinal=-1), ValueError, "tinit, tfinal, deltaT: expected"),
+    (dict(orth_reg_weight=-0.1), ValueError, "orth_reg_weight: expected a weight ≥ 0, got -0.1"),
+    (dict(orth_reg_weight=float("inf")), ValueError, "orth_reg_weight: expected a weight ≥ 0"),
+    (dict(lora_dropout=1.0), ValueError, "lora_dropout: expected a probability in [0, 1), got 1.0"),
+    (dict(init_lora_weights="gaussian"), ValueError, "init_lora_weights: expected True"),
+    (dict(bias="all"), ValueError, "bias: minift's AdaLoRA trains no biases, got 'all'"),
+    (dict(fan_in_fan_out="yes"), TypeError, "fan_in_fan_out: expected True, False or None"),
+    (dict(rank_pattern=[4, 4]), TypeError, "rank_pattern: expected a dict or None, got [4, 4]"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("options, error, message", BAD_OPTIONS, ids=lambda v: str(v)[:30])
+def test_each_option_out_of_its_range_is_refused_naming_it(options, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        AdaLoraConfig(**{"total_step": 10, **options})
+    AdaLoraConfig(total_step=10)  # the defaults are all in range
 
 
 def test_an_initial_rank_larger_than_the_layer_is_refused():

@@ -3,6 +3,7 @@ invariants of padding and bidirectionality, fine-tuning methods on an encoder, a
 gradient check of a block of the real all-MiniLM-L6-v2 (skipped when it is not installed)."""
 
 import json
+import re
 
 import bert_reference as ref
 import numpy as np
@@ -640,3 +641,56 @@ def test_backward_stops_below_the_lowest_layer_that_trains(trains, expected_laye
     assert early.keys() == full.keys() and (len(early) > 0) == (trains != "nothing")
     for name in early:
         np.testing.assert_array_equal(early[name], full[name], err_msg=name)
+
+
+# -- bad input to the config, the classifier and the sentence encoder, each named --------------
+
+CONFIG_MISFITS = [
+    (dict(hidden_size=0), "hidden_size: expected a positive integer, got 0"),
+    (dict(num_hidden_layers=2.0), "num_hidden_layers: expected a positive integer, got 2.0"),
+    (dict(vocab_size=True), "vocab_size: expected a positive integer, got True"),
+    (dict(num_attention_heads=3), "num_attention_heads: must divide hidden_size=8, got 3"),
+    (dict(hidden_dropout_prob=1.0), "hidden_dropout_prob: expected a probability in [0, 1)"),
+]
+
+
+@pytest.mark.parametrize(
+    "change, message", CONFIG_MISFITS, ids=[m.split(":")[0] for _, m in CONFIG_MISFITS]
+)
+def test_a_config_out_of_range_is_refused_naming_the_field(change, message):
+    import dataclasses
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        dataclasses.replace(TINY, **change)
+
+
+def test_the_classifier_refuses_what_is_not_a_bert_or_not_a_label_count():
+    bert = tiny_bert()
+    with pytest.raises(TypeError, match="config: expected a BertConfig, got dict"):
+        B.BertModel({"hidden_size": 8})
+    with pytest.raises(TypeError, match="bert: expected a BertModel, got dict"):
+        B.BertSentenceClassifier({}, 2)
+    with pytest.raises(TypeError, match="num_labels: expected an integer, got 2.0"):
+        B.BertSentenceClassifier(bert, 2.0)
+    with pytest.raises(ValueError, match="num_labels: a classifier needs >= 2 labels, got 1"):
+        B.BertSentenceClassifier(bert, 1)
+    classifier = B.BertSentenceClassifier(bert, 3)
+    assert classifier.dtype == np.float64  # the encoder's
+    with pytest.raises(ValueError, match="dlogits: backward called before forward"):
+        classifier.backward(np.zeros((2, 3)))
+
+
+def test_the_sentence_encoder_refuses_a_length_it_cannot_hold_and_a_lone_string():
+    bert, tok = tiny_bert(), object()
+    for bad in (1, 2.5, True):
+        with pytest.raises(
+            ValueError, match=re.escape(f"max_seq_length: expected an integer ≥ 2, got {bad!r}")
+        ):
+            B.SentenceEncoder(bert, tok, max_seq_length=bad)
+    with pytest.raises(
+        ValueError, match="max_seq_length: 11 exceeds the model's max_position_embeddings=10"
+    ):
+        B.SentenceEncoder(bert, tok, max_seq_length=11)
+    encoder = B.SentenceEncoder(bert, tok, max_seq_length=10)
+    with pytest.raises(TypeError, match="sentences: expected a list of strings, got one string"):
+        encoder.encode("one sentence")

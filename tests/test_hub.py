@@ -386,6 +386,97 @@ def test_sentence_encoder_refuses_pooling_it_does_not_implement(tmp_path):
         hub.load_sentence_encoder(tmp_path)
 
 
+def _sentence_folder(folder, modules=None, pooling=None, settings=None, model=None):
+    """A sentence-transformers folder around a tiny model (BERT unless ``model`` is given)."""
+    hub.save_pretrained(model if model is not None else tiny_bert(), folder)
+    kinds = ["Transformer", "Pooling", "Normalize"]
+    default = [{"path": p, "type": f"sentence_transformers.models.{k}"}
+               for k, p in zip(kinds, ["", "1_Pooling", "2_Normalize"], strict=True)]  # fmt: skip
+    (folder / "modules.json").write_text(json.dumps(default if modules is None else modules))
+    (folder / "1_Pooling").mkdir()
+    mean = {"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": False}
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling or mean))
+    (folder / "sentence_bert_config.json").write_text(json.dumps(settings or {}))
+
+
+SENTENCE_FOLDER_MISFITS = {
+    "a module not an object": (
+        dict(modules=["sentence_transformers.models.Transformer"]),
+        r"modules.json: \[0\]: expected an object, got str",
+    ),
+    "a module minift lacks": (
+        dict(
+            modules=[
+                {"path": "", "type": "sentence_transformers.models.Transformer"},
+                {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                {"path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+            ]
+        ),  # fmt: skip
+        r"modules \['Transformer', 'Pooling', 'Dense'\] are not supported",
+    ),
+    "mean and max pooled together": (
+        dict(pooling={"pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": True}),
+        r"pooling \['pooling_mode_max_tokens', 'pooling_mode_mean_tokens'\] is not supported",
+    ),
+    "lower-casing asked of the pipeline": (
+        dict(settings={"do_lower_case": True}),
+        "sentence_bert_config.json: do_lower_case: true is not supported",
+    ),
+    "a max_seq_length below [CLS] and [SEP]": (
+        dict(settings={"max_seq_length": 1}),
+        "sentence_bert_config.json: max_seq_length",
+    ),
+    "a GPT-2 where BERT should be": (
+        dict(model="gpt"),
+        "config.json: model_type: a sentence encoder needs a BERT model, got GPT",
+    ),
+}
+
+
+@pytest.mark.parametrize("misfit", list(SENTENCE_FOLDER_MISFITS))
+def test_a_sentence_transformers_folder_minift_cannot_honour_is_refused_naming_file_and_field(
+    tmp_path, misfit
+):
+    change, match = SENTENCE_FOLDER_MISFITS[misfit]
+    if change.get("model") == "gpt":
+        change = {**change, "model": tiny_gpt()}
+    _sentence_folder(tmp_path, **change)
+    with pytest.raises(ValueError, match=match):
+        hub.load_sentence_encoder(tmp_path)
+
+
+def test_a_well_formed_sentence_transformers_folder_loads(tmp_path):
+    _sentence_folder(tmp_path, settings={"max_seq_length": 6})
+    words = ["the", "cat", "sat", "on", "a", "mat", "dog", "##s", "big", "red", "run", "##ning"]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    assert len(vocab) == TINY_BERT.vocab_size
+    (tmp_path / "vocab.txt").write_text("".join(t + "\n" for t in vocab))
+    encoder = hub.load_sentence_encoder(tmp_path)
+    assert encoder.normalize and encoder.max_seq_length == 6
+    e = encoder.encode(["the cat sat", "big red dogs running"])
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, rtol=1e-6)  # Normalize, float32
+
+
+def test_sharded_weights_are_named_as_what_minift_does_not_read(tmp_path):
+    hub.save_pretrained(tiny_bert(), tmp_path)
+    (tmp_path / "model.safetensors").rename(tmp_path / "model-00001-of-00002.safetensors")
+    (tmp_path / "model.safetensors.index.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="its weights are sharded .* not supported"):
+        hub.from_pretrained(tmp_path)
+
+
+def test_a_masked_bias_buffer_of_more_than_one_number_is_refused(tmp_path):
+    gpt2_folder(tiny_gpt(10), tmp_path)
+    tensors, _ = load_tensors(tmp_path / "model.safetensors")
+    tensors["transformer.h.0.attn.masked_bias"] = np.full(2, -1e4)
+    save_tensors(tmp_path / "model.safetensors", tensors)
+    with pytest.raises(ValueError, match="'transformer.h.0.attn.masked_bias'.*expected one number"):
+        hub.from_pretrained(tmp_path)
+    tensors["transformer.h.0.attn.masked_bias"] = np.full(1, -1e4)  # GPT-2's own: one number
+    save_tensors(tmp_path / "model.safetensors", tensors)
+    hub.from_pretrained(tmp_path)
+
+
 # ------------------------------------------------------------------------------------------------
 # The real model: all-MiniLM-L6-v2 against sentence-transformers' own numbers
 

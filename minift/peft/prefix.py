@@ -117,14 +117,6 @@ def _accumulate_columns(param: Param, cols: slice, g):
         param.accumulate_grad(full)
 
 
-def _accumulate_columns(param: Param, cols: slice, g):
-    """Add g into the columns ``cols`` of param's gradient (frozen params ignore it)."""
-    if param.trainable:
-        full = np.zeros_like(param.value)
-        full[..., cols] = g
-        param.accumulate_grad(full)
-
-
 # ------------------------------------------------------------------------------------------------
 # The prefixes, and how each attention layer reads its own
 

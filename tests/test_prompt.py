@@ -762,3 +762,22 @@ def test_text_init_equals_pefts_with_a_tokenizer_both_read(tmp_path):
     loaded = peft_lib.PeftModel.from_pretrained(fresh, tmp_path / "adapter")
     assert loaded.peft_config["default"].prompt_tuning_init == "TEXT"
     assert loaded.peft_config["default"].tokenizer_name_or_path == str(folder)
+
+
+def test_zero_init_with_the_projection_starts_as_a_zero_prefix_and_trains_w2_first():
+    """init_weights="zero" makes P = 0 through W₂ = 0, b₂ = 0: the model starts where the
+    direct zero prefix starts, and only (W₂, b₂) get a gradient at the first step (as LoRA's
+    B = 0: da = dP·W₂ᵀ = 0 stops it below them)."""
+    idx = np.random.default_rng(1).integers(0, TINY.vocab_size, (2, 4))
+    zero = dict(num_virtual_tokens=3, init_weights="zero")
+    direct = get_peft_model(tiny_model(4), PrefixTuningConfig(**zero))
+    projected = get_peft_model(
+        tiny_model(4), PrefixTuningConfig(**zero, prefix_projection=True, encoder_hidden_size=5)
+    )
+    logits = projected.forward(idx)
+    np.testing.assert_allclose(logits, direct.forward(idx), rtol=0, atol=1e-12)
+    _, dlogits = minift.cross_entropy(logits, idx)
+    projected.backward(dlogits)
+    grads = {n: p.grad for n, p in projected.named_parameters().items() if p.trainable}
+    moved = sorted(n for n, g in grads.items() if g is not None and np.abs(g).max() > 0)
+    assert moved == ["prompt_encoder.transform.1.bias", "prompt_encoder.transform.1.weight"]

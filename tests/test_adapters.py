@@ -432,6 +432,14 @@ def test_the_weighted_adapter_has_alpha_r_the_adapters_targets_and_their_weighte
             "svd_clamp: expected a quantile",
         ),
         (
+            lambda p: p.add_weighted_adapter([], [], "m", "cat"),
+            r"adapters: expected a list of adapter names, got \[\]",
+        ),
+        (
+            lambda p: p.add_weighted_adapter("default", [1], "m", "cat"),
+            "adapters: expected a list of adapter names, got 'default'",
+        ),
+        (
             lambda p: (
                 p.add_weighted_adapter(["default", "other"], [1, 1], "m", "cat")
                 or p.add_weighted_adapter(["m", "m"], [1, 1], "n", "cat")  # rank 10 > 8
@@ -732,3 +740,45 @@ def test_merge_adapter_of_a_method_that_cannot_merge_is_a_type_error():
     peft = get_peft_model(gpt(0), PromptTuningConfig(num_virtual_tokens=2))
     with pytest.raises(TypeError, match="merge_adapter: "):
         peft.merge_adapter()
+
+
+def test_a_combination_that_fails_midway_leaves_no_half_made_adapter(monkeypatch):
+    """The new adapter is added first, then filled layer by layer: an error in a later layer
+    deletes it again, so the model has the adapters, the active one and the output it had."""
+    from minift.peft import weighted_adapter
+
+    peft = two_adapters(seed=6)
+    idx = tokens(7)
+    before = peft.forward(idx)
+    calls = []
+    combined = weighted_adapter._combined
+
+    def fails_at_the_third_layer(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise FloatingPointError("overflow in the third layer")
+        return combined(*args)
+
+    monkeypatch.setattr(weighted_adapter, "_combined", fails_at_the_third_layer)
+    with pytest.raises(FloatingPointError, match="third layer"):
+        peft.add_weighted_adapter(["default", "other"], [1, 1], "mix", "cat")
+    assert len(calls) == 3 and sorted(peft.peft_configs) == ["default", "other"]
+    assert peft.active_adapter == "default"
+    np.testing.assert_array_equal(peft.forward(idx), before)
+    monkeypatch.setattr(weighted_adapter, "_combined", combined)
+    peft.add_weighted_adapter(["default", "other"], [1, 1], "mix", "cat")  # the name is free
+    assert sorted(peft.peft_configs) == ["default", "mix", "other"]
+
+
+def test_regex_targets_are_joined_and_each_layer_combines_the_adapters_that_adapt_it():
+    peft = get_peft_model(gpt(7), LoraConfig(r=2, lora_alpha=4, target_modules=r".*\.c_attn"))
+    peft.add_adapter("mlp", LoraConfig(r=2, lora_alpha=4, target_modules=r".*\.c_fc"))
+    randomize_params(peft.adapter_parameters("default"), 8)
+    randomize_params(peft.adapter_parameters("mlp"), 9)
+    peft.add_weighted_adapter(["default", "mlp"], [1, 1], "both", "cat")
+    assert peft.peft_configs["both"].target_modules == r"(.*\.c_attn)|(.*\.c_fc)"
+    layers = {a: peft.adapter_layers(a) for a in ("default", "mlp", "both")}
+    assert sorted(layers["both"]) == sorted([*layers["default"], *layers["mlp"]])
+    for module, layer in layers["both"].items():  # one source per layer: its ΔW, exactly
+        source = layers["default" if module in layers["default"] else "mlp"][module]
+        np.testing.assert_allclose(delta(layer), delta(source), rtol=1e-12, atol=1e-12)

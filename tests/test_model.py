@@ -303,6 +303,8 @@ def test_wrong_dlogits_is_named():
         ({"vocab_size": 0}, "vocab_size: expected a positive integer, got 0"),
         ({"dropout": 1.0}, r"dropout: expected a probability in \[0, 1\)"),
         ({"pad_token_id": 11}, r"pad_token_id: expected an id in \[0, 11\)"),
+        ({"layer_norm_eps": 0.0}, "layer_norm_eps: expected > 0, got 0.0"),
+        ({"layer_norm_eps": float("nan")}, "layer_norm_eps: expected > 0, got nan"),
     ],
 )
 def test_bad_config_is_named(kwargs, match):
@@ -321,6 +323,16 @@ def test_bad_dtype_and_generation_options_are_named():
         model.generate(np.array([[1]]), 2, top_k=0)
     with pytest.raises(ValueError, match="inputs_embeds: expected shape"):
         model.forward(inputs_embeds=np.zeros((1, 2, 5)))
+    with pytest.raises(ValueError, match="max_new_tokens: expected >= 0, got -1"):
+        model.generate(np.array([[1]]), -1)
+    with pytest.raises(TypeError, match="config: expected a GPTConfig, got dict"):
+        minift.GPT(TINY.to_dict())
+    for both_or_neither in ({}, {"idx": np.array([[1]]), "inputs_embeds": np.zeros((1, 1, 8))}):
+        with pytest.raises(ValueError, match="idx / inputs_embeds: pass exactly one of them"):
+            model.forward(**both_or_neither)
+    classifier = minift.GPTForSequenceClassification(replace(TINY, pad_token_id=0), num_labels=2)
+    with pytest.raises(ValueError, match="idx: the classifier pools the last real token"):
+        classifier.head_forward(np.zeros((1, 2, 8), np.float32))  # hidden states, no ids
 
 
 def _grads_with_and_without_the_early_stop(model, forward_backward):

@@ -206,6 +206,13 @@ def test_a_model_with_nothing_to_train_is_refused():
         ({"optimizer": "adam"}, r"optimizer: expected one of \('adamw', 'sgd'\), got 'adam'"),
         ({"grad_clip": 0}, "grad_clip: expected > 0 or None"),
         ({"layerwise_lr_decay": 1.5}, r"layerwise_lr_decay: expected a factor in \(0, 1\]"),
+        ({"batch_size": 2.0}, "batch_size: expected a positive integer, got 2.0"),
+        ({"warmup_steps": -1}, "warmup_steps: expected an integer >= 0, got -1"),
+        ({"eval_every": 1.5}, "eval_every: expected an integer >= 0, got 1.5"),
+        ({"checkpoint_every": True}, "checkpoint_every: expected an integer >= 0, got True"),
+        ({"weight_decay": -0.1}, "weight_decay: expected >= 0, got -0.1"),
+        ({"weight_decay": float("nan")}, "weight_decay: expected >= 0, got nan"),
+        ({"min_lr_ratio": 1.5}, r"min_lr_ratio: expected a number in \[0, 1\], got 1.5"),
     ],
 )
 def test_bad_training_options_are_named(kwargs, match):

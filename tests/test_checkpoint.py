@@ -176,6 +176,26 @@ def test_load_model_rejects_a_config_without_the_minift_section(tmp_path):
         load_model(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda m: m.update(bogus=1), r'unknown fields in the "minift" section: \[\'bogus\'\]'),
+        (lambda m: m.update({"class": "BertModel"}), "class: expected GPT or GPTForSequence"),
+        (lambda m: m.pop("class"), "class: expected GPT or GPTForSequenceClassification, got None"),
+        (lambda m: m.update(n_layer=0), "n_layer: expected a positive integer, got 0"),
+    ],
+    ids=["unknown-field", "another-class", "no-class", "no-layers"],
+)
+def test_an_edited_minift_section_is_refused_before_any_weight_is_read(tmp_path, edit, match):
+    save_model(_make(GPT), tmp_path)
+    config = read_json(tmp_path / "config.json", "config")
+    edit(config["minift"])
+    atomic_write_json(tmp_path / "config.json", config)
+    with pytest.raises(ValueError, match=match) as caught:
+        load_model(tmp_path)
+    assert str(tmp_path / "config.json") in str(caught.value)
+
+
 def test_missing_files_raise_filenotfounderror_naming_them(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.safetensors"):
         load_tensors(tmp_path / "nothing.safetensors")

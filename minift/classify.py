@@ -21,12 +21,13 @@ Shape legend: N texts, B batch, T tokens, H hidden size, K labels.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from minift.bert import BertSentenceClassifier
+from minift.data.formats import SampleBatch, check_groups, length_groups
 from minift.data.tasks import Example
 from minift.data.wordpiece import WordPieceTokenizer
 from minift.nn import Linear, Module
@@ -40,7 +41,7 @@ def wordpiece_sampler(
     examples: Sequence[Example],
     max_length: int,
     groups: int = 1,
-) -> Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray] | list]:
+) -> SampleBatch:
     """``sample_batch(rng, B) -> (input_ids int64 [B, T], labels int64 [B])`` for the Trainer.
 
     B distinct examples drawn at random, [CLS] text [SEP] cut to ``max_length``, right-padded
@@ -56,20 +57,18 @@ def wordpiece_sampler(
     """
     if not examples:
         raise ValueError("examples: expected at least one example, got none")
-    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
-        raise ValueError(f"groups: expected a positive integer, got {groups!r}")
+    check_groups(groups)
     rows = [tokenizer.encode(e.prompt, max_length) for e in examples]
+    lengths = [len(row) for row in rows]
     labels = np.array([e.target for e in examples], dtype=np.int64)
 
     def sample_batch(rng: np.random.Generator, batch_size: int):
         chosen = rng.choice(len(rows), size=min(batch_size, len(rows)), replace=False)
         if groups == 1:
             return _pad([rows[i] for i in chosen], tokenizer.pad_id), labels[chosen]
-        by_length = sorted(chosen.tolist(), key=lambda i: len(rows[i]))  # stable: ties keep order
         return [
             (_pad([rows[i] for i in group], tokenizer.pad_id), labels[group])
-            for group in np.array_split(by_length, groups)
-            if len(group)
+            for group in length_groups(chosen, lengths, groups)
         ]
 
     return sample_batch

@@ -55,6 +55,8 @@ __all__ = [
     "batches",
     "lm_sampler",
     "example_sampler",
+    "check_groups",
+    "length_groups",
 ]
 
 Batch = tuple[np.ndarray, np.ndarray]  # (idx, targets)
@@ -183,6 +185,20 @@ def lm_sampler(ids: Sequence[int], block_size: int) -> SampleBatch:
     return sample_batch
 
 
+def check_groups(groups) -> None:
+    """``groups`` of a sampler: a positive integer, else a ValueError naming it."""
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise ValueError(f"groups: expected a positive integer, got {groups!r}")
+
+
+def length_groups(chosen, lengths: Sequence[int], groups: int) -> list[np.ndarray]:
+    """The drawn indices ``chosen`` in ``groups`` runs of similar length, shortest first (the
+    sort is stable: ties keep the draw's order); empty runs dropped. Each run is then padded to
+    its own longest (see the module docstring)."""
+    by_length = sorted(np.asarray(chosen).tolist(), key=lengths.__getitem__)
+    return [group for group in np.array_split(by_length, groups) if len(group)]
+
+
 def example_sampler(
     tokenizer: CharTokenizer,
     examples: Sequence[Example],
@@ -203,8 +219,7 @@ def example_sampler(
         encode = encode_classification_batch
     else:
         raise ValueError(f"kind: expected 'generation' or 'classification', got {kind!r}")
-    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
-        raise ValueError(f"groups: expected a positive integer, got {groups!r}")
+    check_groups(groups)
     encode(tokenizer, examples, block_size)  # validates every example (raises with its index)
     examples = list(examples)
     lengths = [encode(tokenizer, [ex], block_size)[0].shape[1] for ex in examples]
@@ -213,11 +228,9 @@ def example_sampler(
         chosen = rng.choice(len(examples), size=min(batch_size, len(examples)), replace=False)
         if groups == 1:
             return encode(tokenizer, [examples[i] for i in chosen], block_size)
-        by_length = sorted(chosen.tolist(), key=lengths.__getitem__)  # stable: ties keep the draw
         return [
             encode(tokenizer, [examples[i] for i in group], block_size)
-            for group in np.array_split(by_length, groups)
-            if len(group)
+            for group in length_groups(chosen, lengths, groups)
         ]
 
     return sample_batch

@@ -21,6 +21,7 @@ Shape legend: N texts, B batch, T tokens, H hidden size, K labels.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -62,16 +63,19 @@ def wordpiece_sampler(
     lengths = [len(row) for row in rows]
     labels = np.array([e.target for e in examples], dtype=np.int64)
 
-    def sample_batch(rng: np.random.Generator, batch_size: int):
-        chosen = rng.choice(len(rows), size=min(batch_size, len(rows)), replace=False)
-        if groups == 1:
-            return _pad([rows[i] for i in chosen], tokenizer.pad_id), labels[chosen]
-        return [
-            (_pad([rows[i] for i in group], tokenizer.pad_id), labels[group])
-            for group in length_groups(chosen, lengths, groups)
-        ]
+    # a partial, not a closure: it pickles, so a run can go to another process (side_by_side)
+    return functools.partial(_sample_wordpieces, rows, lengths, labels, tokenizer.pad_id, groups)
 
-    return sample_batch
+
+def _sample_wordpieces(rows, lengths, labels, pad_id, groups, rng, batch_size):
+    """wordpiece_sampler's sample_batch(rng, batch_size), its other arguments bound."""
+    chosen = rng.choice(len(rows), size=min(batch_size, len(rows)), replace=False)
+    if groups == 1:
+        return _pad([rows[i] for i in chosen], pad_id), labels[chosen]
+    return [
+        (_pad([rows[i] for i in group], pad_id), labels[group])
+        for group in length_groups(chosen, lengths, groups)
+    ]
 
 
 def _pad(rows, pad_id) -> np.ndarray:

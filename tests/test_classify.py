@@ -1,6 +1,8 @@
 """minift.classify: batches for the training loop, predictions in order, the linear probe, and a
 tiny BERT classifier that the ONE training loop fine-tunes with LoRA."""
 
+import pickle
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -74,6 +76,20 @@ def test_the_sampler_in_length_groups_draws_the_same_examples_each_padded_less(t
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="groups: expected a positive integer"):
             wordpiece_sampler(tok, examples, 8, groups=bad)
+
+
+@given(seed=st.integers(0, 2**32 - 1), groups=st.integers(1, 3))
+@settings(max_examples=10, deadline=None)
+def test_the_sampler_pickles_and_draws_the_same_batches(seed, groups):
+    """A run goes to another process with its sampler (minift.pipeline.side_by_side)."""
+    tok = WordPieceTokenizer(VOCAB, model_max_length=12)
+    sampler = wordpiece_sampler(tok, colour_or_animal(20, 5), 8, groups=groups)
+    copied = pickle.loads(pickle.dumps(sampler))
+    a, b = sampler(np.random.default_rng(seed), 9), copied(np.random.default_rng(seed), 9)
+    a, b = ([a], [b]) if groups == 1 else (a, b)
+    assert len(a) == len(b) == groups
+    for (ids_a, labels_a), (ids_b, labels_b) in zip(a, b, strict=True):
+        assert np.array_equal(ids_a, ids_b) and np.array_equal(labels_a, labels_b)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

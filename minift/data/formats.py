@@ -39,6 +39,7 @@ Trainer's RNG alone decides which examples a step sees (and a resumed run sees t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -224,13 +225,18 @@ def example_sampler(
     examples = list(examples)
     lengths = [encode(tokenizer, [ex], block_size)[0].shape[1] for ex in examples]
 
-    def sample_batch(rng: np.random.Generator, batch_size: int):
-        chosen = rng.choice(len(examples), size=min(batch_size, len(examples)), replace=False)
-        if groups == 1:
-            return encode(tokenizer, [examples[i] for i in chosen], block_size)
-        return [
-            encode(tokenizer, [examples[i] for i in group], block_size)
-            for group in length_groups(chosen, lengths, groups)
-        ]
+    # a partial, not a closure: it pickles, so a run can go to another process (side_by_side)
+    return functools.partial(
+        _sample_examples, encode, tokenizer, examples, lengths, block_size, groups
+    )
 
-    return sample_batch
+
+def _sample_examples(encode, tokenizer, examples, lengths, block_size, groups, rng, batch_size):
+    """example_sampler's sample_batch(rng, batch_size), its other arguments bound."""
+    chosen = rng.choice(len(examples), size=min(batch_size, len(examples)), replace=False)
+    if groups == 1:
+        return encode(tokenizer, [examples[i] for i in chosen], block_size)
+    return [
+        encode(tokenizer, [examples[i] for i in group], block_size)
+        for group in length_groups(chosen, lengths, groups)
+    ]

@@ -10,6 +10,8 @@
                      match, chrF
     resume.py        what a run is, written into its checkpoints; refusing to resume another's
     finetuned.py     a fine-tuned model saved whole (finetuned.json + model.safetensors) and loaded
+    side_by_side.py  many runs of ``finetune`` or the Trainer, two at a time in processes of
+                     their own (the notebooks' seed loops)
     comparison.py    methods × tasks × seeds, each run in a fresh process
     report.py        results.json, results.md (mean ± 95 % CI next to the article's §5.4 claims)
                      and PNG plots
@@ -60,6 +62,7 @@ from minift.pipeline.report import (
     write_results,
 )
 from minift.pipeline.resume import check_resume, run_description
+from minift.pipeline.side_by_side import FinishedRun, finetune_many, train_many
 from minift.pipeline.tasks import (
     BASELINES,
     TASK_NAMES,
@@ -84,6 +87,7 @@ __all__ = [
     "Method",
     "BaseSpec",
     "Checkpoints",
+    "FinishedRun",
     "RunResult",
     "RunSettings",
     "TASK_NAMES",
@@ -100,6 +104,7 @@ __all__ = [
     "default_tasks",
     "evaluate",
     "finetune",
+    "finetune_many",
     "get_method",
     "get_task",
     "is_cached",
@@ -122,6 +127,7 @@ __all__ = [
     "standard_tokenizer",
     "summarize",
     "train_config",
+    "train_many",
     "write_plots",
     "write_results",
 ]

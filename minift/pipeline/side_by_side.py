@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from minift.data import Task
 from minift.nn import Module

@@ -30,7 +30,14 @@ import time  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from benchmarks.machine import blas_info, blas_line, cpu_line, loadavg, source_line  # noqa: E402
+from benchmarks.machine import (  # noqa: E402
+    blas_info,
+    blas_line,
+    cpu_line,
+    loadavg,
+    matmul_peak,
+    source_line,
+)
 from minift.data import standard_tokenizer  # noqa: E402
 from minift.peft import LoraConfig, get_peft_model  # noqa: E402
 from minift.pipeline import RunSettings, finetune, finetune_many, load_base, load_task  # noqa: E402
@@ -69,7 +76,8 @@ def main(argv=None):
             p.error(f"--{name}: expected a positive integer, got {getattr(args, name)}")
     if args.repeats < 2:
         p.error("--repeats: expected at least 2, for an interval")
-    machine = f"{cpu_line()}; {blas_line(blas_info())}"
+    peak = matmul_peak(sizes=(1024,))[1024]
+    machine = f"{cpu_line()}; {blas_line(blas_info())}; float32 1024² matmul {peak:.0f} GFLOP/s"
     print(machine, "| OpenBLAS pins in the environment:", pins_in_env() or "none")
     tok, task = standard_tokenizer(), load_task("en-fr-numbers", seed=0)
     settings = RunSettings(steps=args.steps, batch_size=16)

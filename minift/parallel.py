@@ -37,6 +37,7 @@ the masks differ from a single-thread run; the expectation is the same.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import os
@@ -50,7 +51,7 @@ from minift.functional import cross_entropy
 from minift.nn import Module
 from minift.param import Param
 
-__all__ = ["DataParallel", "default_threads", "replicate"]
+__all__ = ["DataParallel", "default_threads", "one_blas_thread_in_children", "replicate"]
 
 
 def default_threads() -> int:
@@ -66,6 +67,29 @@ def default_threads() -> int:
     except AttributeError:  # macOS, Windows
         cores = os.cpu_count() or 1
     return 2 if cores >= 2 else 1
+
+
+_BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def one_blas_thread_in_children():
+    """Inside: a child process started now loads numpy with one BLAS thread (the variables that
+    OpenBLAS, OpenMP and MKL read as they load); after: this process's environment as it was.
+
+    For processes that run side by side on the cores (compare's workers, finetune_many): a BLAS
+    call with threads of its own would fight the other processes for the same cores.
+    """
+    saved = {k: os.environ.get(k) for k in _BLAS_THREAD_VARS}
+    os.environ.update(dict.fromkeys(_BLAS_THREAD_VARS, "1"))
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def replicate(model: Module) -> Module:

@@ -7,6 +7,8 @@ float64 the gradients agree to 1e-12 relative to the largest entry (rounding err
 summed over at most a few hundred terms), and in float32 to 1e-5 (rounding errors of 1e-7).
 """
 
+import os
+
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
@@ -14,7 +16,7 @@ from threadpoolctl import threadpool_info
 import minift
 from minift.functional import cross_entropy
 from minift.optim import AdamW
-from minift.parallel import DataParallel, replicate
+from minift.parallel import DataParallel, one_blas_thread_in_children, replicate
 from minift.peft import LoraConfig, get_peft_model
 
 CFG = minift.GPTConfig(vocab_size=13, block_size=9, n_layer=2, n_head=2, d_model=8)
@@ -185,3 +187,18 @@ def test_a_changed_module_tree_rebuilds_the_replicas():
 def test_bad_thread_counts_are_refused(n_threads):
     with pytest.raises(ValueError, match="n_threads"):
         DataParallel(model_and_batch()[0], n_threads)
+
+
+@pytest.mark.parametrize("before", [None, "4"])
+def test_children_get_one_blas_thread_and_the_environment_comes_back(before, monkeypatch):
+    names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    for name in names:
+        if before is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, before)
+    with pytest.raises(RuntimeError, match="inside"):
+        with one_blas_thread_in_children():
+            assert all(os.environ[name] == "1" for name in names)
+            raise RuntimeError("inside")  # restored on the way out all the same
+    assert all(os.environ.get(name) == before for name in names)

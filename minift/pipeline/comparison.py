@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
-import os
 import resource
 import sys
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from tqdm import tqdm
 
 from minift.data import standard_tokenizer
 from minift.data.tasks import TASK_KINDS
+from minift.parallel import one_blas_thread_in_children
 from minift.peft import count_parameters
 from minift.peft.registry import get_method
 from minift.pipeline.finetuning import (
@@ -162,17 +162,6 @@ def _run_isolated(job) -> RunResult:
 
 def _in_parallel_children(jobs, workers):
     """The runs' results in order, ``workers`` fresh processes at a time, one BLAS thread each."""
-    saved = {k: os.environ.get(k) for k in _BLAS_THREAD_VARS}
-    os.environ.update(dict.fromkeys(_BLAS_THREAD_VARS, "1"))  # read by each child's numpy
-    try:
+    with one_blas_thread_in_children():
         with multiprocessing.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
             yield from pool.imap(_run_in_child, jobs)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-_BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")

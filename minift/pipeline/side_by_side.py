@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import multiprocessing
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
@@ -31,7 +30,7 @@ from tqdm import tqdm
 
 from minift.data import Task
 from minift.nn import Module
-from minift.parallel import default_threads
+from minift.parallel import default_threads, one_blas_thread_in_children
 from minift.pipeline.finetuning import RunSettings, evaluate, finetune
 from minift.train import TrainConfig, Trainer, TrainResult
 
@@ -130,22 +129,16 @@ def _results(jobs, workers):
             # a copy as a child gets one, so the models handed in stay as they were here too
             yield from (_run(copy.deepcopy(job)) for job in jobs)
         return
-    saved = {k: os.environ.get(k) for k in _BLAS_THREAD_VARS}
-    os.environ.update(dict.fromkeys(_BLAS_THREAD_VARS, "1"))  # read by each child's numpy
     spawn = multiprocessing.get_context("spawn")
-    # An executor, not a Pool: when a run fails, the runs under way finish and the rest are
-    # cancelled; a Pool's terminate can hang while a model is still half-sent down a pipe.
-    pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=spawn)
-    try:
-        for future in as_completed([pool.submit(_run, job) for job in jobs]):
-            yield future.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with one_blas_thread_in_children():
+        # An executor, not a Pool: when a run fails, the runs under way finish and the rest are
+        # cancelled; a Pool's terminate can hang while a model is still half-sent down a pipe.
+        pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=spawn)
+        try:
+            for future in as_completed([pool.submit(_run, job) for job in jobs]):
+                yield future.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _run(job):
@@ -168,6 +161,3 @@ def _finetune(model, method, seed, task, tok, settings, score) -> FinishedRun:
 
 def _train(model, config, sample_batch) -> FinishedRun:
     return FinishedRun(model, Trainer(model, config, sample_batch, progress=False).train(), None)
-
-
-_BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")

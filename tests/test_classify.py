@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from threadpoolctl import threadpool_limits
 
 from minift.bert import BertConfig, BertModel, BertSentenceClassifier
 from minift.classify import accuracy, embed, fit_linear_probe, predict, wordpiece_sampler
@@ -146,6 +147,37 @@ def test_predict_and_embed_show_a_bar_over_the_texts_when_asked(tok, capsys):
     predict(model, tok, texts, max_length=12, batch_size=3, progress=True)
     err = capsys.readouterr().err
     assert "predict" in err and "7/7" in err
+
+
+@given(
+    n=st.integers(1, 20),
+    batch_size=st.integers(1, 6),
+    threads=st.integers(2, 3),
+    seed=st.integers(0, 2**32 - 1),
+)
+@settings(max_examples=15, deadline=None)
+def test_predict_and_embed_on_threads_give_the_one_threads_values_bit_for_bit(
+    n, batch_size, threads, seed
+):
+    """The batches shared out between threads, each on a replica: the same values, in order."""
+    tok = WordPieceTokenizer(VOCAB, model_max_length=12)
+    model = BertSentenceClassifier(BertModel(CONFIG, seed=seed % 7), 2, seed=seed % 5)  # float32
+    model = get_peft_model(model, LoraConfig(r=2, target_modules=["query", "value"]), seed=seed)
+    texts = [e.prompt for e in colour_or_animal(n, seed)]
+    with threadpool_limits(1, user_api="blas"):
+        for fn in (predict, embed):
+            one = fn(model, tok, texts, 12, batch_size=batch_size, threads=1)
+            many = fn(model, tok, texts, 12, batch_size=batch_size, threads=threads)
+            assert np.array_equal(one, many), fn.__name__
+    assert model.training  # the mode it was in comes back
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_predict_and_embed_refuse_a_thread_count_that_is_not_a_positive_integer(tok, bad):
+    model = BertSentenceClassifier(BertModel(CONFIG, seed=1), 2, seed=1)
+    for fn in (predict, embed):
+        with pytest.raises(ValueError, match="threads: expected a positive integer"):
+            fn(model, tok, ["red cat"], 12, threads=bad)
 
 
 def test_the_linear_probe_separates_separable_features():

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from threadpoolctl import threadpool_limits
 
 from minift import pipeline
-from minift.data import Example, Task, example_sampler, standard_tokenizer
+from minift.data import Example, Task, example_sampler, lm_sampler, standard_tokenizer
 from minift.pipeline.finetuning import evaluate, finetune, prepare_model
 from minift.pipeline.side_by_side import finetune_many, train_many
 from minift.train import TrainConfig, Trainer
@@ -128,8 +128,33 @@ def test_train_many_refuses_a_run_without_a_train_config():
         train_many([(model, pipeline.RunSettings(), None)], workers=1)
 
 
+def test_train_many_refuses_a_sampler_that_does_not_pickle_before_any_run():
+    model, _, _ = runs_of([0])[0]
+    inner = example_sampler(standard_tokenizer(), toy_task().train, 64, "generation")
+
+    def closure(rng, batch_size):  # what a sampler written as a nested function is
+        return inner(rng, batch_size)
+
+    config = TrainConfig(steps=1, batch_size=2)
+    for workers in (1, 2):
+        with pytest.raises(ValueError, match=r"runs\[0\]: sample_batch must pickle"):
+            train_many([(model, config, closure)], workers=workers)
+
+
+@given(seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=10, deadline=None)
+def test_the_lm_sampler_pickles_and_draws_the_same_windows(seed):
+    sampler = lm_sampler(np.arange(50) % 7, 8)
+    copied = pickle.loads(pickle.dumps(sampler))
+    (idx_a, targets_a), (idx_b, targets_b) = [
+        s(np.random.default_rng(seed), 3) for s in (sampler, copied)
+    ]
+    assert np.array_equal(idx_a, idx_b) and np.array_equal(targets_a, targets_b)
+    assert np.array_equal(targets_a[:, :-1], idx_a[:, 1:])  # the next token, everywhere
+
+
 def test_samplers_pickle_and_draw_the_same_batches():
-    """A run goes to another process with its sampler: both samplers are partials, not closures."""
+    """A run goes to another process with its sampler: the samplers are partials, not closures."""
     task, tok = toy_task(), standard_tokenizer()
     sampler = example_sampler(tok, task.train, 64, task.kind, groups=2)
     copied = pickle.loads(pickle.dumps(sampler))

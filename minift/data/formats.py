@@ -176,14 +176,15 @@ def lm_sampler(ids: Sequence[int], block_size: int) -> SampleBatch:
             f"ids: expected a 1-D sequence of at least block_size + 1 = {block_size + 1} tokens, "
             f"got shape {ids.shape}"
         )
-    offsets = np.arange(block_size)
+    # a partial, not a closure, as the samplers below: it pickles (side_by_side)
+    return functools.partial(_sample_windows, ids, block_size)
 
-    def sample_batch(rng: np.random.Generator, batch_size: int):
-        starts = rng.integers(0, len(ids) - block_size, size=batch_size)
-        window = starts[:, None] + offsets  # [B, T]
-        return ids[window], ids[window + 1]
 
-    return sample_batch
+def _sample_windows(ids, block_size, rng, batch_size):
+    """lm_sampler's sample_batch(rng, batch_size), its other arguments bound."""
+    starts = rng.integers(0, len(ids) - block_size, size=batch_size)
+    window = starts[:, None] + np.arange(block_size)  # [B, T]
+    return ids[window], ids[window + 1]
 
 
 def check_groups(groups) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import multiprocessing
+import pickle
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
@@ -82,12 +83,20 @@ def train_many(
 ) -> list[FinishedRun]:
     """Train each (model, config, sample_batch) of ``runs`` as ``Trainer(...).train()`` would,
     with ``config.threads`` = 1, ``workers`` at a time; one FinishedRun per run, in order (its
-    scores None). ``sample_batch`` must pickle: ``example_sampler`` and ``wordpiece_sampler``'s do.
+    scores None). ``sample_batch`` must pickle, as minift's samplers do (``lm_sampler``,
+    ``example_sampler``, ``wordpiece_sampler``); one that does not is refused before any run.
     """
     _check_runs(runs, "(model, TrainConfig, sample_batch)")
-    for i, (_, config, _) in enumerate(runs):
+    for i, (_, config, sample_batch) in enumerate(runs):
         if not isinstance(config, TrainConfig):
             raise ValueError(f"runs[{i}]: expected a TrainConfig second, got {config!r:.80}")
+        try:  # checked here, for every worker count, not as a child fails to receive it
+            pickle.dumps(sample_batch)
+        except (pickle.PicklingError, AttributeError, TypeError) as e:
+            raise ValueError(
+                f"runs[{i}]: sample_batch must pickle to go to another process (a closure does "
+                f"not; minift's samplers do): {e}"
+            ) from None
     jobs = [
         (i, _train, (model, replace(config, threads=1), sample_batch), f"seed {config.seed}")
         for i, (model, config, sample_batch) in enumerate(runs)

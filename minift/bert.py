@@ -49,6 +49,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from minift import functional as F
+from minift.errors import check_int
 from minift.nn import (
     GELU,
     Dropout,
@@ -182,9 +183,7 @@ class BertConfig:
             "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
             "intermediate_size", "max_position_embeddings", "type_vocab_size",
         ):  # fmt: skip
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+            check_int(name, getattr(self, name))
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"num_attention_heads: must divide hidden_size={self.hidden_size}, "
@@ -560,10 +559,8 @@ class SentenceEncoder:
     """
 
     def __init__(self, model: BertModel, tokenizer, max_seq_length: int = 256, normalize=True):
-        m = max_seq_length
-        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 2:
-            # checked here, not at the first encode(): 2 is room for [CLS] and [SEP]
-            raise ValueError(f"max_seq_length: expected an integer ≥ 2, got {m!r}")
+        # checked here, not at the first encode(): 2 is room for [CLS] and [SEP]
+        check_int("max_seq_length", max_seq_length, minimum=2)
         if max_seq_length > model.config.max_position_embeddings:
             raise ValueError(
                 f"max_seq_length: {max_seq_length} exceeds the model's max_position_embeddings="

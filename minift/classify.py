@@ -33,6 +33,7 @@ from minift.bert import BertSentenceClassifier
 from minift.data.formats import SampleBatch, check_groups, length_groups
 from minift.data.tasks import Example
 from minift.data.wordpiece import WordPieceTokenizer
+from minift.errors import check_int
 from minift.nn import Linear, Module
 from minift.parallel import default_threads, replicate
 from minift.train import TrainConfig, Trainer
@@ -127,9 +128,7 @@ def _batched(
 def _check_threads(threads):
     if threads is None:
         return default_threads()
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads: expected a positive integer, got {threads!r}")
-    return threads
+    return check_int("threads", threads)
 
 
 def _eval_mode(model: Module, fn):

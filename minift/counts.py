@@ -25,6 +25,7 @@ import copy
 import re
 from dataclasses import dataclass, replace
 
+from minift.errors import check_int
 from minift.model import GPT, GPTConfig
 from minift.peft import METHODS, count_parameters, get_peft_model
 from minift.peft.lokr import lokr_shapes
@@ -304,9 +305,7 @@ class LlamaShape:
 
     def __post_init__(self):
         for name in ("vocab_size", "n_layer", "d_model", "d_ff", "n_head"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+            check_int(name, getattr(self, name))
         if self.d_model % self.n_head:
             raise ValueError(f"n_head: must divide d_model={self.d_model}, got {self.n_head}")
 

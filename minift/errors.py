@@ -7,12 +7,15 @@
         └ MissingFileError   a file or folder that should be there is not
 
 All are ValueErrors (bad input, not a failing machine), and a MissingFileError is also a
-FileNotFoundError, so code written against either keeps working.
+FileNotFoundError, so code written against either keeps working. ``check_int`` is the one check
+of a count or size (steps, ranks, threads), with the message every such error has.
 """
 
 from __future__ import annotations
 
-__all__ = ["MiniftError", "FileFormatError", "MissingFileError"]
+import numpy as np
+
+__all__ = ["MiniftError", "FileFormatError", "MissingFileError", "check_int"]
 
 
 class MiniftError(ValueError):
@@ -35,3 +38,23 @@ class FileFormatError(MiniftError):
 
 class MissingFileError(FileFormatError, FileNotFoundError):
     """A file or folder that should be there is not (a dangling link counts as not there)."""
+
+
+def check_int(name: str, value, minimum: int = 1, *, optional: bool = False, what: str = ""):
+    """``value`` as an ``int``, if it is an integer ≥ ``minimum`` (or None, when ``optional``);
+    else a MiniftError: ``name: expected a positive integer, got 2.5``.
+
+    One check for every count and size minift is given (steps, ranks, threads, shapes): a Python
+    or NumPy integer passes, a bool does not (``True`` is 1 to Python, never a count here), nor
+    does a float that happens to be whole. ``what`` words the expectation where the default
+    ("a positive integer", "an integer >= 0") says too little ("a positive integer rank").
+    """
+    if value is None and optional:
+        return None
+    is_integer = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if not is_integer or value < minimum:
+        wanted = what or ("a positive integer" if minimum == 1 else f"an integer >= {minimum}")
+        raise MiniftError(
+            f"{name}: expected {wanted}{' or None' if optional else ''}, got {value!r}"
+        )
+    return int(value)

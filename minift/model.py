@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from minift import functional as F
+from minift.errors import check_int
 from minift.nn import (
     Block,
     Dropout,
@@ -59,9 +60,7 @@ class GPTConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+            check_int(name, getattr(self, name))
         if self.d_model % self.n_head:
             raise ValueError(
                 f"n_head: must divide d_model={self.d_model}, got n_head={self.n_head}"
@@ -389,9 +388,7 @@ class GPTForSequenceClassification(GPT):
         self._add_head(num_labels, seed)
 
     def _add_head(self, num_labels, seed):
-        if not isinstance(num_labels, (int, np.integer)) or num_labels < 1:
-            raise ValueError(f"num_labels: expected a positive integer, got {num_labels!r}")
-        self.num_labels = int(num_labels)
+        self.num_labels = check_int("num_labels", num_labels)
         head_rng = np.random.default_rng([seed, 1])
         self.score = Linear(
             self.config.d_model, num_labels, bias=False, rng=head_rng, dtype=self.dtype

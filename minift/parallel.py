@@ -47,6 +47,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from minift.errors import check_int
 from minift.functional import cross_entropy
 from minift.nn import Module
 from minift.param import Param
@@ -125,10 +126,8 @@ class DataParallel:
     """
 
     def __init__(self, model: Module, n_threads: int = 2):
-        if isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1:
-            raise ValueError(f"n_threads: expected a positive integer, got {n_threads!r}")
         self.model = model
-        self.n_threads = n_threads
+        self.n_threads = check_int("n_threads", n_threads)
         self._blas = ThreadpoolController()
         self._pool = ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="minift-dp")
         self._build()

@@ -11,8 +11,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
-
+from minift.errors import check_int
 from minift.param_groups import check_lr, check_real, split_into_groups, sum_of_squares
 
 __all__ = ["clip_grad_norm", "warmup_cosine", "LRScheduler"]
@@ -73,8 +72,7 @@ def warmup_cosine(
     first step is not wasted. When W ≥ T − 1 there is no room to decay: after warm-up the
     multiplier stays 1.
     """
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-        raise ValueError(f"step: expected an integer >= 0, got {step!r}")
+    check_int("step", step, minimum=0)
     if warmup_steps < 0:
         raise ValueError(f"warmup_steps: expected >= 0, got {warmup_steps}")
     if total_steps < 1:
@@ -136,8 +134,7 @@ class LRScheduler:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         t, base_lrs = state["t"], state["base_lrs"]
-        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 0:
-            raise ValueError(f"t: expected an integer >= 0, got {t!r}")
+        check_int("t", t, minimum=0)
         if len(base_lrs) != len(self.optimizer.param_groups):
             raise ValueError(
                 f"base_lrs: expected {len(self.optimizer.param_groups)} (one per param group), "

@@ -48,6 +48,7 @@ import numpy as np
 from tqdm import tqdm
 
 from minift.data.formats import IGNORE_INDEX
+from minift.errors import check_int
 from minift.functional import cross_entropy
 from minift.nn import Dropout, Module
 from minift.optim import SGD, AdamW
@@ -102,13 +103,9 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "threads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+            check_int(name, getattr(self, name))
         for name in ("warmup_steps", "eval_every", "checkpoint_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-                raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
+            check_int(name, getattr(self, name), minimum=0)
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr >= 0):
             raise ValueError(f"lr: expected a finite learning rate >= 0, got {self.lr!r}")
         if not self.weight_decay >= 0:

@@ -684,7 +684,7 @@ def test_the_sentence_encoder_refuses_a_length_it_cannot_hold_and_a_lone_string(
     bert, tok = tiny_bert(), object()
     for bad in (1, 2.5, True):
         with pytest.raises(
-            ValueError, match=re.escape(f"max_seq_length: expected an integer ≥ 2, got {bad!r}")
+            ValueError, match=re.escape(f"max_seq_length: expected an integer >= 2, got {bad!r}")
         ):
             B.SentenceEncoder(bert, tok, max_seq_length=bad)
     with pytest.raises(

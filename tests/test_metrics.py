@@ -100,7 +100,7 @@ def test_metrics_refuse_bad_input_naming_the_argument():
         corpus_chrf(["a", "b"], ["a", None])
     with pytest.raises(TypeError, match="hypothesis: expected a str, got list"):
         chrf(["a"], "a")
-    with pytest.raises(ValueError, match="char_order: expected an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="char_order: expected a positive integer, got 0"):
         chrf("a", "a", char_order=0)
     with pytest.raises(ValueError, match="beta: expected a finite number > 0, got 0"):
         corpus_chrf(["a"], ["a"], beta=0)

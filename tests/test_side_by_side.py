@@ -84,8 +84,8 @@ def test_an_error_in_a_child_names_the_run():
     [
         (dict(workers=0), "workers: expected a positive integer, got 0"),
         (dict(workers=True), "workers: expected a positive integer, got True"),
-        (dict(score=0), "score: expected a positive number of test examples, got 0"),
-        (dict(score=2.5), "score: expected a positive number of test examples, got 2.5"),
+        (dict(score=0), "score: expected a positive number of test examples or None, got 0"),
+        (dict(score=2.5), "score: expected a positive number of test examples or None, got 2.5"),
     ],
 )
 def test_bad_arguments_are_refused_by_name(kwargs, match):

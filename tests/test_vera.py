@@ -372,9 +372,9 @@ def test_a_file_without_its_projections_or_with_other_shapes_is_refused(tmp_path
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        ({"r": 0}, ValueError, "r: expected an integer ≥ 1, got 0"),
-        ({"r": 2.5}, ValueError, "r: expected an integer ≥ 1, got 2.5"),
-        ({"projection_prng_key": -1}, ValueError, "projection_prng_key: expected an integer ≥ 0"),
+        ({"r": 0}, ValueError, "r: expected a positive integer, got 0"),
+        ({"r": 2.5}, ValueError, "r: expected a positive integer, got 2.5"),
+        ({"projection_prng_key": -1}, ValueError, "projection_prng_key: expected an integer >= 0"),
         ({"vera_dropout": 1.0}, ValueError, r"vera_dropout: expected a probability in \[0, 1\)"),
         ({"d_initial": float("nan")}, ValueError, "d_initial: expected a finite number, got nan"),
         ({"d_initial": "0.1"}, ValueError, "d_initial: expected a finite number, got '0.1'"),

@@ -40,6 +40,7 @@ import unicodedata
 from collections import Counter
 from pathlib import Path
 
+from minift.errors import check_int
 from minift.files import atomic_write_json, cache_dir
 
 __all__ = [
@@ -232,8 +233,7 @@ def load_corpus(max_chars: int | None = None) -> str:
     ``max_chars`` keeps only the first ``max_chars`` characters (for a quick run). The result is
     built once per process (``functools.lru_cache``) and is deterministic for a given Python.
     """
-    if max_chars is not None and (isinstance(max_chars, bool) or max_chars < 1):
-        raise ValueError(f"max_chars: expected a positive integer or None, got {max_chars!r}")
+    check_int("max_chars", max_chars, optional=True)
     text = _joined_corpus()
     return text if max_chars is None else text[:max_chars]
 

@@ -46,6 +46,7 @@ import numpy as np
 
 from minift.data.tasks import Example
 from minift.data.tokenizer import CharTokenizer
+from minift.errors import check_int
 
 __all__ = [
     "IGNORE_INDEX",
@@ -189,8 +190,7 @@ def _sample_windows(ids, block_size, rng, batch_size):
 
 def check_groups(groups) -> None:
     """``groups`` of a sampler: a positive integer, else a ValueError naming it."""
-    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
-        raise ValueError(f"groups: expected a positive integer, got {groups!r}")
+    check_int("groups", groups)
 
 
 def length_groups(chosen, lengths: Sequence[int], groups: int) -> list[np.ndarray]:

@@ -16,6 +16,8 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 
+from minift.errors import check_int
+
 __all__ = ["accuracy", "exact_match", "chrf", "corpus_chrf"]
 
 
@@ -58,8 +60,7 @@ def _check_text(text, name: str) -> None:
 
 
 def _check_chrf_options(char_order: int, beta: float) -> None:
-    if isinstance(char_order, bool) or not isinstance(char_order, int) or char_order < 1:
-        raise ValueError(f"char_order: expected an int >= 1, got {char_order!r}")
+    check_int("char_order", char_order)
     if isinstance(beta, bool) or not isinstance(beta, int | float) or not 0 < beta < math.inf:
         raise ValueError(f"beta: expected a finite number > 0, got {beta!r}")
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from minift.data.corpus import docstring_module_task, normalize_text
+from minift.errors import check_int
 
 __all__ = [
     "Example",
@@ -88,11 +89,7 @@ class Task:
 
 
 def _check_count(name: str, value, default: int) -> int:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return int(value)
+    return default if value is None else check_int(name, value)
 
 
 def _per_label(n: int, k: int) -> list[int]:

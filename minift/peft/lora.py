@@ -67,6 +67,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minift import functional as F
+from minift.errors import check_int
 from minift.nn import Linear
 from minift.param import Param
 from minift.peft.adapted import AdaptedLinear
@@ -259,8 +260,7 @@ class LoraConfig(PeftConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if isinstance(self.r, bool) or not isinstance(self.r, (int, np.integer)) or self.r < 1:
-            raise ValueError(f"r: expected a positive integer rank, got {self.r!r}")
+        check_int("r", self.r, what="a positive integer rank")
         check_lora_alpha(self.lora_alpha)
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(

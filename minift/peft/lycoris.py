@@ -61,6 +61,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minift import functional as F
+from minift.errors import check_int
 from minift.peft.adapted import AdaptedLinear
 from minift.peft.base import PeftConfig
 from minift.peft.registry import TARGET_MODULES, Option
@@ -195,8 +196,7 @@ class LycorisConfig(PeftConfig):
 
 
 def check_rank(r, field: str) -> None:
-    if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1:
-        raise ValueError(f"{field}: expected a positive integer rank, got {r!r}")
+    check_int(field, r, what="a positive integer rank")
 
 
 def check_alpha(alpha, field: str) -> None:

@@ -62,13 +62,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from minift import functional as F
+from minift.errors import check_int
 from minift.nn import Linear, Module, ModuleList
 from minift.param import Param
 from minift.peft.base import PeftModel, register
 from minift.peft.prompt_learning import (
     VIRTUAL_TOKENS,
     PromptLearningConfig,
-    positive_int,
     remove_prompt_encoder,
 )
 from minift.peft.registry import register_method
@@ -272,9 +272,7 @@ class PrefixTuningConfig(PromptLearningConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        h = self.encoder_hidden_size
-        if h is not None and not positive_int(h):
-            raise ValueError(f"encoder_hidden_size: expected a positive integer or None, got {h!r}")
+        check_int("encoder_hidden_size", self.encoder_hidden_size, optional=True)
         if self.init_weights not in (None, "zero"):
             raise ValueError(f"init_weights: expected None or 'zero', got {self.init_weights!r}")
 

@@ -10,19 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
-
+from minift.errors import check_int
 from minift.model import GPT, GPTForSequenceClassification
 from minift.peft.base import PeftConfig, PeftModel
 from minift.peft.registry import Option
 
-__all__ = ["VIRTUAL_TOKENS", "PromptLearningConfig", "positive_int", "remove_prompt_encoder"]
+__all__ = ["VIRTUAL_TOKENS", "PromptLearningConfig", "remove_prompt_encoder"]
 
 VIRTUAL_TOKENS = Option("num_virtual_tokens", "virtual tokens n", low=1)  # both methods' option
-
-
-def positive_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
 
 
 @dataclass
@@ -50,10 +45,7 @@ class PromptLearningConfig(PeftConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not positive_int(self.num_virtual_tokens):
-            raise ValueError(
-                f"num_virtual_tokens: expected a positive integer, got {self.num_virtual_tokens!r}"
-            )
+        check_int("num_virtual_tokens", self.num_virtual_tokens)
         if self.target_modules is not None:
             raise ValueError(
                 f"target_modules: {type(self).__name__} changes no module, so it takes none; "
@@ -65,9 +57,7 @@ class PromptLearningConfig(PeftConfig):
                 f"got {self.num_transformer_submodules!r}"
             )
         for name in ("token_dim", "num_attention_heads", "num_layers"):
-            value = getattr(self, name)
-            if value is not None and not positive_int(value):
-                raise ValueError(f"{name}: expected a positive integer or None, got {value!r}")
+            check_int(name, getattr(self, name), optional=True)
         if self.task_type not in (None, "CAUSAL_LM", "SEQ_CLS"):
             raise ValueError(
                 f"task_type: expected 'CAUSAL_LM', 'SEQ_CLS' or None, got {self.task_type!r}"

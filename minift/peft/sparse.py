@@ -69,6 +69,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minift import functional as F
+from minift.errors import check_int
 from minift.nn import Linear
 from minift.param import Param
 from minift.peft.adapted import AdaptedLinear
@@ -327,9 +328,7 @@ class SparseConfig(PeftConfig):
         check_choice(self.mask, MASKS, "mask")
         check_choice(self.activation, ACTIVATIONS, "activation")
         check_choice(self.mode, MODES, "mode")
-        s = self.mask_seed
-        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
-            raise ValueError(f"mask_seed: expected an integer >= 0, got {s!r}")
+        check_int("mask_seed", self.mask_seed, minimum=0)
 
     def wrap(self, name, layer, rng):  # rng unused: the mask is drawn from (mask_seed, name)
         W0 = layer.weight.value

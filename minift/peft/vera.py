@@ -61,7 +61,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minift import functional as F
-from minift.errors import FileFormatError
+from minift.errors import FileFormatError, check_int
 from minift.nn import Linear
 from minift.param import Param
 from minift.peft.adapted import AdaptedLinear
@@ -280,10 +280,8 @@ class VeraConfig(PeftConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for field in ("r", "projection_prng_key"):
-            value, low = getattr(self, field), 1 if field == "r" else 0
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise ValueError(f"{field}: expected an integer ≥ {low}, got {value!r}")
+        check_int("r", self.r)
+        check_int("projection_prng_key", self.projection_prng_key, minimum=0)
         if not 0.0 <= self.vera_dropout < 1.0:
             raise ValueError(
                 f"vera_dropout: expected a probability in [0, 1), got {self.vera_dropout}"

@@ -47,6 +47,8 @@ import math
 
 import numpy as np
 
+from minift.errors import check_int
+
 COMBINATION_TYPES = ("linear", "cat", "svd")
 
 
@@ -133,8 +135,7 @@ def add_weighted_adapter(
         raise ValueError(
             f"adapters: combination_type 'linear' needs one rank, got {ranks}; use 'cat' or 'svd'"
         )
-    if svd_rank is not None and not (type(svd_rank) is int and svd_rank >= 1):
-        raise ValueError(f"svd_rank: expected a positive integer, got {svd_rank!r}")
+    check_int("svd_rank", svd_rank, optional=True)
     clamp_ok = isinstance(svd_clamp, (int, float)) and 0 <= svd_clamp <= 1
     if svd_clamp is not None and (isinstance(svd_clamp, bool) or not clamp_ok):
         raise ValueError(f"svd_clamp: expected a quantile in [0, 1], got {svd_clamp!r}")

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from minift.data import standard_tokenizer
 from minift.data.tasks import TASK_KINDS
+from minift.errors import check_int
 from minift.parallel import one_blas_thread_in_children
 from minift.peft import count_parameters
 from minift.peft.registry import get_method
@@ -111,8 +112,7 @@ def compare(
     threads each on two cores slow each other down many times over); their train_seconds are
     then those of runs sharing the machine (results.md shows the command).
     """
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers: expected a positive integer, got {workers!r}")
+    workers = check_int("workers", workers)
     base_spec = base_spec or BaseSpec()
     for name in tasks:
         check_task(name)

@@ -30,6 +30,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from minift.data import Task
+from minift.errors import check_int
 from minift.nn import Module
 from minift.parallel import default_threads, one_blas_thread_in_children
 from minift.pipeline.finetuning import RunSettings, evaluate, finetune
@@ -59,8 +60,7 @@ def finetune_many(
     trained model on the first ``score`` test examples, in its process. ``workers``: None is 2
     where two cores are free (``default_threads``); 1 trains in this process, one after the other.
     """
-    if score is not None and (isinstance(score, bool) or not isinstance(score, int) or score < 1):
-        raise ValueError(f"score: expected a positive number of test examples, got {score!r}")
+    check_int("score", score, optional=True, what="a positive number of test examples")
     _check_runs(runs, "(model, method, seed)")
     one_thread = replace(settings, threads=1)
     jobs = [
@@ -114,8 +114,7 @@ def _side_by_side(jobs, workers, desc) -> list[FinishedRun]:
     """Every job's FinishedRun, in the jobs' order, with one progress bar over them all."""
     if workers is None:
         workers = default_threads()
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers: expected a positive integer, got {workers!r}")
+    workers = check_int("workers", workers)
     finished: list[Any] = [None] * len(jobs)
     tokens, start = 0, time.perf_counter()
     with tqdm(total=len(jobs), desc=desc, unit="run") as bar:

@@ -495,6 +495,48 @@ class Attention(Module):
             self.prefix.backward(dextra_k[:, :, :n_prefix], dextra_v[:, :, :n_prefix])
         return self.c_attn.backward(dqkv)
 
+    def forward_at(self, x, rows, mask=None):  # [B, T, C], int [B] -> [B, 1, C]
+        """The output at ONE position per sequence, rows[b]: what a head reading only those
+        positions needs (the classifier's). Its query attends to keys 0..rows[b] (and a
+        prefix's rows): the same row of ``forward``'s output, for B·1 queries instead of B·T.
+        Every position's key and value are still needed, so c_attn runs on all of x."""
+        B, T, C = x.shape
+        qkv = self.c_attn.forward(x)  # (B, T, 3C)
+        q = F.split_heads(qkv[np.arange(B), rows, None, :C], self.n_head)  # (B, nh, 1, hs)
+        k = F.split_heads(qkv[..., C : 2 * C], self.n_head)  # (B, nh, T, hs)
+        v = F.split_heads(qkv[..., 2 * C :], self.n_head)
+        n_prefix = 0
+        if self.prefix is not None:
+            extra_k, extra_v = self.prefix.forward(B)
+            n_prefix = extra_k.shape[2]
+            k, v = np.concatenate([extra_k, k], 2), np.concatenate([extra_v, v], 2)
+        # causal_mask's row rows[b]: a prefix's rows and positions up to rows[b] are seen
+        future = np.arange(T)[None, :] > rows[:, None]  # (B, T)
+        M = np.zeros((B, 1, 1, n_prefix + T), dtype=qkv.dtype)
+        M[:, 0, 0, n_prefix:][future] = -np.inf
+        if mask is not None:  # forward's mask [.., T, P + T]: its row rows[b] of sequence b
+            full = np.broadcast_to(mask, (B, self.n_head, T, n_prefix + T))
+            M = M + full[np.arange(B), :, rows][:, :, None]
+        y, att_cache = F.attention_forward(q, k, v, mask=M, causal=False)  # (B, nh, 1, hs)
+        self._cache = ("at", att_cache, n_prefix, rows, qkv.shape)
+        return self.resid_dropout.forward(self.c_proj.forward(F.merge_heads(y)))
+
+    def backward_at(self, dout):  # [B, 1, C] -> [B, T, C]
+        """``forward_at``'s backward: dq lands on the rows[b] it came from, dk and dv on every
+        position (and a prefix's rows)."""
+        _, att_cache, n_prefix, rows, qkv_shape = self._cache
+        B, T, C3 = qkv_shape
+        C = C3 // 3
+        dy = self.c_proj.backward(self.resid_dropout.backward(dout))  # (B, 1, C)
+        dq, dk, dv = F.attention_backward(F.split_heads(dy, self.n_head), att_cache)
+        if self.prefix is not None:
+            self.prefix.backward(dk[:, :, :n_prefix], dv[:, :, :n_prefix])
+        dqkv = np.zeros(qkv_shape, dtype=dy.dtype)
+        dqkv[np.arange(B), rows, :C] = F.merge_heads(dq)[:, 0]
+        dqkv[..., C : 2 * C] = F.merge_heads(dk[:, :, n_prefix:])
+        dqkv[..., 2 * C :] = F.merge_heads(dv[:, :, n_prefix:])
+        return self.c_attn.backward(dqkv)
+
 
 class Block(Module):
     """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
@@ -513,3 +555,20 @@ class Block(Module):
         # forward was x2 = x1 + mlp(ln_2(x1)), so dx1 = dx2 + ln_2ᵀ(mlpᵀ(dx2)); likewise for attn.
         dx = dout + self.ln_2.backward(self.mlp.backward(dout))
         return dx + self.ln_1.backward(self.attn.backward(dx))
+
+    def forward_at(self, x, rows, mask=None):  # [B, T, C], int [B] -> [B, 1, C]
+        """``forward``'s output at one position per sequence, rows[b], computed there only:
+        attention reads every earlier position, but its output projection, ln_2 and the MLP
+        (three quarters of a block's arithmetic) run on B rows instead of B·T."""
+        B = x.shape[0]
+        x_at = x[np.arange(B), rows, None]  # (B, 1, C)
+        x_at = x_at + self.attn.forward_at(self.ln_1.forward(x), rows, mask)
+        self._rows = (rows, x.shape)
+        return x_at + self.mlp.forward(self.ln_2.forward(x_at))
+
+    def backward_at(self, dout):  # [B, 1, C] -> [B, T, C]
+        rows, x_shape = self._rows
+        dx_at = dout + self.ln_2.backward(self.mlp.backward(dout))  # (B, 1, C)
+        dx = self.ln_1.backward(self.attn.backward_at(dx_at))  # (B, T, C)
+        dx[np.arange(x_shape[0]), rows] += dx_at[:, 0]  # the skip path: only the rows it read
+        return dx

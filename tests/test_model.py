@@ -18,6 +18,7 @@ from minift.gradcheck import (
     randomize_params,
     rel_error,
 )
+from minift.peft import METHODS
 
 TINY = minift.GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=8)
 TOL = 1e-7
@@ -231,6 +232,92 @@ def test_classifier_gradients_match_finite_differences():
     assert report.ok(TOL), str(report)
 
 
+def full_path(model, idx, dlogits, mask=None):
+    """The classifier's logits and gradients with the last block run at every position:
+    ``head_forward(forward_body(idx))``, the path prompt tuning takes."""
+    logits = model.head_forward(model.forward_body(idx, mask=mask), idx)
+    model.zero_grad()
+    model.backward_body(model.head_backward(dlogits))
+    return logits, {n: p.grad.copy() for n, p in model.named_parameters().items() if p.trainable}
+
+
+def pooled_path(model, idx, dlogits, mask=None):
+    """The same through ``forward``/``backward``: the last block only at the pooled rows."""
+    logits = model.forward(idx, mask=mask)
+    model.zero_grad()
+    model.backward(dlogits)
+    return logits, {n: p.grad.copy() for n, p in model.named_parameters().items() if p.trainable}
+
+
+@settings(max_examples=12, deadline=None)
+@given(seeds, st.integers(1, 3), st.integers(1, 4), st.integers(1, 8), st.booleans())
+def test_classifier_runs_its_last_block_only_where_the_head_reads_with_the_same_result(
+    seed, n_layer, B, T, with_mask
+):
+    """forward computes the last block at last_b only; logits and every gradient are those of
+    the block run at every position, to float64 rounding, for drawn paddings and masks."""
+    rng = np.random.default_rng(seed)
+    cfg = replace(TINY, n_layer=n_layer, pad_token_id=0)
+    model = tiny_model(seed % 7, cfg, minift.GPTForSequenceClassification, num_labels=3)
+    idx = rng.integers(1, 11, (B, T))
+    for b, length in enumerate(rng.integers(1, T + 1, B)):
+        idx[b, length:] = 0  # right padding, each row its own length
+    mask = rng.uniform(-3, 0, (B, 1, 1, T)) if with_mask else None  # additive, finite
+    dlogits = rng.standard_normal((B, 3))
+    logits, grads = pooled_path(model, idx, dlogits, mask)
+    ref_logits, ref_grads = full_path(model, idx, dlogits, mask)
+    np.testing.assert_allclose(logits, ref_logits, rtol=1e-12, atol=1e-12)
+    assert grads.keys() == ref_grads.keys() == model.named_parameters().keys()
+    for name in grads:
+        np.testing.assert_allclose(grads[name], ref_grads[name], rtol=1e-10, atol=1e-12)
+
+
+@settings(max_examples=4, deadline=None)
+@given(seeds, st.floats(0.1, 0.3))
+def test_classifier_pooled_path_matches_finite_differences_with_dropout_on(seed, p):
+    """Block.forward_at / backward_at inside the classifier, every dropout mask held fixed."""
+    rng = np.random.default_rng(seed)
+    cfg = replace(TINY, n_layer=2, dropout=p, pad_token_id=0)
+    model = tiny_model(seed, cfg, minift.GPTForSequenceClassification, num_labels=3)
+    idx = rng.integers(1, 11, (3, 6))
+    idx[0, 4:] = 0
+    labels = rng.integers(0, 3, 3)
+    loss = fixed_dropout_masks(cross_entropy_loss(model, idx, labels), model)
+    report = check_gradients(loss, model.named_parameters())
+    assert len(report.errors) == len(model.named_parameters())
+    assert report.ok(TOL), str(report)
+
+
+@pytest.mark.parametrize("method", sorted(m for m in METHODS if METHODS[m].trains))
+def test_every_method_on_the_classifier_gives_the_full_paths_logits_and_gradients(method):
+    """The methods that wrap the last block's layers (LoRA on c_proj, adapters, IA3 on the MLP,
+    a prefix's keys …) see B rows there instead of B·T: the same logits and gradients."""
+    from minift.peft import PeftModel, get_peft_model
+
+    rng = np.random.default_rng(3)
+    cfg = replace(TINY, block_size=32, d_model=32, pad_token_id=0)  # room for default ranks
+    model = tiny_model(3, cfg, minift.GPTForSequenceClassification, num_labels=3)
+    config = METHODS[method].build("classification", 50)
+    peft = model if config is None else get_peft_model(model, config, seed=3)
+    randomize_params({n: p for n, p in peft.named_parameters().items() if p.trainable}, 4)
+    inner = getattr(peft, "base_model", peft)
+    idx = rng.integers(1, 11, (3, 5))
+    idx[1, 3:] = 0
+    dlogits = rng.standard_normal((3, 3))
+    logits = peft.forward(idx)
+    peft.zero_grad()
+    peft.backward(dlogits)
+    grads = {n: p.grad.copy() for n, p in peft.named_parameters().items() if p.trainable}
+    if isinstance(peft, PeftModel) and type(peft).forward is not PeftModel.forward:
+        pytest.skip(f"{method}: its own forward (a prompt in front) takes the full path already")
+    ref_logits, _ = full_path(inner, idx, dlogits)
+    ref_grads = {n: p.grad.copy() for n, p in peft.named_parameters().items() if p.trainable}
+    assert len(grads) > 0
+    np.testing.assert_allclose(logits, ref_logits, rtol=1e-12, atol=1e-12)
+    for name in grads:
+        np.testing.assert_allclose(grads[name], ref_grads[name], rtol=1e-10, atol=1e-12)
+
+
 def test_classifier_pools_the_last_non_pad_token_and_ignores_padding():
     cfg = minift.GPTConfig(
         vocab_size=11, block_size=8, n_layer=1, n_head=2, d_model=8, pad_token_id=0
@@ -345,7 +432,11 @@ def _grads_with_and_without_the_early_stop(model, forward_backward):
             ran.append(i)
             return type(block).backward(block, dout)
 
-        block.backward = backward
+        def backward_at(dout):  # the classifier's last block
+            ran.append(i)
+            return type(block).backward_at(block, dout)
+
+        block.backward, block.backward_at = backward, backward_at
 
     for i, block in enumerate(model.h._items):
         spy(block, i)

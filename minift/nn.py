@@ -377,8 +377,8 @@ class GELU(Module):
 
     def forward(self, x):
         clear = _clear_ops
-        if self.exact:  # the erf form has no fused variant
-            fwd = F.gelu_erf_forward
+        if self.exact:
+            fwd = F.gelu_erf_forward if clear else F.gelu_erf_forward_fused
         else:
             fwd = F.gelu_forward if clear else F.gelu_forward_fused
         out, cache = fwd(x)

@@ -85,6 +85,27 @@ def test_gelu_fused_pair_equals_the_clear_pair_and_leaves_inputs_unchanged(seed,
 
 
 @examples
+@given(seeds, dim, dim, dim, dtypes)
+def test_gelu_erf_fused_forward_equals_the_clear_pair_and_shares_its_backward(seed, a, b, c, dtype):
+    """float64: the clear pair itself; float32: Φ from normal_cdf_float32, within 1e-6 of
+    ndtr's where |x| ≤ 2 (the tails: test_functional.py), and the clear backward on its cache."""
+    rng = np.random.default_rng(seed)
+    x = np.clip(randn(rng, (a, b, c), dtype), -2, 2)
+    dout = randn(rng, x.shape, dtype)
+    before = frozen_copies(x, dout)
+    out, cache = F.gelu_erf_forward(x)
+    out_f, cache_f = F.gelu_erf_forward_fused(x)
+    if dtype == np.float64:
+        assert np.array_equal(out_f, out) and np.array_equal(cache_f[1], cache[1])
+    else:
+        assert out_f.dtype == cache_f[1].dtype == np.float32
+        assert np.abs(cache_f[1] - cache[1]).max() <= 1e-6 * np.abs(cache[1]).max()
+        close(out_f, out, dtype)
+        close(F.gelu_erf_backward(dout, cache_f), F.gelu_erf_backward(dout, cache), dtype)
+    assert np.array_equal(x, before[0]) and np.array_equal(dout, before[1])
+
+
+@examples
 @given(seeds, dim, st.integers(1, 7), dtypes)
 def test_softmax_inplace_pair_equals_the_clear_pair(seed, a, n, dtype):
     rng = np.random.default_rng(seed)

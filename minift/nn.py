@@ -510,21 +510,20 @@ class Attention(Module):
             extra_k, extra_v = self.prefix.forward(B)
             n_prefix = extra_k.shape[2]
             k, v = np.concatenate([extra_k, k], 2), np.concatenate([extra_v, v], 2)
-        # causal_mask's row rows[b]: a prefix's rows and positions up to rows[b] are seen
-        future = np.arange(T)[None, :] > rows[:, None]  # (B, T)
+        # a prefix's rows, then row rows[b] of the causal mask: positions up to rows[b] are seen
         M = np.zeros((B, 1, 1, n_prefix + T), dtype=qkv.dtype)
-        M[:, 0, 0, n_prefix:][future] = -np.inf
+        M[:, 0, 0, n_prefix:] = F.causal_mask_cached(T, T, qkv.dtype)[rows]
         if mask is not None:  # forward's mask [.., T, P + T]: its row rows[b] of sequence b
             full = np.broadcast_to(mask, (B, self.n_head, T, n_prefix + T))
             M = M + full[np.arange(B), :, rows][:, :, None]
         y, att_cache = F.attention_forward(q, k, v, mask=M, causal=False)  # (B, nh, 1, hs)
-        self._cache = ("at", att_cache, n_prefix, rows, qkv.shape)
+        self._cache = (att_cache, n_prefix, rows, qkv.shape)
         return self.resid_dropout.forward(self.c_proj.forward(F.merge_heads(y)))
 
     def backward_at(self, dout):  # [B, 1, C] -> [B, T, C]
         """``forward_at``'s backward: dq lands on the rows[b] it came from, dk and dv on every
         position (and a prefix's rows)."""
-        _, att_cache, n_prefix, rows, qkv_shape = self._cache
+        att_cache, n_prefix, rows, qkv_shape = self._cache
         B, T, C3 = qkv_shape
         C = C3 // 3
         dy = self.c_proj.backward(self.resid_dropout.backward(dout))  # (B, 1, C)

@@ -10,7 +10,8 @@ float64 their gradients differ by rounding (tests/test_functional_fused.py holds
 and so do the parameters after an AdamW step: 1e-12 of the largest entry. One exception, derived:
 the key bias b_k of ``c_attn`` adds q_i·b_k to every score of row i, which the softmax ignores,
 so its exact gradient is 0 and both runs compute rounding noise g. AdamW's first step is
-lr·g/(|g| + ε), at most lr·|g|/ε: the two runs' b_k may differ by lr·(|g_clear| + |g_fused|)/ε.
+lr·g/(|g| + ε), which turns a gradient's rounding Δg into up to lr·ε·Δg/(|g| + ε)² of the step:
+lr·Δg/ε at g = 0 (b_k), and a large share of Δg/g wherever |g| is near ε (``first_step_spread``).
 Every test sets the switch explicitly, so each also passes with MINIFT_CLEAR_OPS=1 set.
 """
 
@@ -119,6 +120,17 @@ def training_step(model, idx, targets, lr, eps=1e-8):
     return loss, grads
 
 
+def first_step_spread(g_a, g_b, lr, eps):
+    """How far apart AdamW's first step u(g) = lr·g/(|g| + ε) may put two runs whose gradients
+    are g_a and g_b: |u′(g)| = lr·ε/(|g| + ε)² at most between them (mean value theorem), largest
+    at the smaller |g|, or at 0 where the signs differ. It is lr·|Δg|/ε where the exact gradient
+    is 0 (the key bias: both runs hold rounding noise), and it is large where |g| is near ε (a
+    LoRA B entry at 1.2e-8 turned a Δg of 8e-17 into 1.6e-12 of the step, seed 0)."""
+    same_sign = np.sign(g_a) == np.sign(g_b)
+    smaller = np.where(same_sign, np.minimum(np.abs(g_a), np.abs(g_b)), 0.0)
+    return lr * eps * np.abs(g_a - g_b) / (smaller + eps) ** 2
+
+
 @settings(max_examples=4, deadline=None)
 @given(seeds, st.sampled_from(["gpt", "lora", "prefix"]))
 def test_one_training_step_gives_the_same_parameters_on_clear_and_fused_ops(seed, kind):
@@ -150,9 +162,10 @@ def test_one_training_step_gives_the_same_parameters_on_clear_and_fused_ops(seed
         a, b = after[True][name], after[False][name]
         allowed = np.full(a.shape, 1e-12 * np.abs(a).max())
         if name.endswith("attn.c_attn.bias") and name in grads[True]:
-            g_clear, g_fused = grads[True][name][C : 2 * C], grads[False][name][C : 2 * C]
+            g_clear = grads[True][name][C : 2 * C]
             assert np.abs(g_clear).max() <= 1e-12 * np.abs(grads[True][name]).max()  # 0, exactly
-            allowed[C : 2 * C] += lr * (np.abs(g_clear) + np.abs(g_fused)) / eps
+        if name in grads[True]:
+            allowed += first_step_spread(grads[True][name], grads[False][name], lr, eps)
         worst = np.argmax(np.abs(a - b) - allowed)
         assert np.all(np.abs(a - b) <= allowed), (name, worst, a.flat[worst] - b.flat[worst])
 

@@ -80,7 +80,8 @@ def test_classification_predictions_are_put_back_in_the_examples_order(seed):
             return np.eye(3)[(idx != tok.pad_id).sum(axis=1) % 3]
 
     rng = np.random.default_rng(seed)
-    lengths = rng.integers(1, 40, size=150)  # more than two chunks of 64
+    lengths = rng.integers(1, 40, size=150)  # several chunks, the last one short
+    assert 150 > 2 * pipeline.finetuning.EVAL_CHUNK and 150 % pipeline.finetuning.EVAL_CHUNK
     examples = [Example("w" * int(n), int(n + 2) % 3) for n in lengths]  # + <bos>, <eos>
     task = Task("toy", "classification", examples, [], examples, ("a", "b", "c"))
     assert pipeline.evaluate(LengthModel(), task, tok) == {"accuracy": 1.0}

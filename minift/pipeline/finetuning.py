@@ -164,6 +164,9 @@ def _answers(model, tok, prompts: list[str], max_new: int) -> list[str]:
     return answers
 
 
+EVAL_CHUNK = 32  # classification examples a forward pass scores at a time
+
+
 def evaluate(model, task: Task, tok, split="test", limit: int | None = None) -> dict[str, float]:
     """The task's metrics on a split (classification: accuracy; generation: exact match, chrF)."""
     examples = getattr(task, split)[:limit]
@@ -171,11 +174,13 @@ def evaluate(model, task: Task, tok, split="test", limit: int | None = None) -> 
     model.eval()
     try:
         if task.kind == "classification":
-            # in order of length, so that each chunk of 64 is padded little; then put back
+            # in order of length, so that each chunk is padded little; then put back. Chunks of
+            # 32, not more: their activations stay in the caches (64 rows took 10-40 % longer
+            # here, 128 twice as long)
             by_length = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt))
             preds = [0] * len(examples)
-            for start in range(0, len(examples), 64):
-                chunk = by_length[start : start + 64]
+            for start in range(0, len(examples), EVAL_CHUNK):
+                chunk = by_length[start : start + EVAL_CHUNK]
                 idx, _ = encode_classification_batch(
                     tok, [examples[i] for i in chunk], max_sequence(model)
                 )

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from minift import pipeline
 from minift.data import Example, Task
-from minift.pipeline.comparison import worker_settings
+from minift.pipeline.comparison import start_order, worker_settings
 from minift.pipeline.finetuning import train_config
 
 TINY = pipeline.BaseSpec(d_model=32, n_layer=1, n_head=2, steps=2)
@@ -408,6 +408,12 @@ def test_two_workers_give_the_records_of_one_in_the_same_order(monkeypatch):
     assert "OPENBLAS_NUM_THREADS" not in os.environ  # the parent's is restored
     with pytest.raises(ValueError, match="workers: expected a positive integer, got 0"):
         pipeline.compare(*runs, workers=0)
+
+
+def test_workers_start_the_runs_that_train_before_those_that_only_evaluate():
+    methods = ["base", "majority", "full", "base", "lora", "copy", "full"]
+    assert start_order(methods) == [2, 4, 6, 0, 1, 3, 5]
+    assert start_order(["lora", "full"]) == [0, 1]
 
 
 def test_each_of_two_workers_trains_in_one_thread_unless_told_otherwise():

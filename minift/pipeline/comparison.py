@@ -128,21 +128,25 @@ def compare(
         if m not in BASELINES.values() or BASELINES[kinds[t]] == m  # each task its own baseline
         for s in (seeds[:1] if m in BASELINES.values() else seeds)  # a baseline has no seed
     ]
-    records, curves = [], {}
     run_settings = worker_settings(settings, workers if isolate else 1)
     jobs = [(t, m, s, run_settings, base_spec, False) for t, m, s in runs]
     if isolate and workers > 1:
-        results = _in_parallel_children(jobs, workers)
+        finished = _in_parallel_children(jobs, workers)
     else:
-        results = (_run_isolated(job) if isolate else run_one(*job) for job in jobs)
+        finished = enumerate(_run_isolated(job) if isolate else run_one(*job) for job in jobs)
     out = out if out is not None else sys.stderr
+    results: dict[int, RunResult] = {}
     with tqdm(total=len(runs), desc="all runs", unit="run", file=out, mininterval=0) as bar:
-        for i, ((t, m, s), result) in enumerate(zip(runs, results, strict=True), 1):
-            bar.write(f"[{i}/{len(runs)}] {t} / {m} / seed {s}", file=out)
+        for done, (i, result) in enumerate(finished, 1):
+            t, m, s = runs[i]
+            bar.write(f"[{done}/{len(runs)}] {t} / {m} / seed {s}", file=out)
             bar.update(1)
-            records.extend(result.records)
-            if result.losses:
-                curves.setdefault(t, {}).setdefault(m, []).append(result.losses)
+            results[i] = result
+    records, curves = [], {}
+    for i, (t, m, _) in enumerate(runs):  # in the order of the runs, whatever order they ended in
+        records.extend(results[i].records)
+        if results[i].losses:
+            curves.setdefault(t, {}).setdefault(m, []).append(results[i].losses)
     return records, curves
 
 
@@ -161,7 +165,25 @@ def _run_isolated(job) -> RunResult:
 
 
 def _in_parallel_children(jobs, workers):
-    """The runs' results in order, ``workers`` fresh processes at a time, one BLAS thread each."""
+    """(index, result) of every job as it ends, ``workers`` fresh processes at a time, one BLAS
+    thread each, started in ``start_order``."""
+    order = start_order([job[1] for job in jobs])
     with one_blas_thread_in_children():
         with multiprocessing.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
-            yield from pool.imap(_run_in_child, jobs)
+            yield from pool.imap_unordered(_indexed_run_in_child, [(i, jobs[i]) for i in order])
+
+
+def start_order(methods: list[str]) -> list[int]:
+    """The order in which parallel workers start the runs of ``methods``: those that train
+    first, those that only evaluate (the base, the baselines) after them, each in its given
+    order. Short runs at the end leave no worker idle long while the other finishes."""
+
+    def only_evaluates(i):
+        return methods[i] in BASELINES.values() or not get_method(methods[i]).trains
+
+    return sorted(range(len(methods)), key=only_evaluates)
+
+
+def _indexed_run_in_child(indexed_job):
+    i, job = indexed_job
+    return i, run_one(*job)

@@ -288,6 +288,41 @@ def test_classifier_pooled_path_matches_finite_differences_with_dropout_on(seed,
     assert report.ok(TOL), str(report)
 
 
+@settings(max_examples=4, deadline=None)
+@given(seeds, st.floats(0.1, 0.3), st.booleans())
+def test_classifier_pooled_path_with_a_prefix_and_a_mask_matches_finite_differences(
+    seed, p, prefix_projection
+):
+    """Attention.forward_at's other branches: a prefix's key/value rows in front (prefix
+    tuning, with or without its MLP) and an additive mask over them and the sequence, dropout
+    on. Every parameter is checked: the prefix's, and the frozen model's too."""
+    from minift.peft import PrefixTuningConfig, get_peft_model
+
+    rng = np.random.default_rng(seed)
+    cfg = replace(TINY, n_layer=2, dropout=p, pad_token_id=0)
+    model = tiny_model(seed, cfg, minift.GPTForSequenceClassification, num_labels=3)
+    config = PrefixTuningConfig(num_virtual_tokens=2, prefix_projection=prefix_projection)
+    peft = get_peft_model(model, config, seed=seed)
+    for param in peft.named_parameters().values():
+        param.trainable = True  # the frozen weights' gradients flow through the same branches
+    randomize_params(peft.named_parameters(), seed)
+    idx = rng.integers(1, 11, (3, 5))
+    idx[0, 3:] = 0
+    mask = rng.uniform(-3, 0, (3, 1, 1, 2 + 5))  # over the 2 prefix rows and the 5 positions
+    labels = rng.integers(0, 3, 3)
+
+    def loss(run_backward):
+        value, dlogits = cross_entropy(peft.forward(idx, mask=mask), labels)
+        if run_backward:
+            peft.zero_grad()
+            peft.backward(dlogits)
+        return value
+
+    report = check_gradients(fixed_dropout_masks(loss, peft), peft.named_parameters())
+    assert len(report.errors) == len(peft.named_parameters())
+    assert report.ok(TOL), str(report)
+
+
 @pytest.mark.parametrize("method", sorted(m for m in METHODS if METHODS[m].trains))
 def test_every_method_on_the_classifier_gives_the_full_paths_logits_and_gradients(method):
     """The methods that wrap the last block's layers (LoRA on c_proj, adapters, IA3 on the MLP,

@@ -86,6 +86,7 @@ from minift.peft.lora import (
     lora_forward,
 )
 from minift.peft.registry import Option, register_method
+from minift.peft.targets import check_peft_only_fields
 
 # ------------------------------------------------------------------------------------------------
 # The math, as pure functions
@@ -229,12 +230,7 @@ class AdaLoraConfig(PeftConfig):
                 f"init_lora_weights: expected True (λ = 0, P, Q Gaussian), got "
                 f"{self.init_lora_weights!r}"
             )
-        if self.bias != "none":
-            raise ValueError(f"bias: minift's AdaLoRA trains no biases, got {self.bias!r}")
-        if self.fan_in_fan_out not in (None, True, False):
-            raise TypeError(
-                f"fan_in_fan_out: expected True, False or None, got {self.fan_in_fan_out!r}"
-            )
+        check_peft_only_fields(self, "AdaLoRA")
         if self.rank_pattern is not None and not isinstance(self.rank_pattern, dict):
             raise TypeError(f"rank_pattern: expected a dict or None, got {self.rank_pattern!r}")
 

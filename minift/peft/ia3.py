@@ -86,7 +86,7 @@ from minift.peft.adapted import AdaptedLinear
 from minift.peft.base import PeftConfig, register
 from minift.peft.peft_files import hf_layout
 from minift.peft.registry import TARGET_MODULES, register_method
-from minift.peft.targets import checked_targets, hf_gpt2_name
+from minift.peft.targets import check_peft_only_fields, checked_targets, hf_gpt2_name
 
 # ------------------------------------------------------------------------------------------------
 # The math, as pure functions
@@ -226,10 +226,7 @@ class IA3Config(PeftConfig):
             raise TypeError(
                 f"init_ia3_weights: expected True or False, got {self.init_ia3_weights!r}"
             )
-        if self.fan_in_fan_out not in (None, True, False):
-            raise TypeError(
-                f"fan_in_fan_out: expected True, False or None, got {self.fan_in_fan_out!r}"
-            )
+        check_peft_only_fields(self, "IA3")
 
     def is_feedforward(self, module_name: str) -> bool:
         """Is this target's INPUT scaled? PEFT's ``_check_target_module_feedforward`` rule."""

@@ -74,7 +74,13 @@ from minift.peft.adapted import AdaptedLinear
 from minift.peft.base import PeftConfig, register
 from minift.peft.lora_init import SVD_INITS, check_init, random_init, warn_if_peft_cannot_load
 from minift.peft.registry import TARGET_MODULES, Option, register_method
-from minift.peft.targets import check_name_patterns, check_narrowing, pattern_key, wrap_targets
+from minift.peft.targets import (
+    check_name_patterns,
+    check_narrowing,
+    check_peft_only_fields,
+    pattern_key,
+    wrap_targets,
+)
 
 # ------------------------------------------------------------------------------------------------
 # The math, as pure functions
@@ -276,14 +282,7 @@ class LoraConfig(PeftConfig):
         ratio = self.loraplus_lr_ratio
         if ratio is not None and not (isinstance(ratio, (int, float)) and 0 < ratio < math.inf):
             raise ValueError(f"loraplus_lr_ratio: expected a finite number > 0, got {ratio!r}")
-        if self.bias != "none":
-            raise ValueError(
-                f"bias: minift's LoRA trains no biases (use BitFit), got {self.bias!r}"
-            )
-        if self.fan_in_fan_out not in (None, True, False):
-            raise TypeError(
-                f"fan_in_fan_out: expected True, False or None, got {self.fan_in_fan_out!r}"
-            )
+        check_peft_only_fields(self, "LoRA")
 
     def _check_patterns(self):
         for field, check in (("rank_pattern", _check_rank_value), ("alpha_pattern", None)):

@@ -109,6 +109,19 @@ def check_layer_fields(layers_to_transform, layers_pattern, target_modules) -> N
         raise ValueError("layers_pattern: needs layers_to_transform (the blocks to keep)")
 
 
+def check_peft_only_fields(config, method: str) -> None:
+    """The fields a config keeps so that its adapter_config.json reads as PEFT's, and that change
+    nothing in minift: ``bias`` (where the config has one) only "none", as minift's ``method``
+    trains no biases (BitFit does); ``fan_in_fan_out`` True, False or None (the file's layout:
+    ``peft_files.hf_fan_in_fan_out``)."""
+    bias = getattr(config, "bias", "none")
+    if bias != "none":
+        raise ValueError(f"bias: minift's {method} trains no biases (use BitFit), got {bias!r}")
+    layout = config.fan_in_fan_out
+    if not (layout is None or isinstance(layout, bool)):
+        raise TypeError(f"fan_in_fan_out: expected True, False or None, got {layout!r}")
+
+
 def select_targets(
     model: Module,
     targets: list[str] | str,

@@ -67,7 +67,7 @@ from minift.param import Param
 from minift.peft.adapted import AdaptedLinear
 from minift.peft.base import PeftConfig, PeftModel, register
 from minift.peft.registry import TARGET_MODULES, Option, register_method
-from minift.peft.targets import check_layer_fields, select_targets
+from minift.peft.targets import check_layer_fields, check_peft_only_fields, select_targets
 
 # ------------------------------------------------------------------------------------------------
 # The math, as pure functions
@@ -292,14 +292,7 @@ class VeraConfig(PeftConfig):
         for field in ("save_projection", "init_weights"):
             if not isinstance(getattr(self, field), bool):
                 raise TypeError(f"{field}: expected True or False, got {getattr(self, field)!r}")
-        if self.bias != "none":
-            raise ValueError(
-                f"bias: minift's VeRA trains no biases (use BitFit), got {self.bias!r}"
-            )
-        if self.fan_in_fan_out not in (None, True, False):
-            raise TypeError(
-                f"fan_in_fan_out: expected True, False or None, got {self.fan_in_fan_out!r}"
-            )
+        check_peft_only_fields(self, "VeRA")
         check_layer_fields(self.layers_to_transform, self.layers_pattern, self.target_modules)
 
     def apply(self, model, rng):

@@ -127,6 +127,22 @@ def choices_resting_on_chrf(records, chosen) -> list[str]:
     return resting
 
 
+def choices_at_an_end(records, chosen) -> dict[str, str]:
+    """key -> "lowest" or "highest": the choices at an end of the learning rates tried for their
+    kind, where the best may lie beyond what was tried (widen that method's ``lr_grid``)."""
+    from minift.data.tasks import TASK_KINDS
+
+    ends = {}
+    for key, lr in chosen.items():
+        method, kind = key.split("/")
+        tried = {
+            r["lr"] for r in records if r["method"] == method and TASK_KINDS[r["task"]] == kind
+        }
+        if len(tried) > 1 and lr in (min(tried), max(tried)):
+            ends[key] = "lowest" if lr == min(tried) else "highest"
+    return ends
+
+
 def markdown(records, chosen, commands, day: str | None = None) -> str:
     """The page; ``day`` is the day of the runs (today's by default)."""
     from minift.peft import get_method
@@ -162,10 +178,22 @@ def markdown(records, chosen, commands, day: str | None = None) -> str:
                 else f"these choices rest on it: {', '.join(resting)}."
             ),
         ]
-    lines += ["", "| method | kind | chosen lr | registered lr |", "|---|---|--:|--:|"]
+    ends = choices_at_an_end(records, chosen)
+    lines += [
+        "",
+        "| method | kind | chosen lr | registered lr | end of the lrs tried |",
+        "|---|---|--:|--:|---|",
+    ]
     for key, lr in chosen.items():
         method, kind = key.split("/")
-        lines.append(f"| {method} | {kind} | {lr:g} | {get_method(method).lr_for(kind):g} |")
+        registered = get_method(method).lr_for(kind)
+        lines.append(f"| {method} | {kind} | {lr:g} | {registered:g} | {ends.get(key, '')} |")
+    if ends:
+        lines += [
+            "",
+            f"{len(ends)} of {len(chosen)} choices are the lowest or highest learning rate tried "
+            "for their kind: the best may lie beyond, where that method's `lr_grid` stops.",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -520,6 +520,32 @@ def test_the_sweep_page_marks_old_chrf_and_says_which_choices_rest_on_it():
     assert page.split("\n", 3)[3] == table.split("\n", 3)[3]  # all but the date line
 
 
+def test_the_sweep_page_marks_a_choice_at_an_end_of_the_learning_rates_tried():
+    from benchmarks.lr_sweep import choices_at_an_end, choose, markdown
+
+    def run(task, method, lr, accuracy):
+        return {"task": task, "method": method, "lr": lr, "accuracy": accuracy}
+
+    records = [  # lora's best is inside what it tried; head's is its largest, full's its smallest
+        *(
+            run("stdlib-modules", "lora", lr, a)
+            for lr, a in [(1e-3, 0.4), (3e-3, 0.6), (1e-2, 0.5)]
+        ),
+        *(run("stdlib-modules", "head", lr, a) for lr, a in [(1e-2, 0.3), (3e-2, 0.5)]),
+        *(run("kjv-books", "full", lr, a) for lr, a in [(1e-4, 0.4), (3e-4, 0.3), (1e-3, 0.2)]),
+        run("kjv-books", "sparse", 1e-2, 0.4),  # one lr tried: no end to speak of
+    ]
+    chosen = choose(records)
+    assert choices_at_an_end(records, chosen) == {
+        "head/classification": "highest",
+        "full/classification": "lowest",
+    }
+    page = markdown(records, chosen, ["python -m benchmarks.lr_sweep"])
+    assert "| head | classification | 0.03 | 0.03 | highest |" in page
+    assert "| lora | classification | 0.003 | 0.003 |  |" in page
+    assert "2 of 4 choices are the lowest or highest learning rate tried" in page
+
+
 def test_a_method_without_a_classification_lr_uses_its_one_lr_for_both_kinds():
     adalora = pipeline.get_method("adalora")  # not swept: one hand-set lr
     assert adalora.classification_lr is None

@@ -208,9 +208,8 @@ class AdapterConfig(PeftConfig):
         return AdapterLinear(layer, self.bottleneck_size, self.non_linearity, rng=rng)
 
 
-# lr set by hand; the classification lr is swept
 register_method("adapter", AdapterConfig, "Houlsby adapters, bottleneck 16 (Houlsby et al. 2019)",
-                lr=1e-2, classification_lr=3e-3, lr_grid=[1e-3, 3e-3, 1e-2],
+                lr=3e-2, classification_lr=3e-3, lr_grid=[1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
                 defaults={"bottleneck_size": 16},
                 options=[Option("bottleneck_size", "bottleneck width", low=1),
                          TARGET_MODULES])  # fmt: skip

@@ -273,8 +273,7 @@ class DoraLinear(LoraLinear):
 
 LORA_VARIANTS["use_dora"] = DoraLinear  # LoraConfig(use_dora=True) wraps with this layer
 
-# lr set by hand; the classification lr is swept
 register_method("dora", LoraConfig, "DoRA: LoRA with a learned magnitude (Liu et al. 2024)",
-                lr=1e-2, classification_lr=3e-3, lr_grid=[1e-3, 3e-3, 1e-2],
+                lr=1e-2, classification_lr=3e-3, lr_grid=[1e-3, 3e-3, 1e-2, 3e-2],
                 defaults={**LORA_DEFAULTS, "use_dora": True},
                 options=[*LORA_OPTIONS, LORAPLUS])  # fmt: skip

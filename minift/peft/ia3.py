@@ -271,7 +271,6 @@ class IA3Config(PeftConfig):
         return self.is_feedforward(param_name[: -len(".ia3_l")])
 
 
-# lr set by hand; the classification lr is swept
 register_method("ia3", IA3Config, "IA3: learned rescaling of k, v and the MLP (Liu et al. 2022)",
-                lr=3e-2, classification_lr=3e-2, lr_grid=[1e-2, 3e-2, 1e-1],
+                lr=3e-1, classification_lr=3e-2, lr_grid=[1e-2, 3e-2, 1e-1, 3e-1, 1.0],
                 options=[TARGET_MODULES])  # fmt: skip

@@ -147,9 +147,7 @@ class LNTuningConfig(PeftConfig):
 LN_TARGETS = Option("target_modules", "names or suffixes of the modules to adapt", type=str,
                     many=True)  # fmt: skip
 
-# generation lr set by hand: γ re-scales a whole channel, so a step moves the output more than a
-# bias's does; one step of the grid below BitFit's 1e-1. The classification lr is swept
 register_method("ln-tuning", LNTuningConfig,
                 "LayerNorm γ and β only, on copies (Zhao et al. 2023)",
-                lr=3e-2, classification_lr=3e-2, lr_grid=[3e-3, 1e-2, 3e-2, 1e-1],
+                lr=1e-1, classification_lr=3e-2, lr_grid=[3e-3, 1e-2, 3e-2, 1e-1, 3e-1],
                 options=[LN_TARGETS])  # fmt: skip

@@ -168,8 +168,6 @@ class LoHaConfig(LycorisConfig):
 
 LOHA_DEFAULTS = {"r": 4, "alpha": 4, "target_modules": ["c_attn", "attn.c_proj"]}
 
-# generation lr set by hand, LoRA's (at r = 4 LoHa trains LoRA r = 8's parameters on the same
-# layers); the classification lr is swept
 register_method("loha", LoHaConfig, "LoHa r=4 on c_attn and attn.c_proj (Hyeon-Woo et al. 2022)",
-                lr=1e-2, classification_lr=1e-2, lr_grid=[1e-3, 3e-3, 1e-2, 3e-2],
+                lr=3e-2, classification_lr=1e-2, lr_grid=[1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
                 defaults=LOHA_DEFAULTS, options=LYCORIS_OPTIONS)  # fmt: skip

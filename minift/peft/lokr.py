@@ -255,8 +255,7 @@ class LoKrConfig(LycorisConfig):
 LOKR_DEFAULTS = {"r": 8, "alpha": 8, "target_modules": ["c_attn", "attn.c_proj"]}
 DECOMPOSE_FACTOR = Option("decompose_factor", "LoKr's split bound f (-1: near √n)", low=-1)
 
-# generation lr set by hand, LoRA's; the classification lr is swept
 register_method("lokr", LoKrConfig, "LoKr on c_attn and attn.c_proj: W₁ ⊗ W₂ (LyCORIS)",
-                lr=1e-2, classification_lr=1e-2, lr_grid=[1e-3, 3e-3, 1e-2, 3e-2],
+                lr=3e-2, classification_lr=1e-2, lr_grid=[1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
                 defaults=LOKR_DEFAULTS,
                 options=[*LYCORIS_OPTIONS, DECOMPOSE_FACTOR])  # fmt: skip

@@ -316,8 +316,7 @@ class PrefixTuningConfig(PromptLearningConfig):
         return super().peft_key(name)
 
 
-# lr set by hand; the classification lr is swept
 register_method("prefix", PrefixTuningConfig,
                 "prefix tuning, 8 key/value rows per layer (Li & Liang 2021)",
-                lr=1e-2, classification_lr=1e-2, lr_grid=[1e-3, 3e-3, 1e-2],
+                lr=3e-1, classification_lr=3e-2, lr_grid=[1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0],
                 options=[VIRTUAL_TOKENS], defaults={"num_virtual_tokens": 8})  # fmt: skip

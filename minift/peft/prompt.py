@@ -327,9 +327,8 @@ PROMPT_INIT_OPTIONS = [
     Option("tokenizer_name_or_path", "with TEXT: minift-char, or a tokenizer folder", type=str),
 ]
 
-# lr set by hand; the classification lr is swept
 register_method("prompt", PromptTuningConfig,
                 "prompt tuning, 8 virtual tokens (Lester et al. 2021)",
-                lr=3e-2, classification_lr=1e-1, lr_grid=[1e-2, 3e-2, 1e-1],
+                lr=1e-1, classification_lr=3e-1, lr_grid=[1e-2, 3e-2, 1e-1, 3e-1, 1.0],
                 defaults={"num_virtual_tokens": 8},
                 options=[VIRTUAL_TOKENS, *PROMPT_INIT_OPTIONS])  # fmt: skip

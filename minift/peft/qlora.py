@@ -90,9 +90,9 @@ QLORA_OPTIONS = [
     Option("blocksize", "NF4 block size (weights per absmax constant)", low=2),
 ]
 
-# generation lr set by hand, LoRA's; the classification lr is swept and chose LoRA's too: the
-# trainable parameters, their init and the loss surface are LoRA's on a base that moved by the
-# NF4 rounding only (‖W − Ŵ‖/‖W‖ ≈ 0.09: benchmarks/qlora.py)
+# the sweep chose LoRA's learning rates for both kinds of task: the trainable parameters, their
+# init and the loss surface are LoRA's on a base that moved by the NF4 rounding only
+# (‖W − Ŵ‖/‖W‖ ≈ 0.09: benchmarks/qlora.py)
 register_method("qlora", QLoraConfig, "LoRA r=8 on an NF4 4-bit base (Dettmers et al. 2023)",
-                lr=1e-2, classification_lr=3e-3, lr_grid=[1e-3, 3e-3, 1e-2],
+                lr=1e-2, classification_lr=3e-3, lr_grid=[1e-3, 3e-3, 1e-2, 3e-2],
                 defaults=LORA_DEFAULTS, options=QLORA_OPTIONS)  # fmt: skip

@@ -330,7 +330,7 @@ register_method("full", FullFinetuneConfig, "full fine-tuning: every weight trai
                 lr=3e-3, classification_lr=3e-4,
                 lr_grid=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2])  # fmt: skip
 register_method("head", HeadOnlyConfig, "only the task head trains; the body is frozen (§3.2.1)",
-                lr=1e-2, classification_lr=3e-2, lr_grid=[3e-3, 1e-2, 3e-2])  # fmt: skip
+                lr=3e-2, classification_lr=3e-2, lr_grid=[3e-3, 1e-2, 3e-2, 1e-1])  # fmt: skip
 # not swept: full fine-tuning's learning rates, since what trains, trains fully
 register_method("last-k", LastKBlocksConfig,
                 "the top k blocks, ln_f and the head train; the blocks below are frozen",

@@ -326,8 +326,8 @@ VERA_OPTIONS = [
 ]
 VERA_DEFAULTS = {"r": 256, "target_modules": ["c_attn", "attn.c_proj"]}  # LoRA's targets
 
-# generation lr set by hand (scales of frozen random matrices want a larger step than LoRA's);
-# the classification lr is swept, and chose the same
+# the sweep chose larger learning rates than LoRA's for both kinds of task: VeRA trains only the
+# scales of frozen random matrices
 register_method("vera", VeraConfig, "VeRA r=256 on c_attn, attn.c_proj (Kopiczko et al. 2024)",
-                lr=3e-2, classification_lr=3e-2, lr_grid=[3e-3, 1e-2, 3e-2, 1e-1],
+                lr=1e-1, classification_lr=3e-2, lr_grid=[3e-3, 1e-2, 3e-2, 1e-1, 3e-1],
                 defaults=VERA_DEFAULTS, options=VERA_OPTIONS)  # fmt: skip

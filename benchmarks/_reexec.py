@@ -8,7 +8,7 @@ OpenBLAS would pick for this CPU re-executes itself as
     sys.executable -m benchmarks.<name> [the same arguments]
 
 with both removed from ITS environment (and its children's) only: tests and CI keep them. It says
-so on one line, and then prints the kernel that actually ran (``benchmarks.machine.blas_line``).
+so on one line, and then prints the kernel that actually ran (``minift.machine.blas_line``).
 """
 
 import os

@@ -199,8 +199,8 @@ def main(argv=None):
     if len(args.seeds) < 3:
         parser.error(f"--seeds: an interval a claim can rest on needs >= 3 seeds, got {args.seeds}")
 
-    from benchmarks.machine import blas_info, blas_line, cpu_line, source_line
     from minift.files import atomic_write_bytes, atomic_write_json
+    from minift.machine import blas_info, blas_line, cpu_line, source_line
     from minift.pipeline.pretraining import BaseSpec, load_base
 
     load_base(BaseSpec())  # pretrain once, before the workers need it

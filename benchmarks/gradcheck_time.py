@@ -25,8 +25,8 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from benchmarks.machine import blas_info, blas_line, loadavg, source_line  # noqa: E402
 from minift.gradcheck import check_gradients, cross_entropy_loss, randomize_params  # noqa: E402
+from minift.machine import blas_info, blas_line, loadavg, source_line  # noqa: E402
 from minift.model import GPT, GPTConfig  # noqa: E402
 
 TINY = GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=8)

@@ -35,8 +35,8 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from benchmarks.machine import blas_info, blas_line, loadavg, source_line  # noqa: E402
 from minift.data import standard_tokenizer  # noqa: E402
+from minift.machine import blas_info, blas_line, loadavg, source_line  # noqa: E402
 from minift.model import GPT  # noqa: E402
 from minift.peft.registry import method_config  # noqa: E402
 from minift.pipeline.finetuning import RunSettings, evaluate, finetune, prepare_model  # noqa: E402

@@ -30,7 +30,8 @@ import time  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from benchmarks.machine import (  # noqa: E402
+from minift.data import standard_tokenizer  # noqa: E402
+from minift.machine import (  # noqa: E402
     blas_info,
     blas_line,
     cpu_line,
@@ -38,7 +39,6 @@ from benchmarks.machine import (  # noqa: E402
     matmul_peak,
     source_line,
 )
-from minift.data import standard_tokenizer  # noqa: E402
 from minift.peft import LoraConfig, get_peft_model  # noqa: E402
 from minift.pipeline import RunSettings, finetune, finetune_many, load_base, load_task  # noqa: E402
 from minift.stats import mean_ci  # noqa: E402

@@ -42,7 +42,6 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from benchmarks.machine import blas_info, blas_line, cpu_line, matmul_peak, source_line  # noqa: E402
 from benchmarks.train_step import (  # noqa: E402
     DEFAULT_OUT,
     SIZES,
@@ -51,6 +50,7 @@ from benchmarks.train_step import (  # noqa: E402
     train_step,
     train_step_flops,
 )
+from minift.machine import blas_info, blas_line, cpu_line, matmul_peak, source_line  # noqa: E402
 
 MATMUL_OPS = {"linear_forward", "linear_backward", "mha_forward_fused", "mha_backward_fused"}
 

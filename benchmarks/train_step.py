@@ -60,7 +60,8 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from benchmarks.machine import (  # noqa: E402
+from minift.functional import cross_entropy  # noqa: E402
+from minift.machine import (  # noqa: E402
     blas_info,
     blas_line,
     busy_share,
@@ -70,7 +71,6 @@ from benchmarks.machine import (  # noqa: E402
     rss_mb,
     source_line,
 )
-from minift.functional import cross_entropy  # noqa: E402
 from minift.model import GPT, GPTConfig  # noqa: E402
 
 

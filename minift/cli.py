@@ -32,10 +32,12 @@ import math
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from minift import counts
 from minift.data import TASK_NAMES, standard_tokenizer
+from minift.machine import describe as describe_machine
 from minift.peft.registry import METHODS, Option, command_line_options
 from minift.pipeline.comparison import compare
 from minift.pipeline.finetuning import RunSettings
@@ -307,6 +309,8 @@ def cmd_compare(args):
     tasks = args.tasks or default_tasks()
     methods = args.methods or compare_methods()
     seeds = list(range(args.seeds))
+    machine = describe_machine()  # before the runs: another process at work shows now
+    started = time.perf_counter()
     records, curves = compare(
         tasks,
         methods,
@@ -321,8 +325,9 @@ def cmd_compare(args):
         if sys.argv[1:]
         else "minift compare"
     )
+    machine["wall_minutes"] = round((time.perf_counter() - started) / 60, 1)
     with removed_on_failure(out):
-        written = write_results(records, curves, out, command)
+        written = write_results(records, curves, out, command, machine)
     print((out / "results.md").read_text())
     print("wrote " + ", ".join(str(p) for p in written))
 

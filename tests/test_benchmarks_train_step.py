@@ -7,7 +7,7 @@ import json
 import pytest
 
 from benchmarks import train_step
-from benchmarks.machine import cpu_line
+from minift.machine import cpu_line
 
 
 @pytest.mark.parametrize(

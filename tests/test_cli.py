@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from minift import cli, pipeline
+from minift.machine import describe_markdown
 
 TINY_BASE = ["--base-d-model", "32", "--base-n-layer", "1", "--base-n-head", "2"]
 FAST = [
@@ -87,6 +88,9 @@ def test_compare_writes_results_curves_and_plots(tmp_path, capsys):
     assert [len(c) for c in curves["stdlib-modules"]["lora"]] == [2]  # one seed, two steps
     table = (out / "results.md").read_text()
     assert "| lora | accuracy |" in table and "| base | accuracy |" in table and table in stdout
+    machine = json.loads((out / "machine.json").read_text())  # what its times were measured on
+    assert machine["cpu"].startswith("CPU: ") and machine["matmul_peak_gflops_one_thread"] > 0
+    assert machine["wall_minutes"] >= 0 and describe_markdown(machine) in table
     for name in ["metric_vs_params.png", "loss_stdlib-modules.png", "train_seconds.png"]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
-import resource
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +17,7 @@ from tqdm import tqdm
 from minift.data import standard_tokenizer
 from minift.data.tasks import TASK_KINDS
 from minift.errors import check_int
+from minift.machine import rss_mb
 from minift.parallel import one_blas_thread_in_children
 from minift.peft import count_parameters
 from minift.peft.registry import get_method
@@ -30,24 +30,6 @@ from minift.pipeline.finetuning import (
 )
 from minift.pipeline.pretraining import BaseSpec, load_base
 from minift.pipeline.tasks import BASELINES, check_task, get_task
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process's address space, in MiB.
-
-    Linux's VmHWM (/proc/self/status) starts anew in a freshly started process, so in compare's
-    child processes it is that run's peak. Elsewhere, getrusage's ru_maxrss (which on Linux a
-    spawned child would inherit from its parent, hence not used there).
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 @dataclass
@@ -67,7 +49,7 @@ def run_one(task_name, method, seed, settings: RunSettings, base_spec: BaseSpec,
             raise ValueError(f"method: {method!r} is no baseline for a {task.kind} task")
         values = baseline_metrics(task, settings.eval_split, settings.eval_examples)
         return RunResult([{**common, "trainable_params": 0, "total_params": 0, "train_seconds": 0.0,
-                           "peak_rss_mb": _peak_rss_mb(), "optimizer_state_bytes": 0,
+                           "peak_rss_mb": rss_mb("VmHWM"), "optimizer_state_bytes": 0,
                            "metric": k, "value": v} for k, v in values.items()])  # fmt: skip
     model = prepare_model(base, task, method, seed, tok, settings.steps)
     counts = count_parameters(model)
@@ -82,7 +64,7 @@ def run_one(task_name, method, seed, settings: RunSettings, base_spec: BaseSpec,
         "trainable_params": counts.trainable if get_method(method).trains else 0,
         "total_params": counts.total,
         "train_seconds": seconds,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": rss_mb("VmHWM"),
         "optimizer_state_bytes": state_bytes,
     }
     return RunResult([{**record, "metric": k, "value": v} for k, v in values.items()], losses)

@@ -13,6 +13,7 @@ import numpy as np
 from minift.checkpoint import atomic_write_bytes, atomic_write_json
 from minift.errors import FileFormatError
 from minift.files import read_json
+from minift.machine import describe_markdown
 from minift.stats import mean_ci
 
 ARTICLE_CLAIMS = """\
@@ -120,13 +121,17 @@ def overview_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def results_markdown(rows: list[dict], command: str) -> str:
+def results_markdown(rows: list[dict], command: str, machine: dict | None = None) -> str:
+    """The whole results page; ``machine`` (``minift.machine.describe``'s record) names what the
+    times and memory were measured on."""
     lines = [
         "# minift compare: measured results",
         "",
         f"Made by `{command}`. Each value is the mean over seeds ± the half-width of a 95 % "
         "Student-t confidence interval (n = number of seeds). Trainable parameters are counted by "
-        "`minift.peft.count_parameters`; times are wall-clock seconds of training on this machine.",
+        "`minift.peft.count_parameters`; times are wall-clock seconds of training.",
+        "",
+        describe_markdown(machine),
         "",
         "## Overview: each task's main metric (in brackets: as a share of full fine-tuning's)",
         "",
@@ -161,16 +166,19 @@ def results_markdown(rows: list[dict], command: str) -> str:
     return "\n".join(lines)
 
 
-def write_results(records, curves, out_dir, command: str) -> list[Path]:
-    """results.json, results.md, curves.json and the plots; every file written whole or not at
-    all."""
+def write_results(records, curves, out_dir, command: str, machine: dict | None = None):
+    """results.json, results.md, curves.json, machine.json (when ``machine`` is given) and the
+    plots; every file written whole or not at all. Returns the paths written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = summarize(records)
     atomic_write_json(out_dir / "results.json", records)
-    atomic_write_bytes(out_dir / "results.md", results_markdown(rows, command).encode())
+    atomic_write_bytes(out_dir / "results.md", results_markdown(rows, command, machine).encode())
     atomic_write_json(out_dir / "curves.json", curves)
     written = [out_dir / "results.json", out_dir / "results.md", out_dir / "curves.json"]
+    if machine:
+        atomic_write_json(out_dir / "machine.json", machine)
+        written.append(out_dir / "machine.json")
     return written + _plots(rows, curves, out_dir)
 
 

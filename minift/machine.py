@@ -1,15 +1,23 @@
-"""What the numbers were measured on: the code, the BLAS numpy calls, its matmul peak, the load,
-memory."""
+"""What the numbers were measured on: the code, the CPU, the BLAS numpy calls, its matmul peak,
+the load, memory.
+
+A time or a memory figure means little without the machine it came from: the benchmarks print
+these lines above their tables, and ``minift compare`` writes ``describe()`` beside its results
+(machine.json, and a line of results.md).
+"""
 
 from __future__ import annotations
 
 import math
 import os
+import resource
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
 
 
 def blas_info() -> dict:
@@ -17,8 +25,6 @@ def blas_info() -> dict:
     runs), num_threads, filepath; ``others`` lists any other BLAS loaded, such as scipy's own
     OpenBLAS, which threadpoolctl may list first.
     """
-    from threadpoolctl import threadpool_info
-
     keys = ("internal_api", "version", "architecture", "num_threads", "filepath")
     pools = [{k: p.get(k) for k in keys} for p in threadpool_info() if p.get("user_api") == "blas"]
     if not pools:
@@ -51,9 +57,10 @@ def cpu_line() -> str:
 
 
 def blas_line(info: dict) -> str:
+    threads = info.get("num_threads")
     line = (
         f"BLAS (numpy's): {info.get('internal_api')} {info.get('version')}, "
-        f"kernel {info.get('architecture')}, {info.get('num_threads')} threads"
+        f"kernel {info.get('architecture')}, {threads} thread{'' if threads == 1 else 's'}"
     )
     for other in info.get("others", []):
         line += (
@@ -81,16 +88,24 @@ def matmul_peak(sizes=(1024, 2048), repeats=5) -> dict[int, float]:
 
 
 def rss_mb(field: str = "VmHWM") -> float:
-    """This process's resident memory from /proc/self/status, in MB (VmHWM: its peak so far;
-    VmRSS: now). NaN where /proc is absent (not Linux)."""
+    """This process's resident memory from /proc/self/status, in MiB (VmHWM: its peak so far;
+    VmRSS: now).
+
+    Linux's VmHWM starts anew in a freshly started process, so in one of compare's child
+    processes it is that run's peak. Without /proc (macOS), the peak is getrusage's ru_maxrss
+    (not used on Linux, where a spawned child inherits its parent's) and the present is NaN.
+    """
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
                 if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024  # kB -> MB
+                    return int(line.split()[1]) / 1024  # kB -> MiB
     except OSError:
         pass
-    return math.nan
+    if field != "VmHWM":
+        return math.nan
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)  # bytes on macOS, else kB
 
 
 def loadavg() -> float:
@@ -136,3 +151,39 @@ def source_line() -> str:
         return "code: unknown (not a git checkout)"
     state = "with uncommitted changes to minift/ or benchmarks/" if dirty else "clean"
     return f"code: commit {commit}, {state}"
+
+
+def describe(busy_seconds: float = 1.0) -> dict:
+    """The machine as ``minift compare`` records it before its runs start: CPU, numpy's BLAS and
+    its float32 matmul peak on ONE thread (compare's runs each call BLAS from one thread), the
+    share of the CPUs another process kept busy over ``busy_seconds``, and the code."""
+    with threadpool_limits(1, user_api="blas"):
+        info = blas_info()
+        peak = matmul_peak(sizes=(1024,))[1024]
+    busy = busy_share(busy_seconds)
+    return {
+        "cpu": cpu_line(),
+        "blas": blas_line(info),
+        "matmul_peak_gflops_one_thread": round(peak, 1),
+        "busy_before": None if math.isnan(busy) else round(busy, 3),  # JSON has no NaN
+        "code": source_line(),
+    }
+
+
+def describe_markdown(machine: dict) -> str:
+    """``describe()``'s record as one sentence; a record that lacks a field says so."""
+    if not machine:
+        return "Machine: not recorded."
+    busy = machine.get("busy_before")
+    busy = (
+        "how busy other work kept the CPUs is unknown"  # no /proc/stat
+        if busy is None
+        else f"other work kept the CPUs {100 * busy:.0f} % busy as the runs began"
+    )
+    text = (
+        f"Machine: {machine.get('cpu', 'CPU: unknown')}; {machine.get('blas', 'BLAS: unknown')}; "
+        f"float32 matmul peak on one thread {machine.get('matmul_peak_gflops_one_thread', '?')} "
+        f"GFLOP/s; {busy}; {machine.get('code', 'code: unknown')}."
+    )
+    minutes = machine.get("wall_minutes")
+    return text if minutes is None else text + f" The whole run took {minutes:.0f} minutes."

@@ -1,0 +1,78 @@
+"""What the numbers were measured on. ``busy_share`` reads the CPUs' busy share between two
+readings of /proc/stat; here the two readings are written by the test, so the share it must find
+is known. ``describe`` is the record ``minift compare`` writes beside its results."""
+
+import json
+import math
+
+import pytest
+
+from minift.machine import busy_share, describe, describe_markdown, rss_mb
+
+# cpu user nice system idle iowait irq softirq steal (guest guest_nice: not summed, counted in user)
+BEFORE = "cpu  100 0 50 800 50 0 0 0 7 7\ncpu0 1 2 3\n"
+
+
+def _share(tmp_path, after: str) -> float:
+    stat = tmp_path / "stat"
+    stat.write_text(BEFORE)
+    return busy_share(5.0, stat=str(stat), sleep=lambda seconds: stat.write_text(after))
+
+
+def test_a_machine_busy_for_a_third_of_the_ticks_reads_one_third(tmp_path):
+    # 300 more ticks: 60 user + 30 nice + 10 system busy, 200 idle
+    assert _share(tmp_path, "cpu  160 30 60 1000 50 0 0 0 7 7\n") == pytest.approx(100 / 300)
+
+
+def test_waiting_for_a_disk_counts_as_idle_and_irq_and_steal_as_busy(tmp_path):
+    # 100 more ticks: 40 iowait (idle), 20 irq + 20 softirq + 20 steal (busy)
+    after = "cpu  100 0 50 800 90 20 20 20 7 7\n"
+    assert _share(tmp_path, after) == pytest.approx(0.6)
+
+
+def test_a_quiet_machine_reads_zero_and_no_ticks_at_all_is_not_a_division_by_zero(tmp_path):
+    assert _share(tmp_path, "cpu  100 0 50 900 50 0 0 0 7 7\n") == 0.0
+    assert _share(tmp_path, BEFORE) == 0.0
+
+
+@pytest.mark.parametrize("content", [None, "cpu  1 2 3\n", "cpu  a b c d e f g h\n"])
+def test_a_missing_or_unreadable_stat_gives_nan(tmp_path, content):
+    stat = tmp_path / "stat"
+    if content is not None:
+        stat.write_text(content)
+    assert math.isnan(busy_share(0.0, stat=str(stat)))
+
+
+def test_this_machines_share_is_a_fraction_or_nan():
+    share = busy_share(0.05)
+    assert math.isnan(share) or 0.0 <= share <= 1.0
+
+
+def test_compare_records_the_machine_with_one_blas_thread_and_a_measured_peak():
+    machine = describe(busy_seconds=0.05)
+    assert machine["cpu"].startswith("CPU: ") and " cores" in machine["cpu"]
+    assert ", 1 thread" in machine["blas"] and machine["matmul_peak_gflops_one_thread"] > 0
+    busy = machine["busy_before"]
+    assert busy is None or 0.0 <= busy <= 1.0
+    assert machine["code"].startswith("code: ")
+    json.dumps(machine, allow_nan=False)  # machine.json holds no NaN
+
+
+def test_the_machine_sentence_names_every_field_and_says_what_is_missing():
+    machine = {"cpu": "CPU: X, 2 cores", "blas": "BLAS (numpy's): openblas 0.3, kernel K, 1 thread",
+               "matmul_peak_gflops_one_thread": 91.5, "busy_before": 0.034,
+               "code": "code: commit abc, clean"}  # fmt: skip
+    text = describe_markdown(machine)
+    for part in ["CPU: X, 2 cores", "kernel K, 1 thread", "91.5 GFLOP/s", "CPUs 3 % busy", "abc"]:
+        assert part in text, part
+    assert "took" not in text
+    assert describe_markdown({**machine, "wall_minutes": 49.6}).endswith("took 50 minutes.")
+    assert "CPUs is unknown" in describe_markdown({**machine, "busy_before": None})
+    assert describe_markdown({}) == "Machine: not recorded."
+    assert "CPU: unknown" in describe_markdown({"code": "code: commit abc, clean"})
+
+
+def test_peak_resident_memory_is_at_least_what_is_resident_now():
+    now, peak = rss_mb("VmRSS"), rss_mb("VmHWM")
+    assert peak > 0
+    assert math.isnan(now) or 0 < now <= peak

@@ -507,3 +507,18 @@ def test_the_readme_prose_on_the_benchmark_is_what_train_step_measured():
         assert all(1.0 < v < 1.25 for v in two_threads["full"] + two_threads["lora"])
     if "the plain one-thread loop at about four fifths of its speed" in text:
         assert all(0.7 <= v < 0.9 for v in vs_torch("full", "minift")), vs_torch("full", "minift")
+
+
+def test_readme_names_the_machine_the_committed_comparison_ran_on():
+    """The comparison's times and memory are one machine's: the README names it as the run
+    recorded it (machine.json: CPU, BLAS kernel, one-thread matmul peak, load, commit, minutes),
+    and so does the results page it links."""
+    import json
+
+    from minift.machine import describe_markdown
+
+    compare = README.parent / "benchmarks" / "results" / "compare"
+    sentence = describe_markdown(json.loads((compare / "machine.json").read_text()))
+    assert "CPU: " in sentence and "GFLOP/s" in sentence and "minutes" in sentence
+    assert sentence in README.read_text()
+    assert sentence in (compare / "results.md").read_text()

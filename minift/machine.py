@@ -134,10 +134,12 @@ def busy_share(seconds: float = 1.0, stat: str = "/proc/stat", sleep=time.sleep)
     return (busy1 - busy0) / max(total1 - total0, 1)
 
 
-def source_line() -> str:
+def source_line(root: Path | None = None) -> str:
     """The commit the numbers belong to, and whether the work tree differed from it: a result
-    measured before a change on the timed path says so. "unknown" outside a git checkout."""
-    root = Path(__file__).resolve().parent.parent
+    measured before a change on the timed path says so. ``root`` is the folder that holds
+    minift/ (this one's by default); "unknown" unless it is a git checkout's top: an installed
+    copy in a venv inside some checkout is not that checkout's code."""
+    root = Path(root or Path(__file__).resolve().parent.parent).resolve()
 
     def git(*args):
         return subprocess.run(
@@ -145,10 +147,13 @@ def source_line() -> str:
         ).stdout.strip()
 
     try:
+        top = Path(git("rev-parse", "--show-toplevel")).resolve()
         commit = git("rev-parse", "--short=12", "HEAD")
         dirty = git("status", "--porcelain", "--untracked-files=no", "--", "minift", "benchmarks")
     except (OSError, subprocess.CalledProcessError):
         return "code: unknown (not a git checkout)"
+    if top != root:
+        return f"code: unknown (minift is installed in {root}, not a checkout's top)"
     state = "with uncommitted changes to minift/ or benchmarks/" if dirty else "clean"
     return f"code: commit {commit}, {state}"
 

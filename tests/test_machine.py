@@ -4,10 +4,12 @@ is known. ``describe`` is the record ``minift compare`` writes beside its result
 
 import json
 import math
+import shutil
+import subprocess
 
 import pytest
 
-from minift.machine import busy_share, describe, describe_markdown, rss_mb
+from minift.machine import busy_share, describe, describe_markdown, rss_mb, source_line
 
 # cpu user nice system idle iowait irq softirq steal (guest guest_nice: not summed, counted in user)
 BEFORE = "cpu  100 0 50 800 50 0 0 0 7 7\ncpu0 1 2 3\n"
@@ -76,3 +78,29 @@ def test_peak_resident_memory_is_at_least_what_is_resident_now():
     now, peak = rss_mb("VmRSS"), rss_mb("VmHWM")
     assert peak > 0
     assert math.isnan(now) or 0 < now <= peak
+
+
+def _git(cwd, *args):
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd,
+                   check=True, capture_output=True)  # fmt: skip
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_the_code_line_names_the_commit_and_a_change_to_minift_and_nothing_else(tmp_path):
+    repo, plain = tmp_path / "repo", tmp_path / "plain"
+    (repo / "minift").mkdir(parents=True)
+    plain.mkdir()
+    (repo / "minift" / "a.py").write_text("x = 1\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "m")
+    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo,
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    assert source_line(repo) == f"code: commit {head}, clean"
+    (repo / "minift" / "a.py").write_text("x = 2\n")
+    assert source_line(repo).endswith("with uncommitted changes to minift/ or benchmarks/")
+    # an installed copy inside a venv inside a checkout is not the checkout's code
+    installed = repo / ".venv" / "site-packages"
+    installed.mkdir(parents=True)
+    assert source_line(installed).startswith("code: unknown (minift is installed in ")
+    assert source_line(plain) == "code: unknown (not a git checkout)"

@@ -32,12 +32,11 @@ import math
 import os
 import shlex
 import sys
-import time
 from pathlib import Path
 
 from minift import counts
 from minift.data import TASK_NAMES, standard_tokenizer
-from minift.machine import describe as describe_machine
+from minift.machine import measured_run
 from minift.peft.registry import METHODS, Option, command_line_options
 from minift.pipeline.comparison import compare
 from minift.pipeline.finetuning import RunSettings
@@ -309,23 +308,15 @@ def cmd_compare(args):
     tasks = args.tasks or default_tasks()
     methods = args.methods or compare_methods()
     seeds = list(range(args.seeds))
-    machine = describe_machine()  # before the runs: another process at work shows now
-    started = time.perf_counter()
-    records, curves = compare(
-        tasks,
-        methods,
-        seeds,
-        settings,
-        _base_spec(args),
-        isolate=not args.in_process,
-        workers=getattr(args, "workers", 1),
-    )
+    with measured_run() as machine:  # described as the runs begin: other work shows then
+        records, curves = compare(tasks, methods, seeds, settings, _base_spec(args),
+                                  isolate=not args.in_process,
+                                  workers=getattr(args, "workers", 1))  # fmt: skip
     command = (
         "minift " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         if sys.argv[1:]
         else "minift compare"
     )
-    machine["wall_minutes"] = round((time.perf_counter() - started) / 60, 1)
     with removed_on_failure(out):
         written = write_results(records, curves, out, command, machine)
     print((out / "results.md").read_text())

@@ -8,6 +8,7 @@ these lines above their tables, and ``minift compare`` writes ``describe()`` bes
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import resource
@@ -173,6 +174,16 @@ def describe(busy_seconds: float = 1.0) -> dict:
         "busy_before": None if math.isnan(busy) else round(busy, 3),  # JSON has no NaN
         "code": source_line(),
     }
+
+
+@contextlib.contextmanager
+def measured_run(busy_seconds: float = 1.0):
+    """``describe()`` as the work inside begins, and its minutes (``wall_minutes``) once it ends:
+    ``with measured_run() as machine: ...``."""
+    machine = describe(busy_seconds)
+    started = time.perf_counter()
+    yield machine
+    machine["wall_minutes"] = round((time.perf_counter() - started) / 60, 1)
 
 
 def describe_markdown(machine: dict) -> str:

@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from minift import machine as machine_module
 from minift.machine import busy_share, describe, describe_markdown, rss_mb, source_line
 
 # cpu user nice system idle iowait irq softirq steal (guest guest_nice: not summed, counted in user)
@@ -104,3 +105,12 @@ def test_the_code_line_names_the_commit_and_a_change_to_minift_and_nothing_else(
     installed.mkdir(parents=True)
     assert source_line(installed).startswith("code: unknown (minift is installed in ")
     assert source_line(plain) == "code: unknown (not a git checkout)"
+
+
+def test_a_measured_run_is_described_as_it_begins_and_timed_to_its_end(monkeypatch):
+    clock = iter([100.0, 190.0])  # the run takes 90 s
+    monkeypatch.setattr(machine_module, "describe", lambda busy_seconds: {"cpu": "CPU: x"})
+    monkeypatch.setattr(machine_module.time, "perf_counter", lambda: next(clock))
+    with machine_module.measured_run() as machine:
+        assert machine == {"cpu": "CPU: x"}  # no minutes before the run ends
+    assert machine == {"cpu": "CPU: x", "wall_minutes": 1.5}

@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import shlex
 import sys
 from pathlib import Path
 
 from minift import counts
 from minift.data import TASK_NAMES, standard_tokenizer
-from minift.machine import measured_run
+from minift.machine import measured_run, usable_cores
 from minift.peft.registry import METHODS, Option, command_line_options
 from minift.pipeline.comparison import compare
 from minift.pipeline.finetuning import RunSettings
@@ -369,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     # 3 seeds, not 2: 95 % intervals of t(2)=4.3 SEs, not t(1)=12.7. 60 steps, not 80: the picture
     # of 80 (6 seeds on stdlib-modules, 4 on en-fr-numbers: see git log) in 13 s less
     p.add_argument("--seeds", type=_positive_int, default=3, help="runs per method: seeds 0..N-1")
-    _add_compare_options(p, workers=min(2, os.cpu_count() or 1))
+    _add_compare_options(p, workers=min(2, usable_cores()))
     _add_run_options(p, steps=60)
 
     p = command("pretrain", "pretrain the base model")

@@ -41,6 +41,15 @@ def blas_info() -> dict:
     return {**main, "others": [p for p in pools if p is not main]}
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity: a container may grant fewer than the
+    machine has); where the platform cannot say (macOS, Windows), the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def cpu_line() -> str:
     """The CPU by its model name (/proc/cpuinfo; the platform's processor string elsewhere) and
     how many cores this process may use."""
@@ -53,8 +62,7 @@ def cpu_line() -> str:
                          if line.startswith("model name")), name)  # fmt: skip
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"CPU: {name}, {cores} cores"
+    return f"CPU: {name}, {usable_cores()} cores"
 
 
 def blas_line(info: dict) -> str:

@@ -49,6 +49,7 @@ from threadpoolctl import ThreadpoolController
 
 from minift.errors import check_int
 from minift.functional import cross_entropy
+from minift.machine import usable_cores
 from minift.nn import Module
 from minift.param import Param
 
@@ -63,11 +64,7 @@ def default_threads() -> int:
     minift is built on (a batch of 16 cut into more shares gives each thread less than a BLAS
     call's worth of work, and more cores were never measured).
     """
-    try:
-        cores = len(os.sched_getaffinity(0))  # the cores this process may run on
-    except AttributeError:  # macOS, Windows
-        cores = os.cpu_count() or 1
-    return 2 if cores >= 2 else 1
+    return 2 if usable_cores() >= 2 else 1
 
 
 _BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")

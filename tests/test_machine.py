@@ -114,3 +114,25 @@ def test_a_measured_run_is_described_as_it_begins_and_timed_to_its_end(monkeypat
     with machine_module.measured_run() as machine:
         assert machine == {"cpu": "CPU: x"}  # no minutes before the run ends
     assert machine == {"cpu": "CPU: x", "wall_minutes": 1.5}
+
+
+def test_usable_cores_are_the_affinity_and_the_machines_count_where_there_is_none(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    assert machine_module.usable_cores() == 3
+    assert machine_module.cpu_line().endswith(", 3 cores")
+    monkeypatch.delattr("os.sched_getaffinity", raising=False)  # macOS, Windows
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert machine_module.usable_cores() == 8
+    monkeypatch.setattr("os.cpu_count", lambda: None)  # the platform cannot tell
+    assert machine_module.usable_cores() == 1
+
+
+@pytest.mark.parametrize("cores, workers", [({0}, 1), ({0, 1}, 2), ({0, 1, 2, 3}, 2)])
+def test_the_demo_runs_as_many_workers_as_the_cores_it_may_use_up_to_two(
+    monkeypatch, cores, workers
+):
+    from minift import cli
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: cores, raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 64)  # the machine's count is not ours to use
+    assert cli.build_parser().parse_args(["demo"]).workers == workers
